@@ -1,0 +1,369 @@
+//! The HTTP API (axum): routes, request parsing, and the one place errors become status codes.
+//!
+//! Every error body is `{"code": "...", "message": "..."}`. Internal details are logged, not
+//! returned. The router is built by [`router`] apart from the server so tests can drive it
+//! in-process.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source};
+use crate::intake::{Intake, IntakeError};
+use crate::store::{FaultFilter, Store, StoreError};
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub intake: Intake,
+    pub store: Arc<Store>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub policies: usize,
+    pub patches: usize,
+}
+
+/// An API error: a status, a stable code and a human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                code: self.code,
+                message: &self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::IdempotencyMismatch(key) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_mismatch",
+                format!("Idempotency-Key `{key}` was already used with a different request body"),
+            ),
+            StoreError::NotFound(id) => ApiError::not_found(format!("no fault {id}")),
+            StoreError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "phoenix is shutting down",
+            ),
+            error => {
+                tracing::error!(message = "Store error in API.", %error);
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store could not make the request durable; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(error: IntakeError) -> ApiError {
+        match error {
+            IntakeError::Invalid(error) => {
+                ApiError::bad_request("invalid_report", error.to_string())
+            }
+            IntakeError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// A fault as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FaultOut {
+    pub id: String,
+    pub app: String,
+    pub kind: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub message: Option<String>,
+    pub severity: crate::fault::Severity,
+    pub source: Source,
+    pub fingerprint: String,
+    pub occurrences: u64,
+    pub first_seen: crate::fault::Timestamp,
+    pub last_seen: crate::fault::Timestamp,
+    #[serde(flatten)]
+    pub state: FaultState,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryEntry>>,
+}
+
+/// The current healing run, without the policy snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunOut {
+    pub attempt: u32,
+    pub policy: String,
+    pub patch: String,
+    pub patch_version: String,
+    pub patch_hash: String,
+    pub plan: Vec<crate::plan::Action>,
+    pub actions_started: u32,
+    pub actions_done: u32,
+}
+
+impl FaultOut {
+    fn new(fault: Fault, history: Option<Vec<HistoryEntry>>) -> FaultOut {
+        FaultOut {
+            run: fault.run.map(|run| RunOut {
+                attempt: run.attempt,
+                policy: run.policy,
+                patch: run.patch_name,
+                patch_version: run.patch_version,
+                patch_hash: run.patch_hash,
+                plan: run.plan,
+                actions_started: run.actions_started,
+                actions_done: run.actions_done,
+            }),
+            id: fault.id,
+            app: fault.app,
+            kind: fault.kind,
+            labels: fault.labels,
+            message: fault.message,
+            severity: fault.severity,
+            source: fault.source,
+            fingerprint: fault.fingerprint,
+            occurrences: fault.occurrences,
+            first_seen: fault.first_seen,
+            last_seen: fault.last_seen,
+            state: fault.state,
+            attempts: fault.attempts,
+            history,
+        }
+    }
+}
+
+/// Builds the API router.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/faults", post(report_fault).get(list_faults))
+        .route("/v1/faults/{id}", get(show_fault))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// `Idempotency-Key`, if present: 1-255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+async fn report_fault(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                rejection.body_text(),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })?;
+    let key = idempotency_key(&headers)?;
+    let report: Report = serde_json::from_slice(&body).map_err(|error| {
+        let code = if error.is_data() {
+            "invalid_report"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, error.to_string())
+    })?;
+    // "Same body" means the same report, whatever the JSON formatting or key order.
+    let idempotency = key.map(|key| {
+        let canonical = serde_json::to_vec(&report).unwrap_or_default();
+        (key, blake3::hash(&canonical).to_hex().to_string())
+    });
+    let reported = state
+        .intake
+        .submit(report, Source::Api, idempotency)
+        .await?;
+    let location = format!("/v1/faults/{}", reported.fault.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(FaultOut::new(reported.fault, None)),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if reported.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    app: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct FaultPage {
+    faults: Vec<FaultOut>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+const MAX_PAGE: usize = 1000;
+
+async fn list_faults(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<FaultPage>, ApiError> {
+    let Query(query) =
+        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    if let Some(name) = &query.state
+        && !FaultState::NAMES.contains(&name.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "unknown state `{name}`; one of {}",
+                FaultState::NAMES.join(", ")
+            ),
+        ));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let filter = FaultFilter {
+        state: query.state,
+        app: query.app,
+        after: query.after,
+        limit,
+    };
+    let faults = state.store.list_faults(&filter)?;
+    let next = (faults.len() == limit)
+        .then(|| faults.last().map(|f| f.id.clone()))
+        .flatten();
+    Ok(Json(FaultPage {
+        faults: faults.into_iter().map(|f| FaultOut::new(f, None)).collect(),
+        next,
+    }))
+}
+
+async fn show_fault(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<FaultOut>, ApiError> {
+    let fault = state
+        .store
+        .fault(&id)?
+        .ok_or_else(|| ApiError::not_found(format!("no fault {id}")))?;
+    let history = state.store.history(&id)?;
+    Ok(Json(FaultOut::new(fault, Some(history))))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = &state.readiness;
+    if state.store.is_healthy() {
+        Json(serde_json::json!({"status": "ready", "policies": readiness.policies, "patches": readiness.patches}))
+            .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store cannot be read",
+        )
+        .into_response()
+    }
+}

@@ -1,0 +1,194 @@
+//! Command-line interface: `serve`, `check`, `patch test`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use phoenix::config::Config;
+use phoenix::daemon::{self, DaemonError, EXIT_USAGE};
+use phoenix::patch::PatchSource;
+use phoenix::registry::{TestResult, evaluate};
+use phoenix::sandbox::Sandbox;
+
+#[derive(Debug, Parser)]
+#[command(name = "phoenix", version, about = "A self-healing supervisor daemon")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Config file (TOML). Without it: ./policies, ./patches, data in ./.phoenix.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate config, policies and patches offline (static checks and contract tests).
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Work with one patch.
+    Patch {
+        #[command(subcommand)]
+        command: PatchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PatchCommand {
+    /// Run a patch directory's static checks and contract tests.
+    Test {
+        /// The patch directory (holding patch.toml).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config, log_format } => {
+            init_logging(log_format);
+            serve(config.as_deref())
+        }
+        Command::Check { config } => report(check(config.as_deref())),
+        Command::Patch {
+            command: PatchCommand::Test { dir },
+        } => report(patch_test(&dir)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, DaemonError> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default()?,
+    })
+}
+
+fn serve(config: Option<&Path>) -> ExitCode {
+    let result = load_config(config).and_then(|config| {
+        let runtime = tokio::runtime::Runtime::new().map_err(|source| DaemonError::Io {
+            what: "tokio runtime".into(),
+            source,
+        })?;
+        runtime.block_on(daemon::serve(config))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(message = "phoenix cannot run.", error = %error);
+            eprintln!("phoenix: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// Prints an anyhow error chain and maps it to an exit code (64 for bad input).
+fn report(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("phoenix: {error:#}");
+            let usage = error
+                .downcast_ref::<DaemonError>()
+                .map(DaemonError::exit_code);
+            ExitCode::from(usage.unwrap_or(EXIT_USAGE))
+        }
+    }
+}
+
+fn scratch_sandbox(config: &Config) -> anyhow::Result<(Sandbox, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("phoenix-check-{}", std::process::id()));
+    let sandbox =
+        Sandbox::new(config.sandbox.clone(), dir.clone()).context("building the sandbox")?;
+    Ok((sandbox, dir))
+}
+
+/// Prints each test result; returns true when the patch is usable.
+fn print_evaluation(name: &str, problems: &[String], tests: &[TestResult]) -> bool {
+    for problem in problems {
+        println!("FAIL {name}: static check: {problem}");
+    }
+    for test in tests {
+        if test.passed {
+            println!("ok   {name}: {}", test.name);
+        } else {
+            println!("FAIL {name}: {}: {}", test.name, test.detail);
+        }
+    }
+    problems.is_empty() && tests.iter().all(|t| t.passed)
+}
+
+fn check(config: Option<&Path>) -> anyhow::Result<bool> {
+    let config = load_config(config)?;
+    let (policies, patches) = daemon::load_inputs(&config)?;
+    let (sandbox, scratch) = scratch_sandbox(&config)?;
+    let mut ok = true;
+    for patch in &patches {
+        let (problems, tests) = evaluate(&sandbox, patch);
+        ok &= print_evaluation(&patch.manifest.name, &problems, &tests);
+    }
+    for policy in policies.iter() {
+        if !patches.iter().any(|p| p.manifest.name == policy.patch.name) {
+            println!(
+                "FAIL policy {}: patch `{}` is not in {}",
+                policy.name,
+                policy.patch.name,
+                config.patches_dir.display()
+            );
+            ok = false;
+        }
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+    println!(
+        "{}: {} policies, {} patches",
+        if ok { "ok" } else { "FAILED" },
+        policies.len(),
+        patches.len()
+    );
+    Ok(ok)
+}
+
+fn patch_test(dir: &Path) -> anyhow::Result<bool> {
+    let patch = PatchSource::load(dir).map_err(|e| DaemonError::Patches(vec![e]))?;
+    let config = Config::embedded_default()?;
+    let (sandbox, scratch) = scratch_sandbox(&config)?;
+    let (problems, tests) = evaluate(&sandbox, &patch);
+    let ok = print_evaluation(&patch.manifest.name, &problems, &tests);
+    let _ = std::fs::remove_dir_all(scratch);
+    println!(
+        "{} passed, {} failed",
+        tests.iter().filter(|t| t.passed).count(),
+        tests.iter().filter(|t| !t.passed).count() + usize::from(!problems.is_empty())
+    );
+    Ok(ok)
+}

@@ -1,0 +1,209 @@
+//! The daemon's configuration file (`phoenix.toml`): parsing, defaults, validation, and path
+//! resolution. Every key is documented in README.md ("Configuration").
+//!
+//! Relative paths resolve against the folder holding the config file, so a config works wherever
+//! the daemon is started from. With no file, [`Config::embedded_default`] uses the current
+//! directory: the repository's `policies/` and `patches/`, data under `./.phoenix`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::sandbox::Limits;
+
+/// The configuration as written in the file. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    policies_dir: PathBuf,
+    patches_dir: PathBuf,
+    workers: usize,
+    max_body_bytes: usize,
+    store_cache_bytes: u64,
+    sandbox: Limits,
+}
+
+impl Default for RawConfig {
+    fn default() -> RawConfig {
+        RawConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from(".phoenix"),
+            policies_dir: PathBuf::from("policies"),
+            patches_dir: PathBuf::from("patches"),
+            workers: 16,
+            max_body_bytes: 64 << 10,
+            store_cache_bytes: 32 << 20,
+            sandbox: Limits::default(),
+        }
+    }
+}
+
+/// The validated configuration, with absolute paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address of the HTTP API. Port 0 picks a free port (written to `data_dir/phoenix.addr`).
+    pub listen: SocketAddr,
+    /// Where the store, the compiled-module cache and the address file live.
+    pub data_dir: PathBuf,
+    pub policies_dir: PathBuf,
+    pub patches_dir: PathBuf,
+    /// The folder relative paths resolve against; also the working directory of policy commands.
+    pub base_dir: PathBuf,
+    /// Faults healed concurrently.
+    pub workers: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// sled page cache size.
+    pub store_cache_bytes: u64,
+    pub sandbox: Limits,
+}
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema; the message names the key, line and column.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Config::parse(&text, &base).map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// The configuration used when `--config` is not given: defaults, relative to the current
+    /// directory.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse("", Path::new(".")).map_err(|message| ConfigError::Invalid {
+            path: "<default>".into(),
+            message,
+        })
+    }
+
+    /// Parses config text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let base = std::path::absolute(base)
+            .map_err(|e| format!("cannot resolve {}: {e}", base.display()))?;
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        if raw.workers == 0 || raw.workers > 1024 {
+            return Err(format!(
+                "`workers` must be between 1 and 1024 (got {})",
+                raw.workers
+            ));
+        }
+        if raw.max_body_bytes < 1024 || raw.max_body_bytes > 16 << 20 {
+            return Err(format!(
+                "`max_body_bytes` must be between 1024 and 16777216 (got {})",
+                raw.max_body_bytes
+            ));
+        }
+        let limits = &raw.sandbox;
+        if limits.fuel == 0 {
+            return Err("`sandbox.fuel` must be positive".into());
+        }
+        if limits.deadline.is_zero() {
+            return Err("`sandbox.deadline` must be positive".into());
+        }
+        if limits.memory_bytes < 64 << 10 {
+            return Err("`sandbox.memory_bytes` must be at least 65536 (one wasm page)".into());
+        }
+        if limits.max_actions == 0 || limits.max_action_bytes == 0 || limits.max_module_bytes == 0 {
+            return Err(
+                "`sandbox.max_actions`, `max_action_bytes` and `max_module_bytes` must be positive"
+                    .into(),
+            );
+        }
+        Ok(Config {
+            listen: raw.listen,
+            data_dir: resolve(&raw.data_dir),
+            policies_dir: resolve(&raw.policies_dir),
+            patches_dir: resolve(&raw.patches_dir),
+            base_dir: base,
+            workers: raw.workers,
+            max_body_bytes: raw.max_body_bytes,
+            store_cache_bytes: raw.store_cache_bytes,
+            sandbox: raw.sandbox,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_paths_resolve_against_the_config_folder() {
+        let config = Config::parse(
+            "data_dir = \"state\"\npatches_dir = \"/opt/p\"",
+            Path::new("/etc/phoenix"),
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/etc/phoenix/state"));
+        assert_eq!(config.policies_dir, PathBuf::from("/etc/phoenix/policies"));
+        assert_eq!(config.patches_dir, PathBuf::from("/opt/p"));
+        assert_eq!(config.workers, 16);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| Config::parse(text, Path::new("/x")).unwrap_err();
+        let unknown = err("listen_addr = \"127.0.0.1:1\"");
+        assert!(
+            unknown.contains("unknown field `listen_addr`") && unknown.contains("line 1"),
+            "{unknown}"
+        );
+        let bad_addr = err("listen = \"localhost\"");
+        assert!(bad_addr.contains("listen"), "{bad_addr}");
+        let bad_workers = err("workers = 0");
+        assert!(bad_workers.contains("`workers`"), "{bad_workers}");
+        let bad_type = err("workers = \"many\"");
+        assert!(bad_type.contains("workers"), "{bad_type}");
+        let nested = err("[sandbox]\nfuel = 1\nmemory = 5");
+        assert!(nested.contains("unknown field `memory`"), "{nested}");
+        let duration = err("[sandbox]\ndeadline = \"forever\"");
+        assert!(
+            duration.contains("`forever` is not a duration"),
+            "{duration}"
+        );
+    }
+
+    #[test]
+    fn the_embedded_default_uses_the_current_directory() {
+        let config = Config::embedded_default().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(config.data_dir, cwd.join(".phoenix"));
+        assert_eq!(config.policies_dir, cwd.join("policies"));
+    }
+}

@@ -1,0 +1,451 @@
+//! The engine: drives each fault through the state machine, performing the I/O between
+//! transitions (sandbox run, effects, verification).
+//!
+//! **Invariants:**
+//! - The engine is the only writer of fault state, and every transition is durable (store
+//!   `append`, a compare-and-swap on the fault's sequence) *before* the side effect it authorizes.
+//! - An action is recorded as started before it runs and as done after; a restart never re-runs
+//!   an action that may have started: it verifies instead.
+//! - One fault is driven by at most one task at a time (the in-flight set); at most `workers`
+//!   faults are driven at once (a semaphore).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+
+use crate::effects::{Effects, FaultEnv};
+use crate::fault::{FailReason, Fault, FaultState, Run};
+use crate::machine::{self, Event, IllegalTransition};
+use crate::patch::fault_view;
+use crate::plan;
+use crate::policy::PolicySet;
+use crate::sandbox::Sandbox;
+use crate::store::{Store, StoreError};
+use crate::verify::verify;
+
+/// Why driving a fault stopped before a terminal state. The fault stays resumable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store failed (e.g. disk full); the fault is retried at the next start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug: the engine asked for a transition the table forbids.
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+}
+
+/// What the engine needs from the rest of the daemon.
+pub struct EngineParts {
+    pub store: Arc<Store>,
+    pub sandbox: Arc<Sandbox>,
+    pub policies: Arc<RwLock<Arc<PolicySet>>>,
+    pub effects: Effects,
+    pub http: reqwest::Client,
+    pub work_dir: PathBuf,
+    pub workers: usize,
+}
+
+/// A handle to the running engine: hand it fault ids to drive.
+#[derive(Clone)]
+pub struct EngineHandle {
+    queue: mpsc::UnboundedSender<String>,
+}
+
+impl EngineHandle {
+    /// Asks the engine to drive `id` (a no-op if it is already being driven).
+    pub fn enqueue(&self, id: String) {
+        // Only fails when the engine is gone (shutdown); the fault is durable and resumes at
+        // the next start.
+        let _ = self.queue.send(id);
+    }
+}
+
+struct Engine {
+    parts: EngineParts,
+    in_flight: Mutex<HashSet<String>>,
+    workers: Arc<Semaphore>,
+}
+
+/// Starts the engine's dispatcher and enqueues every open fault (crash recovery).
+pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
+    let open = parts.store.open_fault_ids()?;
+    let (queue, mut receiver) = mpsc::unbounded_channel::<String>();
+    let engine = Arc::new(Engine {
+        workers: Arc::new(Semaphore::new(parts.workers)),
+        parts,
+        in_flight: Mutex::new(HashSet::new()),
+    });
+    if !open.is_empty() {
+        tracing::info!(message = "Resuming open faults.", count = open.len());
+    }
+    for id in open {
+        let _ = queue.send(id);
+    }
+    tokio::spawn(async move {
+        while let Some(id) = receiver.recv().await {
+            if !engine.lock_in_flight().insert(id.clone()) {
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&engine.workers).acquire_owned().await else {
+                break;
+            };
+            let engine = Arc::clone(&engine);
+            let span = tracing::info_span!("fault", id = %id);
+            tokio::spawn(
+                async move {
+                    engine.drive(&id).await;
+                    engine.lock_in_flight().remove(&id);
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    });
+    Ok(EngineHandle { queue })
+}
+
+impl Engine {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // The set stays consistent even if a holder panicked: recover it.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Drives one fault until it is terminal or waits on a human. Store failures are retried
+    /// with backoff for a while; after that the fault is left for the next start.
+    async fn drive(&self, id: &str) {
+        let mut failures = 0u32;
+        loop {
+            let fault = match self.parts.store.fault(id) {
+                Ok(Some(fault)) => fault,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::error!(message = "Cannot read fault.", %error);
+                    return;
+                }
+            };
+            if fault.state.is_terminal() || fault.state == FaultState::AwaitingApproval {
+                return;
+            }
+            match self.step(fault).await {
+                Ok(()) => failures = 0,
+                Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(message = "Fault step failed; will retry.", %error, failures);
+                    if failures >= 5 {
+                        tracing::error!(message = "Giving up on fault until the next start.", %error);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// One step: the I/O the current state calls for, then the transition it leads to.
+    async fn step(&self, fault: Fault) -> Result<(), EngineError> {
+        match fault.state {
+            FaultState::Detected => {
+                self.transition(&fault, Event::Begin, "picked up".into(), |_| {})
+                    .await
+            }
+            FaultState::Analyzing => self.analyze(fault).await,
+            FaultState::Patching => self.apply(fault).await,
+            FaultState::Testing => self.test(fault).await,
+            FaultState::AwaitingApproval | FaultState::Healed | FaultState::Failed(_) => Ok(()),
+        }
+    }
+
+    async fn transition<F>(
+        &self,
+        fault: &Fault,
+        event: Event,
+        detail: String,
+        change: F,
+    ) -> Result<(), EngineError>
+    where
+        F: FnOnce(&mut Fault) + Send + 'static,
+    {
+        let to = machine::next(fault.state, event)?;
+        tracing::info!(message = "Fault transition.", from = fault.state.name(), to = to.name(), %detail);
+        self.parts
+            .store
+            .append(&fault.id, fault.seq, to, detail, change)
+            .await?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        fault: &Fault,
+        reason: FailReason,
+        detail: String,
+    ) -> Result<(), EngineError> {
+        self.transition(fault, Event::Fail(reason), detail, |_| {})
+            .await
+    }
+
+    /// Analyzing: find the policy and patch, run the patch in the sandbox, check the plan.
+    async fn analyze(&self, fault: Fault) -> Result<(), EngineError> {
+        let policy = {
+            let policies = self
+                .parts
+                .policies
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            policies.find(&fault).cloned()
+        };
+        let Some(policy) = policy else {
+            let detail = format!(
+                "no policy matches app `{}` kind `{}`",
+                fault.app, fault.kind
+            );
+            return self.fail(&fault, FailReason::NoPolicy, detail).await;
+        };
+        let store = &self.parts.store;
+        let name = &policy.patch.name;
+        let hash = match &policy.patch.hash {
+            Some(pinned) => Some(pinned.clone()),
+            None => store.active_patch_hash(name)?,
+        };
+        let record = match &hash {
+            Some(hash) => store.patch(name, hash)?,
+            None => None,
+        };
+        let Some(record) = record else {
+            let detail = format!(
+                "policy `{}` names patch `{name}`{}, which is not registered",
+                policy.name,
+                hash.map(|h| format!(" at {h}")).unwrap_or_default()
+            );
+            return self
+                .fail(&fault, FailReason::PatchUnavailable, detail)
+                .await;
+        };
+        if !record.checks_passed() {
+            let detail = format!(
+                "patch {name}@{} failed its static checks: {}",
+                record.version,
+                record.check_problems.join("; ")
+            );
+            return self.fail(&fault, FailReason::PatchRejected, detail).await;
+        }
+        if !record.tests_passed() {
+            let failing: Vec<String> = record
+                .tests
+                .iter()
+                .filter(|t| !t.passed)
+                .map(|t| format!("`{}`: {}", t.name, t.detail))
+                .collect();
+            let detail = format!(
+                "patch {name}@{} failed contract tests: {}",
+                record.version,
+                failing.join("; ")
+            );
+            return self.fail(&fault, FailReason::ContractFailed, detail).await;
+        }
+        let Some(wasm) = store.patch_module(&record.hash)? else {
+            let detail = format!(
+                "module of patch {name}@{} is missing from the store",
+                record.version
+            );
+            return self
+                .fail(&fault, FailReason::PatchUnavailable, detail)
+                .await;
+        };
+
+        let view = fault_view(
+            &fault.app,
+            &fault.kind,
+            &fault.labels,
+            fault.message.as_deref(),
+            fault.severity,
+            fault.occurrences,
+            &fault.fingerprint,
+        );
+        let sandbox = Arc::clone(&self.parts.sandbox);
+        let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || sandbox.run(&patch_name, &patch_hash, &wasm, view))
+                .await;
+        let plan = match outcome {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(error)) => {
+                let detail = format!("patch {name}@{}: {error}", record.version);
+                return self.fail(&fault, FailReason::SandboxError, detail).await;
+            }
+            Err(join) => {
+                let detail = format!(
+                    "patch {name}@{}: sandbox task failed: {join}",
+                    record.version
+                );
+                return self.fail(&fault, FailReason::SandboxError, detail).await;
+            }
+        };
+        if let Err(denied) = plan::check(&plan, &policy.capabilities) {
+            let detail = format!(
+                "policy `{}` denies the plan of {name}@{}: {denied}",
+                policy.name, record.version
+            );
+            return self
+                .fail(&fault, FailReason::CapabilityDenied, detail)
+                .await;
+        }
+
+        let attempt = fault.attempts + 1;
+        let summary: Vec<String> = plan.iter().map(|a| a.describe()).collect();
+        let detail = format!(
+            "attempt {attempt}: policy `{}`, patch {name}@{} ({}), plan: [{}]",
+            policy.name,
+            record.version,
+            &record.hash[..12],
+            summary.join(", ")
+        );
+        let run = Run {
+            attempt,
+            policy: policy.name.clone(),
+            patch_name: record.name.clone(),
+            patch_version: record.version.clone(),
+            patch_hash: record.hash.clone(),
+            plan,
+            policy_snapshot: policy,
+            actions_started: 0,
+            actions_done: 0,
+        };
+        self.transition(
+            &fault,
+            Event::PlanReady {
+                needs_approval: false,
+            },
+            detail,
+            move |f| {
+                f.attempts = attempt;
+                f.run = Some(run);
+            },
+        )
+        .await
+    }
+
+    /// Patching: apply the remaining actions, each recorded as started before and done after.
+    async fn apply(&self, fault: Fault) -> Result<(), EngineError> {
+        let Some(run) = fault.run.clone() else {
+            return self
+                .fail(
+                    &fault,
+                    FailReason::Interrupted,
+                    "no recorded run to apply".into(),
+                )
+                .await;
+        };
+        let total = run.plan.len();
+        if run.actions_started > run.actions_done {
+            let detail = format!(
+                "resumed after a restart: action {} of {total} may have run, so it is not repeated; verifying instead",
+                run.actions_started
+            );
+            return self
+                .transition(&fault, Event::Applied, detail, |_| {})
+                .await;
+        }
+        let env = FaultEnv {
+            id: fault.id.clone(),
+            app: fault.app.clone(),
+            kind: fault.kind.clone(),
+        };
+        let mut fault = fault;
+        for index in run.actions_done as usize..total {
+            let action = &run.plan[index];
+            let number = index as u32 + 1;
+            let started = format!("action {number}/{total} started: {}", action.describe());
+            fault = self
+                .parts
+                .store
+                .append(
+                    &fault.id,
+                    fault.seq,
+                    FaultState::Patching,
+                    started,
+                    move |f| {
+                        if let Some(run) = f.run.as_mut() {
+                            run.actions_started = number;
+                        }
+                    },
+                )
+                .await?;
+            match self
+                .parts
+                .effects
+                .apply(action, &run.policy_snapshot.capabilities, &env)
+                .await
+            {
+                Ok(outcome) => {
+                    let done = format!("action {number}/{total} done: {outcome}");
+                    fault = self
+                        .parts
+                        .store
+                        .append(&fault.id, fault.seq, FaultState::Patching, done, move |f| {
+                            if let Some(run) = f.run.as_mut() {
+                                run.actions_done = number;
+                            }
+                        })
+                        .await?;
+                }
+                Err(error) => {
+                    let detail = format!(
+                        "action {number}/{total} ({}) failed: {error}; earlier actions record no undo",
+                        action.describe()
+                    );
+                    return self.fail(&fault, FailReason::ApplyFailed, detail).await;
+                }
+            }
+        }
+        self.transition(
+            &fault,
+            Event::Applied,
+            format!("{total} actions applied"),
+            |_| {},
+        )
+        .await
+    }
+
+    /// Testing: probe until healthy or the deadline; retry the patch if the policy allows.
+    async fn test(&self, fault: Fault) -> Result<(), EngineError> {
+        let Some(run) = fault.run.clone() else {
+            return self
+                .fail(
+                    &fault,
+                    FailReason::Interrupted,
+                    "no recorded run to verify".into(),
+                )
+                .await;
+        };
+        let policy = &run.policy_snapshot;
+        match verify(&policy.verify, &self.parts.http, &self.parts.work_dir).await {
+            Ok(probes) => {
+                let detail = format!("verification passed after {probes} probe(s)");
+                self.transition(&fault, Event::Verified, detail, |_| {})
+                    .await
+            }
+            Err(unhealthy) if fault.attempts < policy.max_attempts => {
+                let detail = format!(
+                    "attempt {} of {}: {unhealthy}; retrying",
+                    fault.attempts, policy.max_attempts
+                );
+                self.transition(&fault, Event::Retry, detail, |f| f.run = None)
+                    .await
+            }
+            Err(unhealthy) => {
+                let detail =
+                    format!("{unhealthy}; exec/http actions record no undo, nothing rolled back");
+                self.fail(&fault, FailReason::VerifyFailed, detail).await
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The fault: what was reported, where it is in its healing, and what happened to it.
+//!
+//! These are plain data types shared by intake, store, engine and API. They carry no behaviour
+//! beyond validation and fingerprinting, and do no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Action;
+
+/// Limits on a report, so that one client cannot make phoenix store unbounded data.
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_VALUE_LEN: usize = 1024;
+pub const MAX_MESSAGE_LEN: usize = 4096;
+
+/// How bad a fault is, as the reporter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    #[default]
+    Error,
+    Critical,
+}
+
+/// Where a fault came from. Later detection sources (probes, log watching, supervised programs,
+/// Alertmanager) add their own variants and feed the same intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `POST /v1/faults`.
+    Api,
+}
+
+/// A fault report as it arrives, before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub app: String,
+    pub kind: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub severity: Severity,
+}
+
+/// Why a report was refused. Each variant names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// A required name (`app` or `kind`) is empty.
+    #[error("`{0}` must not be empty")]
+    Empty(&'static str),
+    /// A name or value is longer than allowed.
+    #[error("`{field}` is longer than {max} bytes")]
+    TooLong { field: String, max: usize },
+    /// A name uses characters outside `[A-Za-z0-9._:/-]`.
+    #[error("`{field}` may only contain letters, digits and . _ : / -")]
+    BadChars { field: String },
+    /// Too many labels.
+    #[error("at most {MAX_LABELS} labels are allowed")]
+    TooManyLabels,
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), ReportError> {
+    if value.len() > MAX_NAME_LEN {
+        return Err(ReportError::TooLong {
+            field: field.to_owned(),
+            max: MAX_NAME_LEN,
+        });
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+    {
+        return Err(ReportError::BadChars {
+            field: field.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl Report {
+    /// Checks every field against the limits; a report that passes can be stored as is.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        if self.app.is_empty() {
+            return Err(ReportError::Empty("app"));
+        }
+        if self.kind.is_empty() {
+            return Err(ReportError::Empty("kind"));
+        }
+        check_name("app", &self.app)?;
+        check_name("kind", &self.kind)?;
+        if self.labels.len() > MAX_LABELS {
+            return Err(ReportError::TooManyLabels);
+        }
+        for (key, value) in &self.labels {
+            if key.is_empty() {
+                return Err(ReportError::Empty("labels key"));
+            }
+            check_name(&format!("labels.{key}"), key)?;
+            if value.len() > MAX_LABEL_VALUE_LEN {
+                return Err(ReportError::TooLong {
+                    field: format!("labels.{key}"),
+                    max: MAX_LABEL_VALUE_LEN,
+                });
+            }
+        }
+        if let Some(message) = &self.message
+            && message.len() > MAX_MESSAGE_LEN
+        {
+            return Err(ReportError::TooLong {
+                field: "message".into(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    /// blake3 of app, kind and the (sorted) labels, length-prefixed so that no two different
+    /// reports can encode to the same bytes. Two reports with one fingerprint are one fault.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        };
+        field(self.app.as_bytes());
+        field(self.kind.as_bytes());
+        for (key, value) in &self.labels {
+            field(key.as_bytes());
+            field(value.as_bytes());
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+}
+
+/// Why a fault ended in `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailReason {
+    /// No policy matches the fault.
+    NoPolicy,
+    /// The policy names a patch that is not registered (or not at the pinned hash).
+    PatchUnavailable,
+    /// The patch failed its static checks (forbidden import, missing export, too large…).
+    PatchRejected,
+    /// The patch's contract tests failed; it is never applied.
+    ContractFailed,
+    /// The patch trapped, ran out of fuel or time, exceeded a limit, or returned an error.
+    SandboxError,
+    /// The plan asked for something the policy does not allow; nothing was executed.
+    CapabilityDenied,
+    /// An action of the plan failed while being applied.
+    ApplyFailed,
+    /// The verification probe did not report healthy in time.
+    VerifyFailed,
+    /// phoenix could not continue the fault (e.g. its recorded run is unreadable).
+    Interrupted,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::NoPolicy => "no_policy",
+            FailReason::PatchUnavailable => "patch_unavailable",
+            FailReason::PatchRejected => "patch_rejected",
+            FailReason::ContractFailed => "contract_failed",
+            FailReason::SandboxError => "sandbox_error",
+            FailReason::CapabilityDenied => "capability_denied",
+            FailReason::ApplyFailed => "apply_failed",
+            FailReason::VerifyFailed => "verify_failed",
+            FailReason::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a fault is in its healing. Serialized as `{"state": "failed", "reason": "no_policy"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum FaultState {
+    Detected,
+    Analyzing,
+    AwaitingApproval,
+    Patching,
+    Testing,
+    Healed,
+    Failed(FailReason),
+}
+
+impl FaultState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, FaultState::Healed | FaultState::Failed(_))
+    }
+
+    /// The state's name as used in the API and in filters.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultState::Detected => "detected",
+            FaultState::Analyzing => "analyzing",
+            FaultState::AwaitingApproval => "awaiting_approval",
+            FaultState::Patching => "patching",
+            FaultState::Testing => "testing",
+            FaultState::Healed => "healed",
+            FaultState::Failed(_) => "failed",
+        }
+    }
+
+    pub fn reason(self) -> Option<FailReason> {
+        match self {
+            FaultState::Failed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Every state name a filter may use.
+    pub const NAMES: [&'static str; 7] = [
+        "detected",
+        "analyzing",
+        "awaiting_approval",
+        "patching",
+        "testing",
+        "healed",
+        "failed",
+    ];
+}
+
+/// The healing run a fault is on: what was chosen in `analyzing` and how far applying got.
+/// Stored with the fault so that a restart resumes with the same policy, patch and plan, even if
+/// the files on disk changed meanwhile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub policy: String,
+    pub patch_name: String,
+    pub patch_version: String,
+    pub patch_hash: String,
+    pub plan: Vec<Action>,
+    /// The policy as it was when the run started: a reload does not change a run in flight.
+    pub policy_snapshot: crate::policy::Policy,
+    /// Actions whose execution has begun (durably recorded before starting each one).
+    pub actions_started: u32,
+    /// Actions that finished successfully.
+    pub actions_done: u32,
+}
+
+/// A stored fault: the report, its counters and its current state. Its history is stored beside
+/// it, one [`HistoryEntry`] per sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Store record version, so that later releases can migrate old records.
+    pub schema: u32,
+    pub id: String,
+    pub app: String,
+    pub kind: String,
+    pub labels: BTreeMap<String, String>,
+    pub message: Option<String>,
+    pub severity: Severity,
+    pub source: Source,
+    pub fingerprint: String,
+    pub occurrences: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    #[serde(flatten)]
+    pub state: FaultState,
+    /// Sequence number of the last history entry; the compare-and-swap guard for transitions.
+    pub seq: u64,
+    /// Attempts made so far (a policy may allow more than one).
+    pub attempts: u32,
+    pub run: Option<Run>,
+}
+
+pub const FAULT_SCHEMA: u32 = 1;
+
+impl Fault {
+    /// A fresh fault in `detected`, history seq 1.
+    pub fn new(id: String, report: Report, source: Source, now: Timestamp) -> Fault {
+        let fingerprint = report.fingerprint();
+        Fault {
+            schema: FAULT_SCHEMA,
+            id,
+            app: report.app,
+            kind: report.kind,
+            labels: report.labels,
+            message: report.message,
+            severity: report.severity,
+            source,
+            fingerprint,
+            occurrences: 1,
+            first_seen: now,
+            last_seen: now,
+            state: FaultState::Detected,
+            seq: 1,
+            attempts: 0,
+            run: None,
+        }
+    }
+}
+
+/// One line of a fault's history: a transition, or progress within a state (an action started or
+/// finished). Appended, never rewritten.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub state: FaultState,
+    pub at: Timestamp,
+    pub detail: String,
+}
+
+/// Milliseconds since the Unix epoch; RFC 3339 on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = UNIX_EPOCH + Duration::from_millis(self.0);
+        write!(f, "{}", humantime::format_rfc3339_millis(time))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let time = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
+        let millis = time
+            .duration_since(UNIX_EPOCH)
+            .map_err(serde::de::Error::custom)?
+            .as_millis();
+        Ok(Timestamp(
+            u64::try_from(millis).map_err(serde::de::Error::custom)?,
+        ))
+    }
+}
+
+/// Crockford base32, the ULID alphabet: ids sort by creation time as plain strings.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A 26-character, lexicographically sortable id: 48 bits of milliseconds, then 80 bits of a
+/// counter that the store keeps monotonic across restarts.
+pub fn sortable_id(at: Timestamp, counter: u64) -> String {
+    let value: u128 = (u128::from(at.0 & 0xFFFF_FFFF_FFFF) << 80) | u128::from(counter);
+    (0..26)
+        .rev()
+        .map(|i| CROCKFORD[((value >> (i * 5)) & 0x1F) as usize] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(app: &str, kind: &str, labels: &[(&str, &str)]) -> Report {
+        Report {
+            app: app.into(),
+            kind: kind.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message: None,
+            severity: Severity::Error,
+        }
+    }
+
+    #[test]
+    fn fingerprint_ignores_message_and_label_order_but_not_label_values() {
+        let a = report("web", "oom", &[("host", "a"), ("zone", "1")]);
+        let mut b = report("web", "oom", &[("zone", "1"), ("host", "a")]);
+        b.message = Some("different".into());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(
+            a.fingerprint(),
+            report("web", "oom", &[("host", "b"), ("zone", "1")]).fingerprint()
+        );
+        // Length prefixes keep field boundaries: "ab"+"c" differs from "a"+"bc".
+        assert_ne!(
+            report("ab", "c", &[]).fingerprint(),
+            report("a", "bc", &[]).fingerprint()
+        );
+    }
+
+    #[test]
+    fn validation_names_the_offending_field() {
+        let check = |r: Report, expect: &str| {
+            assert_eq!(
+                r.validate().map_err(|e| e.to_string()),
+                Err(expect.to_string())
+            )
+        };
+        check(report("", "k", &[]), "`app` must not be empty");
+        check(report("a", "", &[]), "`kind` must not be empty");
+        check(
+            report("a b", "k", &[]),
+            "`app` may only contain letters, digits and . _ : / -",
+        );
+        check(
+            report(&"x".repeat(129), "k", &[]),
+            "`app` is longer than 128 bytes",
+        );
+        let long = "v".repeat(1025);
+        check(
+            report("a", "k", &[("big", long.as_str())]),
+            "`labels.big` is longer than 1024 bytes",
+        );
+        assert_eq!(
+            report("demo", "disk_full", &[("mount", "/var")]).validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn sortable_ids_sort_by_time_then_counter() {
+        let a = sortable_id(Timestamp(1_700_000_000_000), 5);
+        let b = sortable_id(Timestamp(1_700_000_000_000), 6);
+        let c = sortable_id(Timestamp(1_700_000_000_001), 0);
+        assert_eq!(a.len(), 26);
+        assert!(a < b && b < c, "{a} {b} {c}");
+    }
+
+    #[test]
+    fn states_serialize_with_their_api_names() {
+        let json = serde_json::to_value(FaultState::Failed(FailReason::NoPolicy)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"state": "failed", "reason": "no_policy"})
+        );
+        let json = serde_json::to_value(FaultState::AwaitingApproval).unwrap();
+        assert_eq!(json, serde_json::json!({"state": "awaiting_approval"}));
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339() {
+        let t = Timestamp(1_700_000_000_123);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2023-11-14T22:13:20.123Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+}

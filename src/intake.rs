@@ -1,0 +1,50 @@
+//! Intake: the one door every fault comes in by. It validates a report, records it durably
+//! (deduplicated by fingerprint, idempotent by key), and hands new faults to the engine.
+//!
+//! Detection sources (the HTTP API today; probes, log watchers, supervised programs and the
+//! Alertmanager receiver later) all call [`Intake::submit`], so they share dedup and durability.
+
+use std::sync::Arc;
+
+use crate::engine::EngineHandle;
+use crate::fault::{Report, ReportError, Source};
+use crate::store::{Reported, Store, StoreError};
+
+/// Why a report was not recorded. Nothing is stored in either case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntakeError {
+    /// The report is malformed.
+    #[error(transparent)]
+    Invalid(#[from] ReportError),
+    /// The store refused or failed (idempotency mismatch, I/O error…).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct Intake {
+    store: Arc<Store>,
+    engine: EngineHandle,
+}
+
+impl Intake {
+    pub fn new(store: Arc<Store>, engine: EngineHandle) -> Intake {
+        Intake { store, engine }
+    }
+
+    /// Records `report`. Returns once it is durable. `idempotency` is `(key, request hash)`.
+    pub async fn submit(
+        &self,
+        report: Report,
+        source: Source,
+        idempotency: Option<(String, String)>,
+    ) -> Result<Reported, IntakeError> {
+        report.validate()?;
+        let reported = self.store.report(report, source, idempotency).await?;
+        if reported.created && !reported.replayed {
+            self.engine.enqueue(reported.fault.id.clone());
+        }
+        Ok(reported)
+    }
+}

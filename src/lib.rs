@@ -1,0 +1,20 @@
+//! phoenix: a self-healing supervisor daemon.
+//!
+//! A fault flows: intake → store → engine (with `machine` as its transition table) → sandbox →
+//! plan check → effects → verify. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod effects;
+pub mod engine;
+pub mod fault;
+pub mod intake;
+pub mod machine;
+pub mod patch;
+pub mod plan;
+pub mod policy;
+pub mod registry;
+pub mod sandbox;
+pub mod store;
+pub mod verify;

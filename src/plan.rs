@@ -1,0 +1,235 @@
+//! A plan: the actions a patch asks for, and the check of those actions against a policy's
+//! capabilities.
+//!
+//! A patch never acts; it returns a plan. This module owns the plan's shape (what an action may
+//! say) and the rule that every action must be allowed by the policy before anything runs.
+//! It does no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Capabilities;
+
+/// One thing a patch asks phoenix to do. The wire form is internally tagged:
+/// `{"kind": "exec", "command": "cleanup"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Run a command declared in the policy, by name. Its argv is fixed by the policy.
+    Exec { command: String },
+    /// Send an HTTP request to a URL under one of the policy's allowed prefixes.
+    Http {
+        #[serde(default = "default_method")]
+        method: String,
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+impl Action {
+    /// A short human description for history lines and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Exec { command } => format!("exec {command}"),
+            Action::Http { method, url, .. } => format!("http {method} {url}"),
+        }
+    }
+}
+
+/// Why an action is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Denied {
+    /// The command is not declared in the policy.
+    #[error("action {index}: command `{command}` is not declared in the policy")]
+    UnknownCommand { index: usize, command: String },
+    /// The URL is not under any allowed prefix (or is not a plain http(s) URL).
+    #[error("action {index}: URL `{url}` is not under an allowed prefix")]
+    UrlNotAllowed { index: usize, url: String },
+    /// The HTTP method is not one phoenix sends.
+    #[error("action {index}: HTTP method `{method}` is not allowed")]
+    MethodNotAllowed { index: usize, method: String },
+}
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Checks every action of `plan` against `caps`. All or nothing: one denied action denies the
+/// plan, so nothing of it runs.
+pub fn check(plan: &[Action], caps: &Capabilities) -> Result<(), Denied> {
+    for (index, action) in plan.iter().enumerate() {
+        match action {
+            Action::Exec { command } => {
+                if !caps.commands.contains_key(command) {
+                    return Err(Denied::UnknownCommand {
+                        index,
+                        command: command.clone(),
+                    });
+                }
+            }
+            Action::Http { method, url, .. } => {
+                if !METHODS.contains(&method.as_str()) {
+                    return Err(Denied::MethodNotAllowed {
+                        index,
+                        method: method.clone(),
+                    });
+                }
+                if !caps
+                    .http_prefixes
+                    .iter()
+                    .any(|prefix| url_under_prefix(url, prefix))
+                {
+                    return Err(Denied::UrlNotAllowed {
+                        index,
+                        url: url.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A URL is under a prefix when it starts with it and, past the prefix, has no path segment
+/// that could climb back out (`..`, or its percent-encoded forms) and no characters that a
+/// client might interpret differently (backslash, whitespace, control characters).
+fn url_under_prefix(url: &str, prefix: &str) -> bool {
+    let Some(rest) = url.strip_prefix(prefix) else {
+        return false;
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return false;
+    }
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return false;
+    }
+    let lowered = rest.to_ascii_lowercase();
+    let path = lowered.split(['?', '#']).next().unwrap_or_default();
+    !path
+        .split('/')
+        .any(|segment| matches!(segment, ".." | "%2e%2e" | ".%2e" | "%2e."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::CommandSpec;
+    use std::time::Duration;
+
+    fn caps() -> Capabilities {
+        let mut commands = BTreeMap::new();
+        commands.insert(
+            "cleanup".to_string(),
+            CommandSpec {
+                argv: vec!["true".into()],
+                timeout: Duration::from_secs(1),
+            },
+        );
+        Capabilities {
+            commands,
+            http_prefixes: vec!["http://127.0.0.1:9000/admin/".into()],
+        }
+    }
+
+    fn http(url: &str) -> Action {
+        Action::Http {
+            method: "POST".into(),
+            url: url.into(),
+            body: None,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn allowed_actions_pass() {
+        let plan = vec![
+            Action::Exec {
+                command: "cleanup".into(),
+            },
+            http("http://127.0.0.1:9000/admin/flush?all=1"),
+        ];
+        assert_eq!(check(&plan, &caps()), Ok(()));
+        assert_eq!(check(&[], &caps()), Ok(()));
+    }
+
+    #[test]
+    fn undeclared_command_is_denied_with_its_index() {
+        let plan = vec![
+            Action::Exec {
+                command: "cleanup".into(),
+            },
+            Action::Exec {
+                command: "rm".into(),
+            },
+        ];
+        assert_eq!(
+            check(&plan, &caps()),
+            Err(Denied::UnknownCommand {
+                index: 1,
+                command: "rm".into()
+            })
+        );
+    }
+
+    #[test]
+    fn urls_outside_the_prefix_are_denied() {
+        for url in [
+            "http://127.0.0.1:9000/other",
+            "http://127.0.0.1:9000/admin",
+            "http://127.0.0.1:9000/admin/../secret",
+            "http://127.0.0.1:9000/admin/%2E%2E/secret",
+            "http://127.0.0.1:9000/admin/a\\..\\b",
+            "http://127.0.0.1:90000/admin/x",
+            "http://127.0.0.1:9000.evil.com/admin/x",
+        ] {
+            assert!(
+                matches!(
+                    check(&[http(url)], &caps()),
+                    Err(Denied::UrlNotAllowed { .. })
+                ),
+                "{url} should be denied"
+            );
+        }
+    }
+
+    #[test]
+    fn unusual_methods_are_denied() {
+        let action = Action::Http {
+            method: "CONNECT".into(),
+            url: "http://127.0.0.1:9000/admin/x".into(),
+            body: None,
+            headers: BTreeMap::new(),
+        };
+        assert!(matches!(
+            check(&[action], &caps()),
+            Err(Denied::MethodNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn actions_parse_from_their_wire_form() {
+        let action: Action =
+            serde_json::from_str(r#"{"kind":"exec","command":"cleanup"}"#).unwrap();
+        assert_eq!(
+            action,
+            Action::Exec {
+                command: "cleanup".into()
+            }
+        );
+        let err = serde_json::from_str::<Action>(r#"{"kind":"exec","command":"x","argv":["rm"]}"#);
+        assert!(
+            err.is_err(),
+            "a patch cannot smuggle argv into an exec action"
+        );
+    }
+}

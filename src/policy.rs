@@ -1,0 +1,464 @@
+//! Policies: which faults phoenix heals, with which patch, allowed to do what, verified how.
+//!
+//! A policy is one `policies/*.toml` file. This module parses and validates them into a
+//! [`PolicySet`] and matches faults against it. It reads files; it does not watch them (hot reload
+//! belongs to the watcher, which will call [`PolicySet::load_dir`] again).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fault::Fault;
+
+/// A parsed, validated policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Unique among the loaded policies; defaults to the file's stem.
+    #[serde(default)]
+    pub name: String,
+    /// Which faults this policy takes. All given fields must match.
+    #[serde(rename = "match")]
+    pub matcher: Matcher,
+    pub patch: PatchRef,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    pub verify: Verify,
+    /// How many patch attempts a fault may get before it fails (default 1).
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matcher {
+    pub app: Option<String>,
+    pub kind: Option<String>,
+    /// Label equality: every listed label must be present with this value.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Matcher {
+    pub fn matches(&self, fault: &Fault) -> bool {
+        self.app.as_ref().is_none_or(|app| *app == fault.app)
+            && self.kind.as_ref().is_none_or(|kind| *kind == fault.kind)
+            && self
+                .labels
+                .iter()
+                .all(|(key, value)| fault.labels.get(key) == Some(value))
+    }
+
+    /// More specific matchers win when several policies match one fault.
+    fn specificity(&self) -> usize {
+        usize::from(self.app.is_some()) + usize::from(self.kind.is_some()) + self.labels.len()
+    }
+}
+
+/// The patch a policy uses: its name, optionally pinned to one content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchRef {
+    pub name: String,
+    #[serde(default)]
+    pub hash: Option<String>,
+}
+
+/// What a patch's plan may do under this policy. Anything not listed is denied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Named commands with a fixed argv; a plan refers to them by name only.
+    #[serde(default)]
+    pub commands: BTreeMap<String, CommandSpec>,
+    /// URL prefixes that `http` actions may target. Each must be http(s) and end with `/`.
+    #[serde(default)]
+    pub http_prefixes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    #[serde(default = "default_command_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The probe that decides whether a patch healed the fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// A command whose exit status 0 means healthy.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// An HTTP GET whose status must equal `status`.
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    /// Give up (verify_failed) when not healthy within this long. Default 30s.
+    #[serde(default = "default_within", with = "duration")]
+    pub within: Duration,
+    /// Pause between probe attempts. Default 500ms.
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+}
+
+fn default_within() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub url: String,
+    #[serde(default = "default_status")]
+    pub status: u16,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+/// Durations as human strings: "500ms", "30s", "2m".
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*value))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"500ms\" or \"30s\""
+            ))
+        })
+    }
+}
+
+/// Why a policy file was rejected. Each names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The directory or a file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or does not fit the policy schema (the message carries line and
+    /// column).
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The policy parses but says something impossible.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    /// Two files declare the same policy name.
+    #[error("{path}: policy name `{name}` is already used by {other}")]
+    Duplicate {
+        path: PathBuf,
+        name: String,
+        other: PathBuf,
+    },
+}
+
+impl Policy {
+    /// Parses one policy file's text. `path` is used for the name default and error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+        let mut policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if policy.name.is_empty() {
+            policy.name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        policy.validate().map_err(|message| PolicyError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.patch.name.is_empty() {
+            return Err("`patch.name` must not be empty".into());
+        }
+        if self.max_attempts == 0 || self.max_attempts > 10 {
+            return Err("`max_attempts` must be between 1 and 10".into());
+        }
+        for (name, command) in &self.capabilities.commands {
+            if command.argv.is_empty() || command.argv[0].is_empty() {
+                return Err(format!(
+                    "`capabilities.commands.{name}.argv` must name a program"
+                ));
+            }
+            if command.timeout.is_zero() {
+                return Err(format!(
+                    "`capabilities.commands.{name}.timeout` must be positive"
+                ));
+            }
+        }
+        for prefix in &self.capabilities.http_prefixes {
+            let scheme_ok = prefix.starts_with("http://") || prefix.starts_with("https://");
+            let host_and_path = prefix
+                .split_once("://")
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
+            if !scheme_ok || !host_and_path.contains('/') || !prefix.ends_with('/') {
+                return Err(format!(
+                    "`capabilities.http_prefixes`: `{prefix}` must be an http(s) URL with a path ending in `/` (e.g. \"http://127.0.0.1:8080/admin/\")"
+                ));
+            }
+        }
+        match (&self.verify.command, &self.verify.http) {
+            (None, None) => return Err("`verify` needs `command` or `http`".into()),
+            (Some(_), Some(_)) => return Err("`verify` takes `command` or `http`, not both".into()),
+            (Some(argv), None) if argv.is_empty() || argv[0].is_empty() => {
+                return Err("`verify.command` must name a program".into());
+            }
+            _ => {}
+        }
+        if self.verify.within.is_zero() || self.verify.interval.is_zero() {
+            return Err("`verify.within` and `verify.interval` must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// All loaded policies, in a deterministic order (by name).
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    /// Loads every `*.toml` in `dir`. Any bad file fails the whole load, naming every bad file,
+    /// so that a reload never half-applies.
+    pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
+        let entries = std::fs::read_dir(dir).map_err(|source| {
+            vec![PolicyError::Io {
+                path: dir.to_owned(),
+                source,
+            }]
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+            .collect();
+        paths.sort();
+        let mut errors = Vec::new();
+        let mut loaded: Vec<(PathBuf, Policy)> = Vec::new();
+        for path in paths {
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|source| PolicyError::Io {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|text| Policy::parse(&path, &text));
+            match parsed {
+                Ok(policy) => {
+                    if let Some((other, _)) = loaded.iter().find(|(_, p)| p.name == policy.name) {
+                        errors.push(PolicyError::Duplicate {
+                            path: path.clone(),
+                            name: policy.name.clone(),
+                            other: other.clone(),
+                        });
+                    } else {
+                        loaded.push((path, policy));
+                    }
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut policies: Vec<Policy> = loaded.into_iter().map(|(_, p)| p).collect();
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(PolicySet { policies })
+    }
+
+    pub fn from_policies(mut policies: Vec<Policy>) -> PolicySet {
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        PolicySet { policies }
+    }
+
+    /// The most specific matching policy; ties go to the first by name.
+    pub fn find(&self, fault: &Fault) -> Option<&Policy> {
+        let mut best: Option<&Policy> = None;
+        for policy in self.policies.iter().filter(|p| p.matcher.matches(fault)) {
+            if best.is_none_or(|b| policy.matcher.specificity() > b.matcher.specificity()) {
+                best = Some(policy);
+            }
+        }
+        best
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::{Report, Severity, Source, Timestamp};
+
+    const GOOD: &str = r#"
+        [match]
+        app = "demo"
+        kind = "disk_full"
+
+        [patch]
+        name = "disk-cleanup"
+
+        [capabilities.commands.cleanup]
+        argv = ["sh", "-c", "true"]
+        timeout = "5s"
+
+        [verify]
+        command = ["true"]
+        within = "10s"
+    "#;
+
+    fn fault(app: &str, kind: &str, labels: &[(&str, &str)]) -> Fault {
+        let report = Report {
+            app: app.into(),
+            kind: kind.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message: None,
+            severity: Severity::Error,
+        };
+        Fault::new("id".into(), report, Source::Api, Timestamp(0))
+    }
+
+    fn parse_err(text: &str) -> String {
+        Policy::parse(Path::new("p/x.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_good_policy_parses_with_defaults() {
+        let policy = Policy::parse(Path::new("policies/demo.toml"), GOOD).unwrap();
+        assert_eq!(policy.name, "demo");
+        assert_eq!(policy.max_attempts, 1);
+        assert_eq!(
+            policy.capabilities.commands["cleanup"].timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(policy.verify.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_policies_name_the_problem() {
+        let unknown = parse_err(&format!("retries = 3\n{GOOD}"));
+        assert!(
+            unknown.contains("p/x.toml") && unknown.contains("unknown field `retries`"),
+            "{unknown}"
+        );
+        let bad_duration = parse_err(&GOOD.replace("\"10s\"", "\"soon\""));
+        assert!(
+            bad_duration.contains("`soon` is not a duration"),
+            "{bad_duration}"
+        );
+        assert!(bad_duration.contains("line"), "{bad_duration}");
+        let no_probe = parse_err(&GOOD.replace("command = [\"true\"]", ""));
+        assert!(
+            no_probe.contains("`verify` needs `command` or `http`"),
+            "{no_probe}"
+        );
+        let typo = parse_err(&GOOD.replace("timeout = \"5s\"", "timeout = \"5s\"\nargs = []"));
+        assert!(typo.contains("unknown field `args`"), "{typo}");
+        let empty_argv = parse_err(&GOOD.replace("argv = [\"sh\", \"-c\", \"true\"]", "argv = []"));
+        assert!(
+            empty_argv.contains("`capabilities.commands.cleanup.argv` must name a program"),
+            "{empty_argv}"
+        );
+        let attempts = parse_err(&format!("max_attempts = 0\n{GOOD}"));
+        assert!(
+            attempts.contains("`max_attempts` must be between 1 and 10"),
+            "{attempts}"
+        );
+    }
+
+    #[test]
+    fn http_prefixes_must_be_urls_ending_in_a_slash() {
+        let with_prefix = |prefix: &str| {
+            GOOD.replace(
+                "[verify]",
+                &format!("[capabilities]\nhttp_prefixes = [\"{prefix}\"]\n[verify]"),
+            )
+        };
+        assert!(parse_err(&with_prefix("http://127.0.0.1:80")).contains("ending in `/`"));
+        assert!(parse_err(&with_prefix("ftp://x/")).contains("must be an http(s) URL"));
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            &with_prefix("http://127.0.0.1:80/admin/"),
+        )
+        .unwrap();
+        assert_eq!(
+            policy.capabilities.http_prefixes,
+            vec!["http://127.0.0.1:80/admin/".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_most_specific_policy_wins() {
+        let base = Policy::parse(Path::new("a.toml"), GOOD).unwrap();
+        let mut any_app = base.clone();
+        any_app.name = "any".into();
+        any_app.matcher.app = None;
+        let mut labelled = base.clone();
+        labelled.name = "labelled".into();
+        labelled
+            .matcher
+            .labels
+            .insert("mount".into(), "/var".into());
+        let set = PolicySet::from_policies(vec![any_app, base, labelled]);
+        assert_eq!(
+            set.find(&fault("demo", "disk_full", &[])).unwrap().name,
+            "a"
+        );
+        assert_eq!(
+            set.find(&fault("demo", "disk_full", &[("mount", "/var")]))
+                .unwrap()
+                .name,
+            "labelled"
+        );
+        assert_eq!(
+            set.find(&fault("other", "disk_full", &[])).unwrap().name,
+            "any"
+        );
+        assert!(set.find(&fault("demo", "oom", &[])).is_none());
+    }
+}

@@ -1,0 +1,143 @@
+//! The patch registry: every patch version phoenix has seen, with its checks and contract test
+//! results, and which version of each name is active.
+//!
+//! Registration runs the static checks and the contract tests once and records the outcome; a
+//! version whose checks or tests failed is kept (for the record) but never used. Records live in
+//! the store; compiled modules in the sandbox's cache.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fault::Timestamp;
+use crate::patch::PatchSource;
+use crate::sandbox::Sandbox;
+use crate::store::{Store, StoreError};
+
+/// Where a version came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provenance {
+    /// The patches directory.
+    Dir,
+}
+
+/// One contract test's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub name: String,
+    pub passed: bool,
+    /// What went wrong, when it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// A registered patch version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchRecord {
+    pub schema: u32,
+    pub name: String,
+    pub version: String,
+    pub hash: String,
+    pub description: String,
+    pub author: String,
+    pub confidence: f64,
+    pub source: Provenance,
+    pub registered_at: Timestamp,
+    /// Static check problems; empty when the module passed.
+    pub check_problems: Vec<String>,
+    pub tests: Vec<TestResult>,
+}
+
+impl PatchRecord {
+    pub fn checks_passed(&self) -> bool {
+        self.check_problems.is_empty()
+    }
+
+    pub fn tests_passed(&self) -> bool {
+        self.tests.iter().all(|t| t.passed)
+    }
+}
+
+/// Runs the static checks and, if they pass, every contract test of `patch`.
+pub fn evaluate(sandbox: &Sandbox, patch: &PatchSource) -> (Vec<String>, Vec<TestResult>) {
+    let problems = sandbox.static_check(&patch.wasm);
+    if !problems.is_empty() {
+        return (problems, Vec::new());
+    }
+    let results = patch
+        .manifest
+        .tests
+        .iter()
+        .map(|test| {
+            let got = sandbox.run(
+                &patch.manifest.name,
+                &patch.hash,
+                &patch.wasm,
+                test.fault.view(),
+            );
+            let detail = match (&got, &test.expect_error) {
+                (Ok(plan), None) if *plan == test.expect => String::new(),
+                (Err(error), Some(code)) if error.code() == code => String::new(),
+                (Ok(plan), _) => format!(
+                    "expected {}, got plan {}",
+                    expectation(&test.expect, test.expect_error.as_deref()),
+                    serde_json::to_string(plan).unwrap_or_default()
+                ),
+                (Err(error), _) => format!(
+                    "expected {}, got error {error}",
+                    expectation(&test.expect, test.expect_error.as_deref())
+                ),
+            };
+            TestResult {
+                name: test.name.clone(),
+                passed: detail.is_empty(),
+                detail,
+            }
+        })
+        .collect();
+    (Vec::new(), results)
+}
+
+fn expectation(plan: &[crate::plan::Action], error: Option<&str>) -> String {
+    match error {
+        Some(code) => format!("error `{code}`"),
+        None => format!("plan {}", serde_json::to_string(plan).unwrap_or_default()),
+    }
+}
+
+/// Registers `patch` (checks and tests run only for a hash never seen before) and makes it the
+/// active version of its name. Returns the stored record.
+pub async fn register_dir_patch(
+    store: &Store,
+    sandbox: &Arc<Sandbox>,
+    patch: PatchSource,
+) -> Result<PatchRecord, StoreError> {
+    if let Some(existing) = store.patch(&patch.manifest.name, &patch.hash)? {
+        if existing.checks_passed() {
+            // Warm the compiled-module cache so that the first real run is fast.
+            let _ = sandbox.prepare(&existing.hash, &patch.wasm);
+        }
+        return store.put_patch(existing, patch.wasm, true).await;
+    }
+    let sandbox_for_checks = Arc::clone(sandbox);
+    let patch_for_checks = patch.clone();
+    let (check_problems, tests) =
+        tokio::task::spawn_blocking(move || evaluate(&sandbox_for_checks, &patch_for_checks))
+            .await
+            .map_err(|e| StoreError::Io(format!("patch checks panicked: {e}")))?;
+    let record = PatchRecord {
+        schema: 1,
+        name: patch.manifest.name.clone(),
+        version: patch.manifest.version.clone(),
+        hash: patch.hash.clone(),
+        description: patch.manifest.description.clone(),
+        author: patch.manifest.author.clone(),
+        confidence: patch.manifest.confidence,
+        source: Provenance::Dir,
+        registered_at: Timestamp::now(),
+        check_problems,
+        tests,
+    };
+    store.put_patch(record, patch.wasm, true).await
+}

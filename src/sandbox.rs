@@ -1,0 +1,743 @@
+//! The patch sandbox: runs a patch's WebAssembly module under wasmtime and collects its plan.
+//!
+//! **Invariant:** this is the only module that imports wasmtime. A patch sees the host only
+//! through three functions of the `phoenix` import module, none of which acts on the system:
+//!
+//! - `fault_get(key_ptr, key_len, out_ptr, out_cap) -> i32`: copies the fault field named by the
+//!   key (`app`, `kind`, `message`, `severity`, `fingerprint`, `occurrences`, `labels.NAME`) into
+//!   `out`, at most `out_cap` bytes; returns the field's full length, or -1 if it has no value.
+//! - `action(ptr, len) -> i32`: appends one action, as JSON (`{"kind":"exec","command":"x"}`), to
+//!   the plan; returns 0. A malformed action or one past the plan limits ends the run.
+//! - `log(ptr, len)`: a line for phoenix's log (the first 32 lines of a run).
+//!
+//! The module must export `memory` and `heal: () -> i32` (0 means "plan ready"). Each run gets a
+//! fresh store with a fuel budget, a wall-clock deadline (epoch interruption), and memory and
+//! table caps; any excess, trap or bad host call fails that run with a precise [`RunError`] and
+//! leaves the daemon untouched. Compiled modules are cached on disk by content hash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use wasmtime::{
+    Caller, Config, Engine, ExternType, Instance, Linker, Memory, Module, ResourceLimiter, Store,
+    Trap, ValType,
+};
+
+use crate::plan::Action;
+
+/// Per-run limits. Defaults suit small remediation logic; see the `[sandbox]` config table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Fuel per run (roughly one unit per wasm instruction).
+    pub fuel: u64,
+    /// Wall-clock budget per run.
+    #[serde(with = "crate::policy::duration")]
+    pub deadline: Duration,
+    /// Linear memory cap, in bytes.
+    pub memory_bytes: usize,
+    /// Table elements cap.
+    pub table_elements: usize,
+    /// Most actions one plan may hold.
+    pub max_actions: usize,
+    /// Largest single action, in bytes of JSON.
+    pub max_action_bytes: usize,
+    /// Largest module accepted at registration, in bytes of wasm.
+    pub max_module_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            fuel: 50_000_000,
+            deadline: Duration::from_secs(2),
+            memory_bytes: 16 << 20,
+            table_elements: 10_000,
+            max_actions: 32,
+            max_action_bytes: 8 << 10,
+            max_module_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The fault as a patch sees it: named string fields.
+pub type FaultView = BTreeMap<String, String>;
+
+/// Why a patch run produced no plan. `code()` is the stable short name recorded in the fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The fuel budget ran out (an endless or too-long loop).
+    #[error("out_of_fuel: the patch used its whole fuel budget")]
+    OutOfFuel,
+    /// The wall-clock deadline passed.
+    #[error("deadline: the patch ran past its {0:?} deadline")]
+    Deadline(Duration),
+    /// The module tried to grow memory beyond the cap.
+    #[error("memory_limit: the patch asked for {desired} bytes of memory; the cap is {cap}")]
+    MemoryLimit { desired: usize, cap: usize },
+    /// The module tried to grow a table beyond the cap.
+    #[error("table_limit: the patch asked for {desired} table elements; the cap is {cap}")]
+    TableLimit { desired: usize, cap: usize },
+    /// The wasm call stack overflowed (deep recursion).
+    #[error("stack_overflow: the patch exhausted its call stack")]
+    StackOverflow,
+    /// Any other trap (unreachable, out-of-bounds access, division by zero…).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The plan exceeded the action count limit.
+    #[error("plan_too_large: the patch planned more than {0} actions")]
+    PlanTooLarge(usize),
+    /// One action exceeded the size limit.
+    #[error("action_too_large: an action of {size} bytes exceeds the {max}-byte limit")]
+    ActionTooLarge { size: usize, max: usize },
+    /// An action was not valid JSON of a known kind.
+    #[error("bad_action: {0}")]
+    BadAction(String),
+    /// A host call passed a pointer/length outside the module's memory.
+    #[error("bad_pointer: a host call referred to memory outside the patch's linear memory")]
+    BadPointer,
+    /// `heal` returned a non-zero status: the patch declined to plan.
+    #[error("declined: heal() returned {0}")]
+    Declined(i32),
+    /// The module could not be compiled or instantiated.
+    #[error("instantiate: {0}")]
+    Instantiate(String),
+}
+
+impl RunError {
+    /// The stable short cause, e.g. `out_of_fuel`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::OutOfFuel => "out_of_fuel",
+            RunError::Deadline(_) => "deadline",
+            RunError::MemoryLimit { .. } => "memory_limit",
+            RunError::TableLimit { .. } => "table_limit",
+            RunError::StackOverflow => "stack_overflow",
+            RunError::Trap(_) => "trap",
+            RunError::PlanTooLarge(_) => "plan_too_large",
+            RunError::ActionTooLarge { .. } => "action_too_large",
+            RunError::BadAction(_) => "bad_action",
+            RunError::BadPointer => "bad_pointer",
+            RunError::Declined(_) => "declined",
+            RunError::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// The host functions a patch may import, with their wasm signatures (params, results).
+const ALLOWED_IMPORTS: [(&str, &[ValKind], &[ValKind]); 3] = [
+    (
+        "fault_get",
+        &[ValKind::I32, ValKind::I32, ValKind::I32, ValKind::I32],
+        &[ValKind::I32],
+    ),
+    ("action", &[ValKind::I32, ValKind::I32], &[ValKind::I32]),
+    ("log", &[ValKind::I32, ValKind::I32], &[]),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValKind {
+    I32,
+    Other,
+}
+
+fn kinds(types: impl Iterator<Item = ValType>) -> Vec<ValKind> {
+    types
+        .map(|t| {
+            if matches!(t, ValType::I32) {
+                ValKind::I32
+            } else {
+                ValKind::Other
+            }
+        })
+        .collect()
+}
+
+/// What one run may touch: the fault it reads and the plan it builds, plus what went wrong.
+struct HostState {
+    fault: FaultView,
+    plan: Vec<Action>,
+    limits: Limits,
+    failure: Option<RunError>,
+    log_lines: u32,
+    patch: String,
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limits.memory_bytes {
+            self.failure = Some(RunError::MemoryLimit {
+                desired,
+                cap: self.limits.memory_bytes,
+            });
+            return Err(wasmtime::Error::msg("memory limit"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limits.table_elements {
+            self.failure = Some(RunError::TableLimit {
+                desired,
+                cap: self.limits.table_elements,
+            });
+            return Err(wasmtime::Error::msg("table limit"));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        4
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+/// The sandbox: one wasmtime engine, its epoch ticker, and the compiled-module cache.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: Limits,
+    cache_dir: PathBuf,
+    modules: Mutex<HashMap<String, Module>>,
+}
+
+/// Epoch tick length: the deadline's resolution.
+const TICK: Duration = Duration::from_millis(5);
+
+fn bounds(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(ptr).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    (end <= memory.len()).then_some(start..end)
+}
+
+fn memory_of(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
+    caller
+        .get_export("memory")
+        .and_then(|export| export.into_memory())
+}
+
+/// Records `failure` and returns the error that unwinds the wasm call.
+fn fail(caller: &mut Caller<'_, HostState>, failure: RunError) -> wasmtime::Error {
+    let message = failure.to_string();
+    caller.data_mut().failure = Some(failure);
+    wasmtime::Error::msg(message)
+}
+
+fn read_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+    let Some(memory) = memory_of(caller) else {
+        return Err(fail(caller, RunError::BadPointer));
+    };
+    let data = memory.data(&*caller);
+    match bounds(data, ptr, len) {
+        Some(range) => Ok(data[range].to_vec()),
+        None => Err(fail(caller, RunError::BadPointer)),
+    }
+}
+
+fn host_fault_get(
+    mut caller: Caller<'_, HostState>,
+    key_ptr: i32,
+    key_len: i32,
+    out_ptr: i32,
+    out_cap: i32,
+) -> wasmtime::Result<i32> {
+    let key = read_bytes(&mut caller, key_ptr, key_len)?;
+    let key = String::from_utf8_lossy(&key);
+    let Some(value) = caller.data().fault.get(key.as_ref()).cloned() else {
+        return Ok(-1);
+    };
+    let Some(memory) = memory_of(&mut caller) else {
+        return Err(fail(&mut caller, RunError::BadPointer));
+    };
+    let copy = value.len().min(usize::try_from(out_cap).unwrap_or(0));
+    let data = memory.data_mut(&mut caller);
+    let Some(range) = bounds(data, out_ptr, i32::try_from(copy).unwrap_or(i32::MAX)) else {
+        return Err(fail(&mut caller, RunError::BadPointer));
+    };
+    data[range].copy_from_slice(&value.as_bytes()[..copy]);
+    Ok(i32::try_from(value.len()).unwrap_or(i32::MAX))
+}
+
+fn host_action(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    let limits = caller.data().limits.clone();
+    if caller.data().plan.len() >= limits.max_actions {
+        return Err(fail(
+            &mut caller,
+            RunError::PlanTooLarge(limits.max_actions),
+        ));
+    }
+    let size = usize::try_from(len).unwrap_or(usize::MAX);
+    if size > limits.max_action_bytes {
+        return Err(fail(
+            &mut caller,
+            RunError::ActionTooLarge {
+                size,
+                max: limits.max_action_bytes,
+            },
+        ));
+    }
+    let bytes = read_bytes(&mut caller, ptr, len)?;
+    match serde_json::from_slice::<Action>(&bytes) {
+        Ok(action) => {
+            caller.data_mut().plan.push(action);
+            Ok(0)
+        }
+        Err(error) => Err(fail(&mut caller, RunError::BadAction(error.to_string()))),
+    }
+}
+
+fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let len = len.clamp(0, 1024);
+    let bytes = read_bytes(&mut caller, ptr, len)?;
+    let state = caller.data_mut();
+    state.log_lines += 1;
+    if state.log_lines <= 32 {
+        tracing::info!(message = "Patch log.", patch = %state.patch, line = %String::from_utf8_lossy(&bytes));
+    }
+    Ok(())
+}
+
+/// Why a sandbox could not be built or a module not prepared.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// wasmtime rejected the engine configuration.
+    #[error("cannot configure wasmtime: {0}")]
+    Engine(String),
+    /// The compiled-module cache directory is unusable.
+    #[error("module cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Sandbox {
+    /// Builds the engine and starts its epoch ticker. `cache_dir` holds compiled modules.
+    pub fn new(limits: Limits, cache_dir: PathBuf) -> Result<Sandbox, SandboxError> {
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
+        let mut config = Config::new();
+        config
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config).map_err(engine_error)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("phoenix-sandbox-epoch".into())
+            .spawn(move || {
+                // Ends when the engine is dropped.
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap("phoenix", "fault_get", host_fault_get)
+            .map_err(engine_error)?;
+        linker
+            .func_wrap("phoenix", "action", host_action)
+            .map_err(engine_error)?;
+        linker
+            .func_wrap("phoenix", "log", host_log)
+            .map_err(engine_error)?;
+        std::fs::create_dir_all(&cache_dir).map_err(|source| SandboxError::Cache {
+            path: cache_dir.clone(),
+            source,
+        })?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Registration-time checks: size, validity, imports only from the allow-list (so no WASI),
+    /// and the required exports. Returns every problem found, or none.
+    pub fn static_check(&self, wasm: &[u8]) -> Vec<String> {
+        let mut problems = Vec::new();
+        if wasm.len() > self.limits.max_module_bytes {
+            problems.push(format!(
+                "module is {} bytes; the limit is {}",
+                wasm.len(),
+                self.limits.max_module_bytes
+            ));
+            return problems;
+        }
+        let module = match Module::from_binary(&self.engine, wasm) {
+            Ok(module) => module,
+            Err(error) => {
+                problems.push(format!("module does not compile: {error:#}"));
+                return problems;
+            }
+        };
+        for import in module.imports() {
+            let (module_name, name) = (import.module(), import.name());
+            if module_name.starts_with("wasi") {
+                problems.push(format!(
+                    "import {module_name}.{name}: WASI is not available to patches"
+                ));
+                continue;
+            }
+            let allowed = ALLOWED_IMPORTS
+                .iter()
+                .find(|(n, _, _)| module_name == "phoenix" && *n == name);
+            let Some((_, params, results)) = allowed else {
+                problems.push(format!(
+                    "import {module_name}.{name} is not allowed (allowed: phoenix.fault_get, phoenix.action, phoenix.log)"
+                ));
+                continue;
+            };
+            match import.ty() {
+                ExternType::Func(ty)
+                    if kinds(ty.params()) == *params && kinds(ty.results()) == *results => {}
+                _ => problems.push(format!("import phoenix.{name} has the wrong type")),
+            }
+        }
+        match module.get_export("memory") {
+            Some(ExternType::Memory(_)) => {}
+            _ => problems.push("module must export a memory named `memory`".into()),
+        }
+        match module.get_export("heal") {
+            Some(ExternType::Func(ty))
+                if ty.params().len() == 0 && kinds(ty.results()) == [ValKind::I32] => {}
+            _ => problems.push("module must export `heal: () -> i32`".into()),
+        }
+        problems
+    }
+
+    /// The compiled module for `hash`: from memory, else from the disk cache, else compiled (and
+    /// written to the cache).
+    fn module(&self, hash: &str, wasm: &[u8]) -> Result<Module, RunError> {
+        if let Some(module) = self.lock_modules().get(hash) {
+            return Ok(module.clone());
+        }
+        let path = self.cache_dir.join(format!("{hash}.cwasm"));
+        let module = match self.load_cached(&path) {
+            Some(module) => module,
+            None => {
+                let module = Module::from_binary(&self.engine, wasm)
+                    .map_err(|e| RunError::Instantiate(format!("{e:#}")))?;
+                self.store_cached(&path, &module);
+                module
+            }
+        };
+        self.lock_modules().insert(hash.to_owned(), module.clone());
+        Ok(module)
+    }
+
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, Module>> {
+        // A panic while holding this lock cannot leave the map inconsistent: recover it.
+        self.modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Cache file layout: 32 bytes of blake3 over the artifact, then the artifact.
+    fn store_cached(&self, path: &std::path::Path, module: &Module) {
+        let Ok(artifact) = module.serialize() else {
+            return;
+        };
+        let mut bytes = blake3::hash(&artifact).as_bytes().to_vec();
+        bytes.extend_from_slice(&artifact);
+        let temp = path.with_extension("cwasm.tmp");
+        if std::fs::write(&temp, &bytes)
+            .and_then(|()| std::fs::rename(&temp, path))
+            .is_err()
+        {
+            tracing::warn!(message = "Cannot write the compiled-module cache.", path = %path.display());
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn load_cached(&self, path: &std::path::Path) -> Option<Module> {
+        let bytes = std::fs::read(path).ok()?;
+        let (digest, artifact) = bytes.split_at_checked(32)?;
+        if blake3::hash(artifact).as_bytes() != digest {
+            tracing::warn!(message = "Compiled-module cache entry is corrupt; recompiling.", path = %path.display());
+            return None;
+        }
+        // SAFETY: `Module::deserialize` trusts its input to be an artifact wasmtime produced. This
+        // file lives in phoenix's own data directory, was written by `store_cached` above from
+        // `Module::serialize`, and its blake3 digest (checked just above) matches, so it is not
+        // truncated or corrupted. wasmtime itself rejects artifacts from another version or config.
+        unsafe { Module::deserialize(&self.engine, artifact) }.ok()
+    }
+
+    /// Compiles (or loads) the module so that its first real run is fast.
+    pub fn prepare(&self, hash: &str, wasm: &[u8]) -> Result<(), RunError> {
+        self.module(hash, wasm).map(|_| ())
+    }
+
+    /// Runs `heal` of the module `hash` against `fault` and returns its plan. Blocking and CPU
+    /// bound (bounded by fuel and deadline): call it from a blocking thread.
+    pub fn run(
+        &self,
+        patch: &str,
+        hash: &str,
+        wasm: &[u8],
+        fault: FaultView,
+    ) -> Result<Vec<Action>, RunError> {
+        let module = self.module(hash, wasm)?;
+        let state = HostState {
+            fault,
+            plan: Vec::new(),
+            limits: self.limits.clone(),
+            failure: None,
+            log_lines: 0,
+            patch: patch.to_owned(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        store
+            .set_fuel(self.limits.fuel)
+            .map_err(|e| RunError::Instantiate(e.to_string()))?;
+        let ticks = self
+            .limits
+            .deadline
+            .as_millis()
+            .div_ceil(TICK.as_millis())
+            .max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+
+        let outcome = self
+            .linker
+            .instantiate(&mut store, &module)
+            .and_then(|instance: Instance| instance.get_typed_func::<(), i32>(&mut store, "heal"))
+            .and_then(|heal| heal.call(&mut store, ()));
+        let state = store.into_data();
+        if let Some(failure) = state.failure {
+            return Err(failure);
+        }
+        match outcome {
+            Ok(0) => Ok(state.plan),
+            Ok(status) => Err(RunError::Declined(status)),
+            Err(error) => Err(match error.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel) => RunError::OutOfFuel,
+                Some(Trap::Interrupt) => RunError::Deadline(self.limits.deadline),
+                Some(Trap::StackOverflow) => RunError::StackOverflow,
+                Some(trap) => RunError::Trap(trap.to_string()),
+                None => RunError::Instantiate(format!("{error:#}")),
+            }),
+        }
+    }
+}
+
+/// Compiles WebAssembly text to binary (a `.wasm` file's bytes pass through unchanged).
+pub fn wat_to_wasm(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    wat::parse_bytes(bytes)
+        .map(|cow| cow.into_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A patch skeleton: `body` is the body of `heal`, `data` strings are placed at offset 0.
+    fn module(imports: &str, data: &str, body: &str) -> Vec<u8> {
+        let text = format!(
+            r#"(module
+                 (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+                 (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
+                 {imports}
+                 (memory (export "memory") 1)
+                 (data (i32.const 0) "{data}")
+                 (func (export "heal") (result i32) {body}))"#
+        );
+        wat_to_wasm(text.as_bytes()).unwrap()
+    }
+
+    fn sandbox(limits: Limits) -> (tempfile::TempDir, Sandbox) {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(limits, dir.path().join("modules")).unwrap();
+        (dir, sandbox)
+    }
+
+    fn run(sandbox: &Sandbox, wasm: &[u8]) -> Result<Vec<Action>, RunError> {
+        let hash = blake3::hash(wasm).to_hex().to_string();
+        let mut fault = FaultView::new();
+        fault.insert("kind".into(), "disk_full".into());
+        sandbox.run("test", &hash, wasm, fault)
+    }
+
+    const EXEC: &str = r#"{\"kind\":\"exec\",\"command\":\"cleanup\"}"#;
+    const EXEC_LEN: usize = 35;
+
+    fn check(limits: Limits, wasm: Vec<u8>, expect: Result<Vec<Action>, &str>) {
+        let (_dir, sandbox) = sandbox(limits);
+        assert!(
+            sandbox.static_check(&wasm).is_empty(),
+            "{:?}",
+            sandbox.static_check(&wasm)
+        );
+        let got = run(&sandbox, &wasm);
+        match expect {
+            Ok(plan) => assert_eq!(got, Ok(plan)),
+            Err(code) => assert_eq!(got.as_ref().map_err(RunError::code), Err(code), "{got:?}"),
+        }
+    }
+
+    #[test]
+    fn a_patch_returns_its_plan() {
+        let body =
+            format!("(drop (call $action (i32.const 0) (i32.const {EXEC_LEN}))) (i32.const 0)");
+        check(
+            Limits::default(),
+            module("", EXEC, &body),
+            Ok(vec![Action::Exec {
+                command: "cleanup".into(),
+            }]),
+        );
+    }
+
+    #[test]
+    fn a_patch_reads_the_fault() {
+        // Reads `kind` into offset 100 and plans only when its first byte is 'd'.
+        let body = format!(
+            "(drop (call $fault_get (i32.const {EXEC_LEN}) (i32.const 4) (i32.const 100) (i32.const 64)))
+             (if (i32.eq (i32.load8_u (i32.const 100)) (i32.const 100))
+               (then (drop (call $action (i32.const 0) (i32.const {EXEC_LEN})))))
+             (i32.const 0)"
+        );
+        check(
+            Limits::default(),
+            module("", &format!("{EXEC}kind"), &body),
+            Ok(vec![Action::Exec {
+                command: "cleanup".into(),
+            }]),
+        );
+    }
+
+    #[test]
+    fn runaway_patches_fail_precisely() {
+        let small = Limits {
+            fuel: 100_000,
+            ..Limits::default()
+        };
+        check(
+            small,
+            module("", "", "(loop $l (br $l)) (i32.const 0)"),
+            Err("out_of_fuel"),
+        );
+        let deadline = Limits {
+            fuel: u64::MAX / 2,
+            deadline: Duration::from_millis(50),
+            ..Limits::default()
+        };
+        check(
+            deadline,
+            module("", "", "(loop $l (br $l)) (i32.const 0)"),
+            Err("deadline"),
+        );
+        let grow = "(drop (memory.grow (i32.const 1000))) (i32.const 0)";
+        check(Limits::default(), module("", "", grow), Err("memory_limit"));
+        check(
+            Limits::default(),
+            module("", "", "(unreachable)"),
+            Err("trap"),
+        );
+        let many = format!(
+            "(loop $l (drop (call $action (i32.const 0) (i32.const {EXEC_LEN}))) (br $l)) (i32.const 0)"
+        );
+        check(
+            Limits::default(),
+            module("", EXEC, &many),
+            Err("plan_too_large"),
+        );
+        let oob = "(drop (call $action (i32.const 65530) (i32.const 100))) (i32.const 0)";
+        check(Limits::default(), module("", "", oob), Err("bad_pointer"));
+        let bad = "(drop (call $action (i32.const 0) (i32.const 3))) (i32.const 0)";
+        check(Limits::default(), module("", "abc", bad), Err("bad_action"));
+        check(
+            Limits::default(),
+            module("", "", "(i32.const 7)"),
+            Err("declined"),
+        );
+    }
+
+    #[test]
+    fn forbidden_imports_and_missing_exports_are_refused() {
+        let (_dir, sandbox) = sandbox(Limits::default());
+        let wasi = module(
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+            "",
+            "(i32.const 0)",
+        );
+        let problems = sandbox.static_check(&wasi);
+        assert!(
+            problems.iter().any(|p| p.contains("WASI is not available")),
+            "{problems:?}"
+        );
+        let unknown = module(
+            r#"(import "phoenix" "exec_now" (func))"#,
+            "",
+            "(i32.const 0)",
+        );
+        assert!(
+            sandbox
+                .static_check(&unknown)
+                .iter()
+                .any(|p| p.contains("phoenix.exec_now is not allowed"))
+        );
+        let no_heal = wat_to_wasm(br#"(module (memory (export "memory") 1))"#).unwrap();
+        assert_eq!(
+            sandbox.static_check(&no_heal),
+            vec!["module must export `heal: () -> i32`".to_string()]
+        );
+        assert!(
+            sandbox
+                .static_check(b"\0asm garbage")
+                .iter()
+                .any(|p| p.contains("does not compile"))
+        );
+    }
+
+    #[test]
+    fn compiled_modules_are_cached_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = module("", "", "(i32.const 0)");
+        let hash = blake3::hash(&wasm).to_hex().to_string();
+        {
+            let sandbox = Sandbox::new(Limits::default(), dir.path().to_owned()).unwrap();
+            sandbox.prepare(&hash, &wasm).unwrap();
+        }
+        assert!(dir.path().join(format!("{hash}.cwasm")).exists());
+        let sandbox = Sandbox::new(Limits::default(), dir.path().to_owned()).unwrap();
+        // Loaded from the cache (the wasm passed is garbage, so compiling would fail).
+        assert_eq!(
+            sandbox.run("t", &hash, b"not wasm", FaultView::new()),
+            Ok(vec![])
+        );
+    }
+}

@@ -1,0 +1,677 @@
+//! The durable store: faults, their histories, the dedup and idempotency indexes, and the patch
+//! registry, in one sled tree.
+//!
+//! **Invariant:** this is the only module that imports sled.
+//!
+//! Every write goes through one committer thread. A write is a closure run there, alone, so it
+//! can read and then write without racing another writer (that is how the compare-and-swap on a
+//! fault's sequence number and the fingerprint dedup stay correct). Its writes are applied as one
+//! atomic sled batch. The committer then runs the other writes that queued up meanwhile and
+//! flushes once for the whole group (group commit): every caller is answered only after that
+//! flush, so an acknowledged write is on disk, and N concurrent writers cost one fsync, not N.
+//!
+//! Key layout (one tree, so that one batch can touch several kinds of record atomically):
+//! - `f/{id}` → [`Fault`]; `h/{id}/{seq: u64 BE}` → [`HistoryEntry`]
+//! - `fp/{fingerprint}` → id of the *open* fault with that fingerprint (removed when it ends)
+//! - `ik/{scope}/{key}` → [`IdempotencyRecord`]
+//! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::oneshot;
+
+use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source, Timestamp, sortable_id};
+use crate::registry::PatchRecord;
+
+/// Most writes applied before one flush; bounds the latency a single group can add.
+const MAX_GROUP: usize = 512;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// sled reported an I/O or corruption error (message kept; sled errors are not Clone).
+    #[error("store I/O error: {0}")]
+    Io(String),
+    /// A record could not be decoded: the data dir holds something this version cannot read.
+    #[error("store record `{key}` is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+    /// A fault changed since it was read (another writer advanced its sequence).
+    #[error("fault {id} is at seq {actual}, expected {expected}")]
+    Conflict {
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// No fault with this id.
+    #[error("no fault {0}")]
+    NotFound(String),
+    /// The idempotency key was used before with a different request body.
+    #[error("idempotency key `{0}` was already used with a different request")]
+    IdempotencyMismatch(String),
+    /// The committer thread is gone (the daemon is shutting down).
+    #[error("store is closed")]
+    Closed,
+}
+
+fn io(error: sled::Error) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+/// What an idempotent request returned the first time; replayed for the same key and body.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub fault: Fault,
+    pub created: bool,
+}
+
+/// The outcome of a report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    pub fault: Fault,
+    /// True when this report opened a new fault (and so a healing run must start).
+    pub created: bool,
+    /// True when this is a replay of an earlier request with the same idempotency key.
+    pub replayed: bool,
+}
+
+/// Filters for [`Store::list_faults`].
+#[derive(Debug, Clone, Default)]
+pub struct FaultFilter {
+    pub state: Option<String>,
+    pub app: Option<String>,
+    /// Only ids strictly after this one (the previous page's `next`).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&sled::Tree) -> Completion + Send>;
+
+/// A write in progress: reads see the tree as committed so far; writes go to one atomic batch.
+pub struct Writer<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+}
+
+impl Writer<'_> {
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        get(self.tree, key)
+    }
+
+    fn put<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into(),
+            message: e.to_string(),
+        })?;
+        self.batch.insert(key, bytes);
+        Ok(())
+    }
+
+    fn put_raw(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        self.batch.remove(key);
+    }
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+    match tree.get(key).map_err(io)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                message: e.to_string(),
+            }),
+    }
+}
+
+fn fault_key(id: &str) -> Vec<u8> {
+    format!("f/{id}").into_bytes()
+}
+
+fn history_prefix(id: &str) -> Vec<u8> {
+    format!("h/{id}/").into_bytes()
+}
+
+fn history_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut key = history_prefix(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn fingerprint_key(fingerprint: &str) -> Vec<u8> {
+    format!("fp/{fingerprint}").into_bytes()
+}
+
+/// The store. Cheap to share behind an `Arc`; reads go straight to sled, writes to the committer.
+pub struct Store {
+    db: sled::Db,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Fails if another process holds it.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Durability comes from the committer's explicit flushes, not a background timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(io)?;
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let tree: sled::Tree = (*db).clone();
+        let flusher = db.clone();
+        thread::Builder::new()
+            .name("phoenix-store-commit".into())
+            .spawn(move || commit_loop(&flusher, &tree, &receiver))
+            .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
+        Ok(Store { db, jobs })
+    }
+
+    /// Runs `work` on the committer, applies its batch atomically, and returns once the batch is
+    /// flushed to disk. If `work` fails, nothing it wrote is applied.
+    async fn commit<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |tree: &sled::Tree| {
+            let mut writer = Writer {
+                tree,
+                batch: sled::Batch::default(),
+            };
+            let result = work(&mut writer)
+                .and_then(|value| tree.apply_batch(writer.batch).map(|()| value).map_err(io));
+            Box::new(move |flushed: Result<(), StoreError>| {
+                let _ = reply.send(result.and_then(|value| flushed.map(|()| value)));
+            })
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records a report: a new fault in `detected`, or, if an open fault has the same
+    /// fingerprint, one more occurrence of it. With an idempotency key, a repeat of the same
+    /// request replays the first outcome; a different request with that key is refused.
+    pub async fn report(
+        &self,
+        report: Report,
+        source: Source,
+        idempotency: Option<(String, String)>,
+    ) -> Result<Reported, StoreError> {
+        let db = self.db.clone();
+        self.commit(move |w| {
+            let idem_key = idempotency
+                .as_ref()
+                .map(|(key, _)| format!("ik/faults/{key}").into_bytes());
+            if let (Some(ik), Some((key, request_hash))) = (&idem_key, &idempotency)
+                && let Some(first) = w.get::<IdempotencyRecord>(ik)?
+            {
+                if first.request_hash != *request_hash {
+                    return Err(StoreError::IdempotencyMismatch(key.clone()));
+                }
+                return Ok(Reported {
+                    fault: first.fault,
+                    created: first.created,
+                    replayed: true,
+                });
+            }
+            let now = Timestamp::now();
+            let fp_key = fingerprint_key(&report.fingerprint());
+            let open: Option<String> = w.get(&fp_key)?;
+            let (fault, created) = match open {
+                Some(id) => {
+                    let key = fault_key(&id);
+                    let mut fault: Fault = w.get(&key)?.ok_or_else(|| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&fp_key).into_owned(),
+                        message: format!("points at missing fault {id}"),
+                    })?;
+                    fault.occurrences += 1;
+                    fault.last_seen = now;
+                    w.put(&key, &fault)?;
+                    (fault, false)
+                }
+                None => {
+                    let counter = db.generate_id().map_err(io)?;
+                    let id = sortable_id(now, counter);
+                    let fault = Fault::new(id.clone(), report, source, now);
+                    let entry = HistoryEntry {
+                        seq: 1,
+                        state: FaultState::Detected,
+                        at: now,
+                        detail: "reported".into(),
+                    };
+                    w.put(&fault_key(&id), &fault)?;
+                    w.put(&history_key(&id, 1), &entry)?;
+                    w.put(&fp_key, &id)?;
+                    (fault, true)
+                }
+            };
+            if let (Some(ik), Some((_, request_hash))) = (&idem_key, &idempotency) {
+                let record = IdempotencyRecord {
+                    request_hash: request_hash.clone(),
+                    fault: fault.clone(),
+                    created,
+                };
+                w.put(ik, &record)?;
+            }
+            Ok(Reported {
+                fault,
+                created,
+                replayed: false,
+            })
+        })
+        .await
+    }
+
+    /// Appends one history entry to fault `id`, provided its sequence is still `expected_seq`
+    /// (compare-and-swap), after applying `change` to the stored record. `state` becomes the
+    /// fault's state. When the fault ends, its fingerprint is released so that a new report
+    /// opens a new fault.
+    pub async fn append<F>(
+        &self,
+        id: &str,
+        expected_seq: u64,
+        state: FaultState,
+        detail: String,
+        change: F,
+    ) -> Result<Fault, StoreError>
+    where
+        F: FnOnce(&mut Fault) + Send + 'static,
+    {
+        let id = id.to_owned();
+        self.commit(move |w| {
+            let key = fault_key(&id);
+            let mut fault: Fault = w
+                .get(&key)?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            if fault.seq != expected_seq {
+                return Err(StoreError::Conflict {
+                    id,
+                    expected: expected_seq,
+                    actual: fault.seq,
+                });
+            }
+            change(&mut fault);
+            fault.seq += 1;
+            fault.state = state;
+            let entry = HistoryEntry {
+                seq: fault.seq,
+                state,
+                at: Timestamp::now(),
+                detail,
+            };
+            w.put(&history_key(&id, fault.seq), &entry)?;
+            if state.is_terminal() {
+                let fp_key = fingerprint_key(&fault.fingerprint);
+                if w.get::<String>(&fp_key)?.as_deref() == Some(id.as_str()) {
+                    w.remove(&fp_key);
+                }
+            }
+            w.put(&key, &fault)?;
+            Ok(fault)
+        })
+        .await
+    }
+
+    pub fn fault(&self, id: &str) -> Result<Option<Fault>, StoreError> {
+        get(&self.db, &fault_key(id))
+    }
+
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.db
+            .scan_prefix(history_prefix(id))
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Faults in id (= creation) order, filtered, one page at a time.
+    pub fn list_faults(&self, filter: &FaultFilter) -> Result<Vec<Fault>, StoreError> {
+        let start = match &filter.after {
+            // The first key after `f/{after}`: append a zero byte.
+            Some(after) => {
+                let mut key = fault_key(after);
+                key.push(0);
+                key
+            }
+            None => b"f/".to_vec(),
+        };
+        let mut faults = Vec::new();
+        for item in self.db.range(start..b"f0".to_vec()) {
+            let (key, value) = item.map_err(io)?;
+            let fault: Fault = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                message: e.to_string(),
+            })?;
+            if filter
+                .state
+                .as_ref()
+                .is_some_and(|s| s != fault.state.name())
+                || filter.app.as_ref().is_some_and(|a| *a != fault.app)
+            {
+                continue;
+            }
+            faults.push(fault);
+            if faults.len() >= filter.limit {
+                break;
+            }
+        }
+        Ok(faults)
+    }
+
+    /// Ids of every fault that has not reached a terminal state (read from the fingerprint
+    /// index, which holds exactly those).
+    pub fn open_fault_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.db.scan_prefix(b"fp/") {
+            let (key, value) = item.map_err(io)?;
+            let id: String = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                message: e.to_string(),
+            })?;
+            ids.push(id);
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Registers a patch version (idempotent: the same hash twice keeps the first record) and,
+    /// when `activate`, makes it the active version of its name.
+    pub async fn put_patch(
+        &self,
+        record: PatchRecord,
+        module: Vec<u8>,
+        activate: bool,
+    ) -> Result<PatchRecord, StoreError> {
+        self.commit(move |w| {
+            let version_key = format!("pv/{}/{}", record.name, record.hash).into_bytes();
+            let stored = match w.get::<PatchRecord>(&version_key)? {
+                Some(existing) => existing,
+                None => {
+                    w.put(&version_key, &record)?;
+                    w.put_raw(format!("pm/{}", record.hash).as_bytes(), &module);
+                    record
+                }
+            };
+            if activate {
+                w.put(format!("pa/{}", stored.name).as_bytes(), &stored.hash)?;
+            }
+            Ok(stored)
+        })
+        .await
+    }
+
+    pub fn patch(&self, name: &str, hash: &str) -> Result<Option<PatchRecord>, StoreError> {
+        get(&self.db, format!("pv/{name}/{hash}").as_bytes())
+    }
+
+    pub fn active_patch_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        get(&self.db, format!("pa/{name}").as_bytes())
+    }
+
+    pub fn patch_versions(&self, name: &str) -> Result<Vec<PatchRecord>, StoreError> {
+        self.db
+            .scan_prefix(format!("pv/{name}/").as_bytes())
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn patch_module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get(format!("pm/{hash}").as_bytes())
+            .map_err(io)?
+            .map(|bytes| bytes.to_vec()))
+    }
+
+    /// True when the store can still be read (used by `/readyz`).
+    pub fn is_healthy(&self) -> bool {
+        self.db.get(b"f/").is_ok()
+    }
+}
+
+fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut completions = vec![first(tree)];
+        while completions.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => completions.push(job(tree)),
+                Err(_) => break,
+            }
+        }
+        let flushed = db.flush().map(|_| ()).map_err(io);
+        if let Err(error) = &flushed {
+            tracing::error!(message = "Store flush failed; writes not acknowledged.", %error);
+        }
+        for complete in completions {
+            complete(flushed.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::{FailReason, Severity};
+    use std::sync::Arc;
+
+    fn report(app: &str) -> Report {
+        Report {
+            app: app.into(),
+            kind: "k".into(),
+            labels: Default::default(),
+            message: None,
+            severity: Severity::Error,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_matching_report_counts_an_occurrence_of_the_open_fault() {
+        let (_dir, store) = open();
+        let first = store.report(report("a"), Source::Api, None).await.unwrap();
+        let second = store.report(report("a"), Source::Api, None).await.unwrap();
+        let other = store.report(report("b"), Source::Api, None).await.unwrap();
+        assert!(first.created && !second.created && other.created);
+        assert_eq!(second.fault.id, first.fault.id);
+        assert_eq!(second.fault.occurrences, 2);
+        assert_ne!(other.fault.id, first.fault.id);
+        assert_eq!(store.open_fault_ids().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_terminal_fault_releases_its_fingerprint() {
+        let (_dir, store) = open();
+        let first = store
+            .report(report("a"), Source::Api, None)
+            .await
+            .unwrap()
+            .fault;
+        let failed = FaultState::Failed(FailReason::NoPolicy);
+        store
+            .append(&first.id, 1, failed, "no policy".into(), |_| {})
+            .await
+            .unwrap();
+        let again = store.report(report("a"), Source::Api, None).await.unwrap();
+        assert!(again.created);
+        assert_ne!(again.fault.id, first.id);
+        assert_eq!(store.open_fault_ids().unwrap(), vec![again.fault.id]);
+    }
+
+    #[tokio::test]
+    async fn append_is_a_compare_and_swap_on_the_sequence() {
+        let (_dir, store) = open();
+        let fault = store
+            .report(report("a"), Source::Api, None)
+            .await
+            .unwrap()
+            .fault;
+        let moved = store
+            .append(&fault.id, 1, FaultState::Analyzing, "begin".into(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(moved.seq, 2);
+        let stale = store
+            .append(&fault.id, 1, FaultState::Analyzing, "again".into(), |_| {})
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(StoreError::Conflict {
+                    expected: 1,
+                    actual: 2,
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        let history = store.history(&fault.id).unwrap();
+        let states: Vec<_> = history.iter().map(|h| (h.seq, h.state)).collect();
+        assert_eq!(
+            states,
+            vec![(1, FaultState::Detected), (2, FaultState::Analyzing)]
+        );
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_replay_or_refuse() {
+        let (_dir, store) = open();
+        let key = |hash: &str| Some(("k1".to_string(), hash.to_string()));
+        let first = store
+            .report(report("a"), Source::Api, key("h1"))
+            .await
+            .unwrap();
+        let replay = store
+            .report(report("a"), Source::Api, key("h1"))
+            .await
+            .unwrap();
+        assert!(replay.replayed && replay.created);
+        assert_eq!(
+            replay.fault, first.fault,
+            "the replay returns the first response, not a new count"
+        );
+        let mismatch = store.report(report("b"), Source::Api, key("h2")).await;
+        assert!(matches!(mismatch, Err(StoreError::IdempotencyMismatch(_))));
+        assert_eq!(
+            store.fault(&first.fault.id).unwrap().unwrap().occurrences,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_reports_of_one_fingerprint_open_one_fault() {
+        let (_dir, store) = open();
+        let store = Arc::new(store);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .report(report("same"), Source::Api, None)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for task in tasks {
+            created += usize::from(task.await.unwrap().created);
+        }
+        assert_eq!(created, 1);
+        let ids = store.open_fault_ids().unwrap();
+        assert_eq!(store.fault(&ids[0]).unwrap().unwrap().occurrences, 50);
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+            store
+                .report(report("a"), Source::Api, None)
+                .await
+                .unwrap()
+                .fault
+                .id
+        };
+        // sled releases its lock when the last handle drops; the committer thread holds one until
+        // its channel closes, so allow it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(&dir.path().join("db"), 8 << 20) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        assert_eq!(store.fault(&id).unwrap().unwrap().app, "a");
+        assert_eq!(store.open_fault_ids().unwrap(), vec![id]);
+    }
+
+    #[tokio::test]
+    async fn listing_pages_and_filters() {
+        let (_dir, store) = open();
+        for app in ["a", "b", "c", "d"] {
+            store.report(report(app), Source::Api, None).await.unwrap();
+        }
+        let page = store
+            .list_faults(&FaultFilter {
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|f| f.app.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let filter = FaultFilter {
+            limit: 2,
+            after: Some(page[1].id.clone()),
+            ..Default::default()
+        };
+        let next = store.list_faults(&filter).unwrap();
+        assert_eq!(
+            next.iter().map(|f| f.app.as_str()).collect::<Vec<_>>(),
+            ["c", "d"]
+        );
+        let by_app = FaultFilter {
+            limit: 10,
+            app: Some("c".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.list_faults(&by_app).unwrap().len(), 1);
+        let by_state = FaultFilter {
+            limit: 10,
+            state: Some("healed".into()),
+            ..Default::default()
+        };
+        assert!(store.list_faults(&by_state).unwrap().is_empty());
+    }
+}
