@@ -409,7 +409,7 @@ impl Engine {
         self.transition(
             &fault,
             Event::Applied,
-            format!("{total} actions applied"),
+            format!("plan applied ({total} of {total} actions)"),
             |_| {},
         )
         .await
@@ -427,7 +427,19 @@ impl Engine {
                 .await;
         };
         let policy = &run.policy_snapshot;
-        match verify(&policy.verify, &self.parts.http, &self.parts.work_dir).await {
+        let env = FaultEnv {
+            id: fault.id.clone(),
+            app: fault.app.clone(),
+            kind: fault.kind.clone(),
+        };
+        match verify(
+            &policy.verify,
+            &self.parts.http,
+            &self.parts.work_dir,
+            Some(&env),
+        )
+        .await
+        {
             Ok(probes) => {
                 let detail = format!("verification passed after {probes} probe(s)");
                 self.transition(&fault, Event::Verified, detail, |_| {})

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::effects::run_command;
+use crate::effects::{FaultEnv, run_command};
 use crate::policy::Verify;
 
 /// What the last probe saw when verification gave up.
@@ -19,11 +19,13 @@ pub struct Unhealthy {
 }
 
 /// Probes until healthy (returns the number of probes it took) or until `verify.within` has
-/// passed. Every probe is itself bounded by the time left.
+/// passed. Every probe is itself bounded by the time left. A command probe gets the fault in its
+/// environment, as effects do.
 pub async fn verify(
     verify: &Verify,
     http: &reqwest::Client,
     work_dir: &Path,
+    fault: Option<&FaultEnv>,
 ) -> Result<u32, Unhealthy> {
     let deadline = Instant::now() + verify.within;
     let mut attempts = 0;
@@ -32,7 +34,7 @@ pub async fn verify(
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
-        let last = match probe_once(verify, http, work_dir, left).await {
+        let last = match probe_once(verify, http, work_dir, left, fault).await {
             Ok(()) => return Ok(attempts),
             Err(last) => last,
         };
@@ -52,9 +54,10 @@ async fn probe_once(
     http: &reqwest::Client,
     work_dir: &Path,
     timeout: Duration,
+    fault: Option<&FaultEnv>,
 ) -> Result<(), String> {
     if let Some(argv) = &verify.command {
-        return run_command(argv, timeout, work_dir, None)
+        return run_command(argv, timeout, work_dir, fault)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());
@@ -99,7 +102,8 @@ mod tests {
             verify(
                 &probe(&["true"], Duration::from_secs(5)),
                 &client,
-                Path::new("/")
+                Path::new("/"),
+                None,
             )
             .await,
             Ok(1)
@@ -115,6 +119,7 @@ mod tests {
             &probe(&["sh", "-c", script], Duration::from_secs(30)),
             &crate::effects::http_client().unwrap(),
             dir.path(),
+            None,
         )
         .await
         .unwrap();
@@ -127,6 +132,7 @@ mod tests {
             &probe(&["false"], Duration::from_millis(200)),
             &crate::effects::http_client().unwrap(),
             Path::new("/"),
+            None,
         )
         .await
         .unwrap_err();

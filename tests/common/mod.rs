@@ -1,0 +1,260 @@
+//! Test harness: a temp dir with a config, policies and patches; the real `phoenix` binary
+//! spawned on 127.0.0.1 with an ephemeral port; an HTTP client; bounded polling helpers.
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous: CI machines are slow and noisy. Nothing waits this long when things work.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// An empty setup: no policies, no patches.
+    pub fn new() -> Env {
+        let env = Env { dir: tempfile::tempdir().expect("temp dir") };
+        std::fs::create_dir_all(env.path("policies")).unwrap();
+        std::fs::create_dir_all(env.path("patches")).unwrap();
+        env.write_config("");
+        env
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes `phoenix.toml`: an ephemeral port, data under `data/`, plus `extra` lines.
+    pub fn write_config(&self, extra: &str) {
+        let text = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 4\n{extra}\n");
+        std::fs::write(self.path("phoenix.toml"), text).unwrap();
+    }
+
+    /// Uses the repository's shipped policies/ and patches/ (the demo).
+    pub fn shipped() -> Env {
+        let env = Env::new();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        env.write_config(&format!(
+            "policies_dir = {:?}\npatches_dir = {:?}",
+            root.join("policies"),
+            root.join("patches")
+        ));
+        env
+    }
+
+    pub fn policy(&self, name: &str, text: &str) {
+        std::fs::write(self.path(&format!("policies/{name}.toml")), text).unwrap();
+    }
+
+    /// A patch directory with `wat` as its module and `tests` as extra manifest text.
+    pub fn patch(&self, name: &str, wat: &str, tests: &str) {
+        let dir = self.path(&format!("patches/{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = format!("name = \"{name}\"\nversion = \"1.0.0\"\nconfidence = 0.9\n{tests}\n");
+        std::fs::write(dir.join("patch.toml"), manifest).unwrap();
+        std::fs::write(dir.join("patch.wat"), wat).unwrap();
+    }
+
+    /// A policy for app `app` using patch `patch`, with `commands` (TOML tables) and a verify
+    /// command.
+    pub fn simple_policy(&self, app: &str, patch: &str, commands: &str, verify: &str) {
+        self.policy(
+            app,
+            &format!(
+                "[match]\napp = \"{app}\"\n\n[patch]\nname = \"{patch}\"\n\n{commands}\n\n[verify]\ncommand = {verify}\nwithin = \"5s\"\ninterval = \"100ms\"\n"
+            ),
+        );
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(self.dir.path())
+    }
+
+    /// Runs `phoenix ARGS` to completion; returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run phoenix");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+/// WAT for a patch that plans exactly `actions` (JSON texts) and returns `status`.
+pub fn planner(actions: &[&str]) -> String {
+    let mut data = String::new();
+    let mut calls = String::new();
+    let mut offset = 0;
+    for action in actions {
+        let escaped = action.replace('\\', "\\\\").replace('"', "\\\"");
+        data.push_str(&format!("(data (i32.const {offset}) \"{escaped}\")\n"));
+        calls.push_str(&format!("(drop (call $action (i32.const {offset}) (i32.const {})))\n", action.len()));
+        offset += action.len() + 8;
+    }
+    module(&data, &calls)
+}
+
+/// A module with the usual imports, `data` segments and `body` as heal's body before `i32.const 0`.
+pub fn module(data: &str, body: &str) -> String {
+    format!(
+        r#"(module
+  (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  {data}
+  (func (export "heal") (result i32)
+    {body}
+    (i32.const 0)))"#
+    )
+}
+
+pub struct Daemon {
+    child: Child,
+    pub addr: String,
+    dir: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path) -> Daemon {
+        let addr_file = dir.join("data/phoenix.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("phoenix.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .args(["serve", "--config"])
+            .arg(dir.join("phoenix.toml"))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn phoenix");
+        let mut daemon = Daemon {
+            child,
+            addr: String::new(),
+            dir: dir.to_owned(),
+            client: phoenix::effects::http_client().unwrap(),
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                daemon.addr = addr;
+                return daemon;
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("phoenix exited with {status} before serving:\n{}", daemon.log());
+            }
+            assert!(started.elapsed() < DEADLINE, "phoenix did not start:\n{}", daemon.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("phoenix.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` with optional headers; returns status, parsed JSON body, and headers.
+    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self.client.post(self.url(path)).body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("POST");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body for {status}: {text}"));
+        (status, json, headers)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body for {status}: {text}")))
+    }
+
+    /// Reports `fault` (JSON) and returns the accepted fault.
+    pub async fn report(&self, fault: &str) -> Value {
+        let (status, body, _) = self.post("/v1/faults", fault, &[]).await;
+        assert_eq!(status, 202, "{body}");
+        body
+    }
+
+    pub async fn fault(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/faults/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls until `check(fault)` holds; panics with the fault and the log at the deadline.
+    pub async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let fault = self.fault(id).await;
+            if check(&fault) {
+                return fault;
+            }
+            assert!(started.elapsed() < DEADLINE, "fault {id} never became {what}: {fault:#}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits for `healed` or `failed`.
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_for(id, "terminal", |f| f["state"] == "healed" || f["state"] == "failed").await
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if started.elapsed() > DEADLINE {
+                self.kill9();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The states a fault's history went through, in order, without repeats.
+pub fn states(fault: &Value) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for entry in fault["history"].as_array().expect("history") {
+        let state = entry["state"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+    }
+    seen
+}
