@@ -12,7 +12,11 @@ timeout = "10s""#;
 const RECORD: &str = r#"{"kind":"exec","command":"record"}"#;
 
 fn ledger(env: &Env) -> Vec<String> {
-    std::fs::read_to_string(env.path("ledger")).unwrap_or_default().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(env.path("ledger"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test]
@@ -23,17 +27,35 @@ async fn the_shipped_demo_heals_a_disk_full_fault_through_every_state() {
     std::fs::write(scratch.join("junk"), vec![0u8; 3 << 20]).unwrap();
     let daemon = env.start();
 
-    let accepted = daemon.report(r#"{"app":"demo","kind":"disk_full","labels":{"mount":"/var"}}"#).await;
+    let accepted = daemon
+        .report(r#"{"app":"demo","kind":"disk_full","labels":{"mount":"/var"}}"#)
+        .await;
     assert_eq!(accepted["state"], "detected");
     assert_eq!(accepted["occurrences"], 1);
     assert_eq!(accepted["fingerprint"].as_str().unwrap().len(), 64);
     let fault = daemon.wait_terminal(accepted["id"].as_str().unwrap()).await;
 
     assert_eq!(fault["state"], "healed", "{fault:#}");
-    assert_eq!(states(&fault), ["detected", "analyzing", "patching", "testing", "healed"]);
-    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "the cleanup emptied the scratch dir");
-    let seqs: Vec<u64> = fault["history"].as_array().unwrap().iter().map(|h| h["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "history is gapless");
+    assert_eq!(
+        states(&fault),
+        ["detected", "analyzing", "patching", "testing", "healed"]
+    );
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "the cleanup emptied the scratch dir"
+    );
+    let seqs: Vec<u64> = fault["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "history is gapless"
+    );
 }
 
 #[tokio::test]
@@ -43,11 +65,21 @@ async fn a_failed_verification_fails_the_fault_after_the_effect_ran() {
     env.simple_policy("web", "record", LEDGER_EXEC, r#"["false"]"#);
     let daemon = env.start();
 
-    let id = daemon.report(r#"{"app":"web","kind":"down"}"#).await["id"].as_str().unwrap().to_owned();
+    let id = daemon.report(r#"{"app":"web","kind":"down"}"#).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let fault = daemon.wait_terminal(&id).await;
 
-    assert_eq!((&fault["state"], &fault["reason"]), (&"failed".into(), &"verify_failed".into()), "{fault:#}");
-    assert_eq!(states(&fault), ["detected", "analyzing", "patching", "testing", "failed"]);
+    assert_eq!(
+        (&fault["state"], &fault["reason"]),
+        (&"failed".into(), &"verify_failed".into()),
+        "{fault:#}"
+    );
+    assert_eq!(
+        states(&fault),
+        ["detected", "analyzing", "patching", "testing", "failed"]
+    );
     assert_eq!(ledger(&env), [id], "the action ran exactly once");
 }
 
@@ -64,14 +96,26 @@ async fn a_policy_may_allow_a_second_attempt() {
     );
     let daemon = env.start();
 
-    let id = daemon.report(r#"{"app":"web","kind":"down"}"#).await["id"].as_str().unwrap().to_owned();
+    let id = daemon.report(r#"{"app":"web","kind":"down"}"#).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let fault = daemon.wait_terminal(&id).await;
 
     assert_eq!(fault["state"], "healed", "{fault:#}");
     assert_eq!(fault["attempts"], 2);
     assert_eq!(
         states(&fault),
-        ["detected", "analyzing", "patching", "testing", "analyzing", "patching", "testing", "healed"]
+        [
+            "detected",
+            "analyzing",
+            "patching",
+            "testing",
+            "analyzing",
+            "patching",
+            "testing",
+            "healed"
+        ]
     );
     assert_eq!(ledger(&env).len(), 2);
 }
@@ -81,7 +125,11 @@ async fn faults_without_a_way_to_heal_fail_with_the_reason() {
     let env = Env::new();
     env.patch("record", &planner(&[RECORD]), "");
     // Plans a command its policy does not declare.
-    env.patch("greedy", &planner(&[RECORD, r#"{"kind":"exec","command":"reboot"}"#]), "");
+    env.patch(
+        "greedy",
+        &planner(&[RECORD, r#"{"kind":"exec","command":"reboot"}"#]),
+        "",
+    );
     // Its contract test expects a different plan than the module produces.
     env.patch(
         "untested",
@@ -101,19 +149,41 @@ async fn faults_without_a_way_to_heal_fail_with_the_reason() {
 
     let cases = [
         ("nobody", "no_policy", "no policy matches app `nobody`"),
-        ("greedy", "capability_denied", "command `reboot` is not declared"),
+        (
+            "greedy",
+            "capability_denied",
+            "command `reboot` is not declared",
+        ),
         ("untested", "contract_failed", "`expects nothing`"),
         ("missing", "patch_unavailable", "no-such-patch"),
         ("broken", "apply_failed", "disk on fire"),
     ];
     for (app, reason, detail) in cases {
-        let id = daemon.report(&format!(r#"{{"app":"{app}","kind":"k"}}"#)).await["id"].as_str().unwrap().to_owned();
+        let id = daemon
+            .report(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let fault = daemon.wait_terminal(&id).await;
-        assert_eq!((&fault["state"], &fault["reason"]), (&"failed".into(), &reason.into()), "{app}: {fault:#}");
-        let last = fault["history"].as_array().unwrap().last().unwrap()["detail"].as_str().unwrap().to_owned();
-        assert!(last.contains(detail), "{app}: `{last}` should mention `{detail}`");
+        assert_eq!(
+            (&fault["state"], &fault["reason"]),
+            (&"failed".into(), &reason.into()),
+            "{app}: {fault:#}"
+        );
+        let last = fault["history"].as_array().unwrap().last().unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            last.contains(detail),
+            "{app}: `{last}` should mention `{detail}`"
+        );
     }
-    assert!(ledger(&env).is_empty(), "no denied or untested plan executed anything");
+    assert!(
+        ledger(&env).is_empty(),
+        "no denied or untested plan executed anything"
+    );
 }
 
 #[tokio::test]
@@ -126,7 +196,10 @@ async fn malicious_patches_fail_precisely_while_another_fault_heals() {
     let action = RECORD.replace('"', "\\\"");
     let flood = module(
         &format!("(data (i32.const 0) \"{action}\")"),
-        &format!("(loop $more (drop (call $action (i32.const 0) (i32.const {}))) (br $more))", RECORD.len()),
+        &format!(
+            "(loop $more (drop (call $action (i32.const 0) (i32.const {}))) (br $more))",
+            RECORD.len()
+        ),
     );
     let wasi = r#"(module
       (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
@@ -134,10 +207,25 @@ async fn malicious_patches_fail_precisely_while_another_fault_heals() {
       (func (export "heal") (result i32) (i32.const 0)))"#;
     let bad = [
         ("looping", looping.as_str(), "sandbox_error", "out_of_fuel"),
-        ("bomb", memory_bomb.as_str(), "sandbox_error", "memory_limit"),
-        ("trap", trap.as_str(), "sandbox_error", "trap: wasm trap: wasm `unreachable` instruction executed"),
+        (
+            "bomb",
+            memory_bomb.as_str(),
+            "sandbox_error",
+            "memory_limit",
+        ),
+        (
+            "trap",
+            trap.as_str(),
+            "sandbox_error",
+            "trap: wasm trap: wasm `unreachable` instruction executed",
+        ),
         ("flood", flood.as_str(), "sandbox_error", "plan_too_large"),
-        ("wasi", wasi, "patch_rejected", "WASI is not available to patches"),
+        (
+            "wasi",
+            wasi,
+            "patch_rejected",
+            "WASI is not available to patches",
+        ),
     ];
     for (name, wat, _, _) in bad {
         env.patch(name, wat, "");
@@ -148,15 +236,35 @@ async fn malicious_patches_fail_precisely_while_another_fault_heals() {
 
     let mut ids = Vec::new();
     for (app, _, _, _) in bad {
-        ids.push(daemon.report(&format!(r#"{{"app":"{app}","kind":"k"}}"#)).await["id"].as_str().unwrap().to_owned());
+        ids.push(
+            daemon
+                .report(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
-    let good = daemon.report(r#"{"app":"good","kind":"k"}"#).await["id"].as_str().unwrap().to_owned();
+    let good = daemon.report(r#"{"app":"good","kind":"k"}"#).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     for ((app, _, reason, detail), id) in bad.iter().zip(&ids) {
         let fault = daemon.wait_terminal(id).await;
-        assert_eq!((&fault["state"], &fault["reason"]), (&"failed".into(), &(*reason).into()), "{app}: {fault:#}");
-        let last = fault["history"].as_array().unwrap().last().unwrap()["detail"].as_str().unwrap().to_owned();
-        assert!(last.contains(detail), "{app}: `{last}` should mention `{detail}`");
+        assert_eq!(
+            (&fault["state"], &fault["reason"]),
+            (&"failed".into(), &(*reason).into()),
+            "{app}: {fault:#}"
+        );
+        let last = fault["history"].as_array().unwrap().last().unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            last.contains(detail),
+            "{app}: `{last}` should mention `{detail}`"
+        );
     }
     assert_eq!(daemon.wait_terminal(&good).await["state"], "healed");
     assert_eq!(ledger(&env), [good], "only the good patch's plan ran");

@@ -18,7 +18,9 @@ pub struct Env {
 impl Env {
     /// An empty setup: no policies, no patches.
     pub fn new() -> Env {
-        let env = Env { dir: tempfile::tempdir().expect("temp dir") };
+        let env = Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
         std::fs::create_dir_all(env.path("policies")).unwrap();
         std::fs::create_dir_all(env.path("patches")).unwrap();
         env.write_config("");
@@ -55,7 +57,8 @@ impl Env {
     pub fn patch(&self, name: &str, wat: &str, tests: &str) {
         let dir = self.path(&format!("patches/{name}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let manifest = format!("name = \"{name}\"\nversion = \"1.0.0\"\nconfidence = 0.9\n{tests}\n");
+        let manifest =
+            format!("name = \"{name}\"\nversion = \"1.0.0\"\nconfidence = 0.9\n{tests}\n");
         std::fs::write(dir.join("patch.toml"), manifest).unwrap();
         std::fs::write(dir.join("patch.wat"), wat).unwrap();
     }
@@ -98,7 +101,10 @@ pub fn planner(actions: &[&str]) -> String {
     for action in actions {
         let escaped = action.replace('\\', "\\\\").replace('"', "\\\"");
         data.push_str(&format!("(data (i32.const {offset}) \"{escaped}\")\n"));
-        calls.push_str(&format!("(drop (call $action (i32.const {offset}) (i32.const {})))\n", action.len()));
+        calls.push_str(&format!(
+            "(drop (call $action (i32.const {offset}) (i32.const {})))\n",
+            action.len()
+        ));
         offset += action.len() + 8;
     }
     module(&data, &calls)
@@ -128,7 +134,11 @@ impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
         let addr_file = dir.join("data/phoenix.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("phoenix.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("phoenix.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_phoenix"))
             .args(["serve", "--config"])
             .arg(dir.join("phoenix.toml"))
@@ -151,9 +161,16 @@ impl Daemon {
                 return daemon;
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("phoenix exited with {status} before serving:\n{}", daemon.log());
+                panic!(
+                    "phoenix exited with {status} before serving:\n{}",
+                    daemon.log()
+                );
             }
-            assert!(started.elapsed() < DEADLINE, "phoenix did not start:\n{}", daemon.log());
+            assert!(
+                started.elapsed() < DEADLINE,
+                "phoenix did not start:\n{}",
+                daemon.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -167,7 +184,12 @@ impl Daemon {
     }
 
     /// POSTs `body` with optional headers; returns status, parsed JSON body, and headers.
-    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value, reqwest::header::HeaderMap) {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
         let mut request = self.client.post(self.url(path)).body(body.to_owned());
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -176,7 +198,8 @@ impl Daemon {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
-        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body for {status}: {text}"));
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("non-JSON body for {status}: {text}"));
         (status, json, headers)
     }
 
@@ -184,7 +207,11 @@ impl Daemon {
         let response = self.client.get(self.url(path)).send().await.expect("GET");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body for {status}: {text}")))
+        (
+            status,
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON body for {status}: {text}")),
+        )
     }
 
     /// Reports `fault` (JSON) and returns the accepted fault.
@@ -208,14 +235,21 @@ impl Daemon {
             if check(&fault) {
                 return fault;
             }
-            assert!(started.elapsed() < DEADLINE, "fault {id} never became {what}: {fault:#}\n{}", self.log());
+            assert!(
+                started.elapsed() < DEADLINE,
+                "fault {id} never became {what}: {fault:#}\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
     /// Waits for `healed` or `failed`.
     pub async fn wait_terminal(&self, id: &str) -> Value {
-        self.wait_for(id, "terminal", |f| f["state"] == "healed" || f["state"] == "failed").await
+        self.wait_for(id, "terminal", |f| {
+            f["state"] == "healed" || f["state"] == "failed"
+        })
+        .await
     }
 
     /// SIGKILL, no chance to clean up.
@@ -226,7 +260,10 @@ impl Daemon {
 
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
