@@ -107,7 +107,7 @@ fn serve(config: Option<&Path>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(message = "phoenix cannot run.", error = %error);
+            // Plain stderr, not the log: it must be readable even before logging is set up.
             eprintln!("phoenix: {error}");
             ExitCode::from(error.exit_code())
         }

@@ -155,6 +155,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     write_addr_file(&addr_file, &addr.to_string())?;
+    if !addr.ip().is_loopback() {
+        // Authentication arrives with the operations work; until then anyone who can reach the
+        // port can report faults and read them.
+        tracing::warn!(message = "Listening on a non-loopback address without authentication.", %addr);
+    }
     tracing::info!(message = "phoenix is serving.", %addr, data_dir = %config.data_dir.display());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

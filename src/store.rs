@@ -17,7 +17,8 @@
 //! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -155,6 +156,7 @@ fn fingerprint_key(fingerprint: &str) -> Vec<u8> {
 pub struct Store {
     db: sled::Db,
     jobs: mpsc::Sender<Job>,
+    flushes: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -170,11 +172,13 @@ impl Store {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let tree: sled::Tree = (*db).clone();
         let flusher = db.clone();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&flushes);
         thread::Builder::new()
             .name("phoenix-store-commit".into())
-            .spawn(move || commit_loop(&flusher, &tree, &receiver))
+            .spawn(move || commit_loop(&flusher, &tree, &receiver, &counter))
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
-        Ok(Store { db, jobs })
+        Ok(Store { db, jobs, flushes })
     }
 
     /// Runs `work` on the committer, applies its batch atomically, and returns once the batch is
@@ -446,13 +450,18 @@ impl Store {
             .map(|bytes| bytes.to_vec()))
     }
 
+    /// How many group flushes the committer has made (each serves every write of its group).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
     /// True when the store can still be read (used by `/readyz`).
     pub fn is_healthy(&self) -> bool {
         self.db.get(b"f/").is_ok()
     }
 }
 
-fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>) {
+fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, flushes: &AtomicU64) {
     while let Ok(first) = jobs.recv() {
         let mut completions = vec![first(tree)];
         while completions.len() < MAX_GROUP {
@@ -462,6 +471,7 @@ fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>) {
             }
         }
         let flushed = db.flush().map(|_| ()).map_err(io);
+        flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = &flushed {
             tracing::error!(message = "Store flush failed; writes not acknowledged.", %error);
         }
@@ -607,6 +617,33 @@ mod tests {
         assert_eq!(created, 1);
         let ids = store.open_fault_ids().unwrap();
         assert_eq!(store.fault(&ids[0]).unwrap().unwrap().occurrences, 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_flushes() {
+        let (_dir, store) = open();
+        let store = Arc::new(store);
+        let writers = 200;
+        let tasks: Vec<_> = (0..writers)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .report(report(&format!("app{i}")), Source::Api, None)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap().created);
+        }
+        assert_eq!(store.open_fault_ids().unwrap().len(), writers);
+        let flushes = store.flushes();
+        assert!(
+            flushes < writers as u64 / 2,
+            "{flushes} flushes for {writers} writes: no group commit"
+        );
     }
 
     #[tokio::test]
