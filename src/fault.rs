@@ -124,6 +124,21 @@ impl Report {
         Ok(())
     }
 
+    /// A minimal report, for unit tests across the crate.
+    #[cfg(test)]
+    pub fn sample(app: &str, kind: &str, labels: &[(&str, &str)]) -> Report {
+        Report {
+            app: app.into(),
+            kind: kind.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message: None,
+            severity: Severity::Error,
+        }
+    }
+
     /// blake3 of app, kind and the (sorted) labels, length-prefixed so that no two different
     /// reports can encode to the same bytes. Two reports with one fingerprint are one fault.
     pub fn fingerprint(&self) -> String {
@@ -382,16 +397,7 @@ mod tests {
     use super::*;
 
     fn report(app: &str, kind: &str, labels: &[(&str, &str)]) -> Report {
-        Report {
-            app: app.into(),
-            kind: kind.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            message: None,
-            severity: Severity::Error,
-        }
+        Report::sample(app, kind, labels)
     }
 
     #[test]

@@ -328,7 +328,7 @@ impl PolicySet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::{Report, Severity, Source, Timestamp};
+    use crate::fault::{Report, Source, Timestamp};
 
     const GOOD: &str = r#"
         [match]
@@ -348,16 +348,7 @@ mod tests {
     "#;
 
     fn fault(app: &str, kind: &str, labels: &[(&str, &str)]) -> Fault {
-        let report = Report {
-            app: app.into(),
-            kind: kind.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            message: None,
-            severity: Severity::Error,
-        };
+        let report = Report::sample(app, kind, labels);
         Fault::new("id".into(), report, Source::Api, Timestamp(0))
     }
 

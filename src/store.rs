@@ -122,16 +122,28 @@ impl Writer<'_> {
     }
 }
 
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
 fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
     match tree.get(key).map_err(io)? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(key).into_owned(),
-                message: e.to_string(),
-            }),
+        Some(bytes) => decode(key, &bytes).map(Some),
     }
+}
+
+/// Every record under `prefix`, in key order.
+fn scan<T: DeserializeOwned>(tree: &sled::Tree, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+    tree.scan_prefix(prefix)
+        .map(|item| {
+            let (key, value) = item.map_err(io)?;
+            decode(&key, &value)
+        })
+        .collect()
 }
 
 fn fault_key(id: &str) -> Vec<u8> {
@@ -333,16 +345,7 @@ impl Store {
     }
 
     pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.db
-            .scan_prefix(history_prefix(id))
-            .map(|item| {
-                let (key, value) = item.map_err(io)?;
-                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        scan(&self.db, &history_prefix(id))
     }
 
     /// Faults in id (= creation) order, filtered, one page at a time.
@@ -359,10 +362,7 @@ impl Store {
         let mut faults = Vec::new();
         for item in self.db.range(start..b"f0".to_vec()) {
             let (key, value) = item.map_err(io)?;
-            let fault: Fault = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                message: e.to_string(),
-            })?;
+            let fault: Fault = decode(&key, &value)?;
             if filter
                 .state
                 .as_ref()
@@ -382,15 +382,7 @@ impl Store {
     /// Ids of every fault that has not reached a terminal state (read from the fingerprint
     /// index, which holds exactly those).
     pub fn open_fault_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut ids = Vec::new();
-        for item in self.db.scan_prefix(b"fp/") {
-            let (key, value) = item.map_err(io)?;
-            let id: String = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                message: e.to_string(),
-            })?;
-            ids.push(id);
-        }
+        let mut ids: Vec<String> = scan(&self.db, b"fp/")?;
         ids.sort();
         Ok(ids)
     }
@@ -430,16 +422,7 @@ impl Store {
     }
 
     pub fn patch_versions(&self, name: &str) -> Result<Vec<PatchRecord>, StoreError> {
-        self.db
-            .scan_prefix(format!("pv/{name}/").as_bytes())
-            .map(|item| {
-                let (key, value) = item.map_err(io)?;
-                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        scan(&self.db, format!("pv/{name}/").as_bytes())
     }
 
     pub fn patch_module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -484,17 +467,11 @@ fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, flu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::{FailReason, Severity};
+    use crate::fault::FailReason;
     use std::sync::Arc;
 
     fn report(app: &str) -> Report {
-        Report {
-            app: app.into(),
-            kind: "k".into(),
-            labels: Default::default(),
-            message: None,
-            severity: Severity::Error,
-        }
+        Report::sample(app, "k", &[])
     }
 
     fn open() -> (tempfile::TempDir, Store) {

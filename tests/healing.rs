@@ -65,10 +65,7 @@ async fn a_failed_verification_fails_the_fault_after_the_effect_ran() {
     env.simple_policy("web", "record", LEDGER_EXEC, r#"["false"]"#);
     let daemon = env.start();
 
-    let id = daemon.report(r#"{"app":"web","kind":"down"}"#).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
     let fault = daemon.wait_terminal(&id).await;
 
     assert_eq!(
@@ -96,10 +93,7 @@ async fn a_policy_may_allow_a_second_attempt() {
     );
     let daemon = env.start();
 
-    let id = daemon.report(r#"{"app":"web","kind":"down"}"#).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
     let fault = daemon.wait_terminal(&id).await;
 
     assert_eq!(fault["state"], "healed", "{fault:#}");
@@ -160,11 +154,8 @@ async fn faults_without_a_way_to_heal_fail_with_the_reason() {
     ];
     for (app, reason, detail) in cases {
         let id = daemon
-            .report(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
-            .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+            .report_id(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
+            .await;
         let fault = daemon.wait_terminal(&id).await;
         assert_eq!(
             (&fault["state"], &fault["reason"]),
@@ -238,17 +229,11 @@ async fn malicious_patches_fail_precisely_while_another_fault_heals() {
     for (app, _, _, _) in bad {
         ids.push(
             daemon
-                .report(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
-                .await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
+                .report_id(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
+                .await,
         );
     }
-    let good = daemon.report(r#"{"app":"good","kind":"k"}"#).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let good = daemon.report_id(r#"{"app":"good","kind":"k"}"#).await;
 
     for ((app, _, reason, detail), id) in bad.iter().zip(&ids) {
         let fault = daemon.wait_terminal(id).await;
@@ -340,10 +325,7 @@ async fn http_actions_reach_allowed_urls_only_and_http_probes_verify() {
     }
     let daemon = env.start();
 
-    let sneaky = daemon.report(r#"{"app":"sneaky","kind":"k"}"#).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sneaky = daemon.report_id(r#"{"app":"sneaky","kind":"k"}"#).await;
     let fault = daemon.wait_terminal(&sneaky).await;
     assert_eq!(fault["reason"], "capability_denied", "{fault:#}");
     assert!(
@@ -351,10 +333,7 @@ async fn http_actions_reach_allowed_urls_only_and_http_probes_verify() {
         "a denied plan sends nothing"
     );
 
-    let cache = daemon.report(r#"{"app":"cache","kind":"k"}"#).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cache = daemon.report_id(r#"{"app":"cache","kind":"k"}"#).await;
     let fault = daemon.wait_terminal(&cache).await;
     assert_eq!(fault["state"], "healed", "{fault:#}");
     let seen = seen.lock().unwrap().clone();

@@ -178,11 +178,8 @@ async fn faults_list_by_state_and_app_one_page_at_a_time() {
     for app in ["a", "b", "c", "a2"] {
         ids.push(
             daemon
-                .report(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
-                .await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
+                .report_id(&format!(r#"{{"app":"{app}","kind":"k"}}"#))
+                .await,
         );
     }
     for id in &ids {

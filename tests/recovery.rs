@@ -43,10 +43,7 @@ async fn a_kill_during_an_action_resumes_by_verifying_not_by_running_it_again() 
     let env = Env::new();
     ledger_policy(&env);
     let mut daemon = env.start();
-    let id = daemon.report(r#"{"app":"web","kind":"down"}"#).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
 
     // Wait until the action is running (its ledger line is written), then kill phoenix.
     let started = Instant::now();

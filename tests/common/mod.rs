@@ -221,6 +221,12 @@ impl Daemon {
         body
     }
 
+    /// Reports `fault` and returns its id.
+    pub async fn report_id(&self, fault: &str) -> String {
+        let accepted = self.report(fault).await;
+        accepted["id"].as_str().expect("an id").to_owned()
+    }
+
     pub async fn fault(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/faults/{id}")).await;
         assert_eq!(status, 200, "{body}");
