@@ -25,14 +25,20 @@ use crate::store::{FaultFilter, Store, StoreError};
 pub struct AppState {
     pub intake: Intake,
     pub store: Arc<Store>,
-    pub readiness: Arc<Readiness>,
+    pub readiness: Arc<std::sync::RwLock<Readiness>>,
 }
 
-/// What `/readyz` reports.
-#[derive(Debug, Clone, Serialize)]
+/// What `/readyz` reports besides the store's health.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Readiness {
+    /// Policies in force.
     pub policies: usize,
+    /// Patch directories loaded.
     pub patches: usize,
+    /// Why the last reload (or part of it) was not applied; empty when all is well.
+    pub problems: Vec<String>,
+    /// Successful reloads since start.
+    pub reloads: u64,
 }
 
 /// An API error: a status, a stable code and a human message.
@@ -354,10 +360,20 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let readiness = &state.readiness;
+    let readiness = state
+        .readiness
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if state.store.is_healthy() {
-        Json(serde_json::json!({"status": "ready", "policies": readiness.policies, "patches": readiness.patches}))
-            .into_response()
+        Json(serde_json::json!({
+            "status": "ready",
+            "policies": readiness.policies,
+            "patches": readiness.patches,
+            "problems": readiness.problems,
+            "reloads": readiness.reloads,
+        }))
+        .into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::api::{AppState, Readiness, router};
 use crate::config::{Config, ConfigError};
@@ -19,6 +20,7 @@ use crate::policy::{PolicyError, PolicySet};
 use crate::registry;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::store::{Store, StoreError};
+use crate::watch::{Control, watch};
 
 /// Exit status for bad input (config, policies, patches): sysexits' EX_USAGE.
 pub const EXIT_USAGE: u8 = 64;
@@ -42,6 +44,9 @@ pub enum DaemonError {
     /// The sandbox could not be built.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// policies/ or patches/ cannot be watched for changes.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
     /// The data directory or the listener could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -78,9 +83,101 @@ pub fn load_inputs(config: &Config) -> Result<(PolicySet, Vec<PatchSource>), Dae
     Ok((policies, patches))
 }
 
+/// The policy set the engine reads; reload swaps the inner `Arc` in one step.
+pub type SharedPolicies = Arc<RwLock<Arc<PolicySet>>>;
+
+/// Everything start-up and reload need to (re)load policies and patches. One code path serves
+/// both: start-up treats an input error as fatal, reload reports it and keeps the last good set.
+struct Inputs {
+    config: Config,
+    store: Arc<Store>,
+    sandbox: Arc<Sandbox>,
+    policies: SharedPolicies,
+    readiness: Arc<RwLock<Readiness>>,
+}
+
+impl Inputs {
+    /// Loads policies and patches, registers patches, then swaps the policy set and updates
+    /// readiness. Input errors change nothing and are returned.
+    async fn load(&self) -> Result<(), DaemonError> {
+        let (policies, patches) = load_inputs(&self.config)?;
+        let store_error = |source| DaemonError::Store {
+            path: "store".into(),
+            source,
+        };
+        let mut problems = Vec::new();
+        let patch_count = patches.len();
+        for patch in patches {
+            let manifest = patch.dir.join("patch.toml");
+            let registered = registry::register_dir_patch(&self.store, &self.sandbox, patch)
+                .await
+                .map_err(store_error)?;
+            let record = &registered.record;
+            if record.usable() {
+                tracing::info!(message = "Patch registered.", patch = %record.name, version = %record.version, hash = %record.hash, active = registered.active);
+            } else {
+                let kept = if registered.active {
+                    "it is the only version"
+                } else {
+                    "the previous version stays active"
+                };
+                let problem = format!(
+                    "{}: patch {}@{} will not be used ({kept}): {}",
+                    manifest.display(),
+                    record.name,
+                    record.version,
+                    record.problems()
+                );
+                tracing::warn!(message = "Patch rejected.", problem = %problem);
+                problems.push(problem);
+            }
+        }
+        for policy in policies.iter() {
+            tracing::info!(message = "Policy loaded.", policy = %policy.name, patch = %policy.patch.name);
+        }
+        let policy_count = policies.len();
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+        let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+        readiness.policies = policy_count;
+        readiness.patches = patch_count;
+        readiness.problems = problems;
+        Ok(())
+    }
+
+    /// Reload: like start-up, but a bad input is reported (log and `/readyz`) and the last good
+    /// set stays in force.
+    async fn reload(&self) {
+        match self.load().await {
+            Ok(()) => {
+                let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+                readiness.reloads += 1;
+                tracing::info!(
+                    message = "Reloaded policies and patches.",
+                    policies = readiness.policies,
+                    patches = readiness.patches
+                );
+            }
+            Err(error) => {
+                let lines: Vec<String> = error
+                    .to_string()
+                    .lines()
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                for line in &lines {
+                    tracing::warn!(message = "Reload rejected; the last good policies and patches stay in force.", problem = %line);
+                }
+                let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+                readiness.problems = vec![error.to_string()];
+            }
+        }
+    }
+}
+
 /// Runs the daemon until a shutdown signal.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
-    let (policies, patches) = load_inputs(&config)?;
+    // Check the input files before creating anything.
+    load_inputs(&config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::Io {
         what: format!("data dir {}", config.data_dir.display()),
         source,
@@ -98,27 +195,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config.sandbox.clone(),
         config.data_dir.join("modules"),
     )?);
-
-    let patch_count = patches.len();
-    for patch in patches {
-        let record = registry::register_dir_patch(&store, &sandbox, patch)
-            .await
-            .map_err(store_error)?;
-        if !record.checks_passed() {
-            tracing::warn!(message = "Patch failed its static checks; it will not be used.", patch = %record.name, problems = %record.check_problems.join("; "));
-        } else if !record.tests_passed() {
-            tracing::warn!(message = "Patch failed its contract tests; it will not be used.", patch = %record.name);
-        } else {
-            tracing::info!(message = "Patch registered.", patch = %record.name, version = %record.version, hash = %record.hash);
-        }
-    }
-    for policy in policies.iter() {
-        tracing::info!(message = "Policy loaded.", policy = %policy.name, patch = %policy.patch.name);
-    }
-    let readiness = Arc::new(Readiness {
-        policies: policies.len(),
-        patches: patch_count,
+    let inputs = Arc::new(Inputs {
+        config: config.clone(),
+        store: Arc::clone(&store),
+        sandbox: Arc::clone(&sandbox),
+        policies: SharedPolicies::default(),
+        readiness: Arc::new(RwLock::new(Readiness::default())),
     });
+    inputs.load().await?;
 
     let http = crate::effects::http_client().map_err(|e| DaemonError::Io {
         what: "HTTP client".into(),
@@ -127,7 +211,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let engine = engine::start(EngineParts {
         store: Arc::clone(&store),
         sandbox,
-        policies: Arc::new(RwLock::new(Arc::new(policies))),
+        policies: Arc::clone(&inputs.policies),
         effects: Effects::new(http.clone(), config.base_dir.clone()),
         http,
         work_dir: config.base_dir.clone(),
@@ -135,12 +219,26 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     })
     .map_err(store_error)?;
 
+    // Control: the watcher and SIGHUP ask for reloads; one task performs them, in order.
+    let (control, mut controls) = mpsc::channel::<Control>(16);
+    let _watcher = watch(
+        &[config.policies_dir.clone(), config.patches_dir.clone()],
+        control.clone(),
+    )?;
+    spawn_sighup(control);
+    let reloader = Arc::clone(&inputs);
+    tokio::spawn(async move {
+        while let Some(Control::Reload) = controls.recv().await {
+            reloader.reload().await;
+        }
+    });
+
     let intake = Intake::new(Arc::clone(&store), engine);
     let app = router(
         AppState {
             intake,
             store,
-            readiness,
+            readiness: Arc::clone(&inputs.readiness),
         },
         config.max_body_bytes,
     );
@@ -170,6 +268,24 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         })?;
     tracing::info!(message = "phoenix stopped; open faults resume at the next start.");
     Ok(())
+}
+
+/// SIGHUP asks for a reload, as with most daemons.
+fn spawn_sighup(control: mpsc::Sender<Control>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(message = "SIGHUP: reloading policies and patches.");
+                    if control.send(Control::Reload).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(message = "Cannot listen for SIGHUP.", %error),
+    }
 }
 
 /// Writes the bound address (useful with port 0) atomically, so a reader never sees half of it.

@@ -18,3 +18,4 @@ pub mod registry;
 pub mod sandbox;
 pub mod store;
 pub mod verify;
+pub mod watch;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::fault::Timestamp;
 use crate::patch::PatchSource;
 use crate::sandbox::Sandbox;
-use crate::store::{Store, StoreError};
+use crate::store::{Activation, Store, StoreError};
 
 /// Where a version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,23 @@ pub struct PatchRecord {
 }
 
 impl PatchRecord {
+    /// Passed its static checks and every contract test: may be run.
+    pub fn usable(&self) -> bool {
+        self.checks_passed() && self.tests_passed()
+    }
+
+    /// Why it may not be run, in one line (empty when usable).
+    pub fn problems(&self) -> String {
+        let mut problems: Vec<String> = self.check_problems.clone();
+        problems.extend(
+            self.tests
+                .iter()
+                .filter(|t| !t.passed)
+                .map(|t| format!("test `{}`: {}", t.name, t.detail)),
+        );
+        problems.join("; ")
+    }
+
     pub fn checks_passed(&self) -> bool {
         self.check_problems.is_empty()
     }
@@ -106,19 +123,28 @@ fn expectation(plan: &[crate::plan::Action], error: Option<&str>) -> String {
     }
 }
 
-/// Registers `patch` (checks and tests run only for a hash never seen before) and makes it the
-/// active version of its name. Returns the stored record.
+/// What registering a patch directory did.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub record: PatchRecord,
+    /// True when this version is the active one of its name after registration.
+    pub active: bool,
+}
+
+/// Registers `patch` (checks and tests run only for a hash never seen before). A usable version
+/// becomes the active one of its name; an unusable one never replaces an active version, so the
+/// last good version stays in force.
 pub async fn register_dir_patch(
     store: &Store,
     sandbox: &Arc<Sandbox>,
     patch: PatchSource,
-) -> Result<PatchRecord, StoreError> {
+) -> Result<Registered, StoreError> {
     if let Some(existing) = store.patch(&patch.manifest.name, &patch.hash)? {
-        if existing.checks_passed() {
+        if existing.usable() {
             // Warm the compiled-module cache so that the first real run is fast.
             let _ = sandbox.prepare(&existing.hash, &patch.wasm);
         }
-        return store.put_patch(existing, patch.wasm, true).await;
+        return put(store, existing, patch.wasm).await;
     }
     let sandbox_for_checks = Arc::clone(sandbox);
     let patch_for_checks = patch.clone();
@@ -139,5 +165,15 @@ pub async fn register_dir_patch(
         check_problems,
         tests,
     };
-    store.put_patch(record, patch.wasm, true).await
+    put(store, record, patch.wasm).await
+}
+
+async fn put(store: &Store, record: PatchRecord, wasm: Vec<u8>) -> Result<Registered, StoreError> {
+    let activation = if record.usable() {
+        Activation::Always
+    } else {
+        Activation::IfNoneActive
+    };
+    let (record, active) = store.put_patch(record, wasm, activation).await?;
+    Ok(Registered { record, active })
 }

@@ -80,6 +80,16 @@ pub struct Reported {
     pub replayed: bool,
 }
 
+/// Whether a newly registered patch version becomes the active one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Yes (a version that passed its checks).
+    Always,
+    /// Only if the name has no active version yet (a version that failed its checks: it must not
+    /// replace a good one, but a first version is kept active so faults fail with its reason).
+    IfNoneActive,
+}
+
 /// Filters for [`Store::list_faults`].
 #[derive(Debug, Clone, Default)]
 pub struct FaultFilter {
@@ -387,14 +397,15 @@ impl Store {
         Ok(ids)
     }
 
-    /// Registers a patch version (idempotent: the same hash twice keeps the first record) and,
-    /// when `activate`, makes it the active version of its name.
+    /// Registers a patch version (idempotent: the same hash twice keeps the first record) and
+    /// decides, atomically with the registration, whether it becomes the active version of its
+    /// name. Returns the stored record and whether it is now active.
     pub async fn put_patch(
         &self,
         record: PatchRecord,
         module: Vec<u8>,
-        activate: bool,
-    ) -> Result<PatchRecord, StoreError> {
+        activation: Activation,
+    ) -> Result<(PatchRecord, bool), StoreError> {
         self.commit(move |w| {
             let version_key = format!("pv/{}/{}", record.name, record.hash).into_bytes();
             let stored = match w.get::<PatchRecord>(&version_key)? {
@@ -405,10 +416,17 @@ impl Store {
                     record
                 }
             };
+            let active_key = format!("pa/{}", stored.name).into_bytes();
+            let current: Option<String> = w.get(&active_key)?;
+            let activate = match activation {
+                Activation::Always => true,
+                Activation::IfNoneActive => current.is_none(),
+            };
             if activate {
-                w.put(format!("pa/{}", stored.name).as_bytes(), &stored.hash)?;
+                w.put(&active_key, &stored.hash)?;
             }
-            Ok(stored)
+            let is_active = activate || current.as_deref() == Some(stored.hash.as_str());
+            Ok((stored, is_active))
         })
         .await
     }

@@ -264,6 +264,15 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Sends a signal by name (e.g. "HUP").
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
