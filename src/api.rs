@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use crate::alertmanager::{self, AlertmanagerConfig, Notification, ReceiveError};
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source};
 use crate::intake::{Intake, IntakeError};
 use crate::store::{FaultFilter, Store, StoreError};
@@ -26,6 +27,7 @@ pub struct AppState {
     pub intake: Intake,
     pub store: Arc<Store>,
     pub readiness: Arc<std::sync::RwLock<Readiness>>,
+    pub alertmanager: Arc<AlertmanagerConfig>,
 }
 
 /// What `/readyz` reports besides the store's health.
@@ -195,6 +197,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/faults", post(report_fault).get(list_faults))
         .route("/v1/faults/{id}", get(show_fault))
+        .route("/v1/alertmanager", post(alertmanager_webhook))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -238,17 +241,7 @@ async fn report_fault(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                rejection.body_text(),
-            )
-        } else {
-            ApiError::bad_request("invalid_body", rejection.body_text())
-        }
-    })?;
+    let body = body.map_err(body_error)?;
     let key = idempotency_key(&headers)?;
     let report: Report = serde_json::from_slice(&body).map_err(|error| {
         let code = if error.is_data() {
@@ -282,6 +275,43 @@ async fn report_fault(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Maps a body rejection (too large, unreadable) to the API's error format.
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            rejection.body_text(),
+        )
+    } else {
+        ApiError::bad_request("invalid_body", rejection.body_text())
+    }
+}
+
+async fn alertmanager_webhook(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<alertmanager::Receipt>, ApiError> {
+    let body = body.map_err(body_error)?;
+    let notification: Notification = serde_json::from_slice(&body).map_err(|error| {
+        let code = if error.is_data() {
+            "invalid_notification"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, error.to_string())
+    })?;
+    let receipt = alertmanager::receive(&state.intake, &state.alertmanager, notification)
+        .await
+        .map_err(|error| match error {
+            ReceiveError::Version(_) => {
+                ApiError::bad_request("unsupported_version", error.to_string())
+            }
+            ReceiveError::Intake(error) => error.into(),
+        })?;
+    Ok(Json(receipt))
 }
 
 #[derive(Debug, Deserialize)]

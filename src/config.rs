@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::alertmanager::AlertmanagerConfig;
 use crate::sandbox::Limits;
 
 /// The configuration as written in the file. Unknown keys are errors.
@@ -24,6 +25,7 @@ struct RawConfig {
     max_body_bytes: usize,
     store_cache_bytes: u64,
     sandbox: Limits,
+    alertmanager: AlertmanagerConfig,
 }
 
 impl Default for RawConfig {
@@ -37,6 +39,7 @@ impl Default for RawConfig {
             max_body_bytes: 64 << 10,
             store_cache_bytes: 32 << 20,
             sandbox: Limits::default(),
+            alertmanager: AlertmanagerConfig::default(),
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Config {
     /// sled page cache size.
     pub store_cache_bytes: u64,
     pub sandbox: Limits,
+    /// Which alert labels name a fault's app and kind.
+    pub alertmanager: AlertmanagerConfig,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -128,6 +133,11 @@ impl Config {
                 raw.max_body_bytes
             ));
         }
+        if raw.alertmanager.app_label.is_empty() || raw.alertmanager.kind_label.is_empty() {
+            return Err(
+                "`alertmanager.app_label` and `alertmanager.kind_label` must not be empty".into(),
+            );
+        }
         let limits = &raw.sandbox;
         if limits.fuel == 0 {
             return Err("`sandbox.fuel` must be positive".into());
@@ -154,6 +164,7 @@ impl Config {
             max_body_bytes: raw.max_body_bytes,
             store_cache_bytes: raw.store_cache_bytes,
             sandbox: raw.sandbox,
+            alertmanager: raw.alertmanager,
         })
     }
 }

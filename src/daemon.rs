@@ -239,6 +239,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             intake,
             store,
             readiness: Arc::clone(&inputs.readiness),
+            alertmanager: Arc::new(config.alertmanager.clone()),
         },
         config.max_body_bytes,
     );

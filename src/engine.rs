@@ -130,7 +130,30 @@ impl Engine {
                     return;
                 }
             };
-            if fault.state.is_terminal() || fault.state == FaultState::AwaitingApproval {
+            if fault.state.is_terminal() {
+                return;
+            }
+            // The source says the fault is over and nothing has been applied yet: close it
+            // instead of remediating a system that already recovered.
+            if fault.resolved_at.is_some()
+                && matches!(
+                    fault.state,
+                    FaultState::Detected | FaultState::Analyzing | FaultState::AwaitingApproval
+                )
+            {
+                let detail = "the source reported the fault resolved before any action; closed without acting";
+                match self
+                    .transition(&fault, Event::ResolvedExternally, detail.into(), |_| {})
+                    .await
+                {
+                    Ok(()) | Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                    Err(error) => {
+                        tracing::error!(message = "Cannot close resolved fault.", %error);
+                        return;
+                    }
+                }
+            }
+            if fault.state == FaultState::AwaitingApproval {
                 return;
             }
             match self.step(fault).await {
@@ -159,7 +182,10 @@ impl Engine {
             FaultState::Analyzing => self.analyze(fault).await,
             FaultState::Patching => self.apply(fault).await,
             FaultState::Testing => self.test(fault).await,
-            FaultState::AwaitingApproval | FaultState::Healed | FaultState::Failed(_) => Ok(()),
+            FaultState::AwaitingApproval
+            | FaultState::Healed
+            | FaultState::Failed(_)
+            | FaultState::Resolved => Ok(()),
         }
     }
 

@@ -35,6 +35,8 @@ pub enum Severity {
 pub enum Source {
     /// `POST /v1/faults`.
     Api,
+    /// `POST /v1/alertmanager` (a Prometheus Alertmanager webhook).
+    Alertmanager,
 }
 
 /// A fault report as it arrives, before it is stored.
@@ -49,6 +51,12 @@ pub struct Report {
     pub message: Option<String>,
     #[serde(default)]
     pub severity: Severity,
+    /// Set by detection sources that have their own identity for a fault (e.g. an Alertmanager
+    /// alert fingerprint): when present, it replaces the labels in the fingerprint, so the
+    /// fault's labels may change between reports without opening a new fault. Not accepted from
+    /// `POST /v1/faults`.
+    #[serde(skip)]
+    pub dedup_key: Option<String>,
 }
 
 /// Why a report was refused. Each variant names the offending field.
@@ -136,6 +144,7 @@ impl Report {
                 .collect(),
             message: None,
             severity: Severity::Error,
+            dedup_key: None,
         }
     }
 
@@ -149,9 +158,15 @@ impl Report {
         };
         field(self.app.as_bytes());
         field(self.kind.as_bytes());
-        for (key, value) in &self.labels {
+        if let Some(key) = &self.dedup_key {
+            // A NUL-led tag cannot be a label name, so this never equals a labels encoding.
+            field(b"\0dedup_key");
             field(key.as_bytes());
-            field(value.as_bytes());
+        } else {
+            for (key, value) in &self.labels {
+                field(key.as_bytes());
+                field(value.as_bytes());
+            }
         }
         hasher.finalize().to_hex().to_string()
     }
@@ -215,11 +230,16 @@ pub enum FaultState {
     Testing,
     Healed,
     Failed(FailReason),
+    /// The fault went away on its own (its alert resolved) before phoenix acted.
+    Resolved,
 }
 
 impl FaultState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, FaultState::Healed | FaultState::Failed(_))
+        matches!(
+            self,
+            FaultState::Healed | FaultState::Failed(_) | FaultState::Resolved
+        )
     }
 
     /// The state's name as used in the API and in filters.
@@ -232,6 +252,7 @@ impl FaultState {
             FaultState::Testing => "testing",
             FaultState::Healed => "healed",
             FaultState::Failed(_) => "failed",
+            FaultState::Resolved => "resolved",
         }
     }
 
@@ -243,7 +264,7 @@ impl FaultState {
     }
 
     /// Every state name a filter may use.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "detected",
         "analyzing",
         "awaiting_approval",
@@ -251,6 +272,7 @@ impl FaultState {
         "testing",
         "healed",
         "failed",
+        "resolved",
     ];
 }
 
@@ -298,6 +320,9 @@ pub struct Fault {
     /// Attempts made so far (a policy may allow more than one).
     pub attempts: u32,
     pub run: Option<Run>,
+    /// When the source said the fault is over (an Alertmanager "resolved" notification).
+    #[serde(default)]
+    pub resolved_at: Option<Timestamp>,
 }
 
 pub const FAULT_SCHEMA: u32 = 1;
@@ -323,6 +348,7 @@ impl Fault {
             seq: 1,
             attempts: 0,
             run: None,
+            resolved_at: None,
         }
     }
 }

@@ -47,4 +47,24 @@ impl Intake {
         }
         Ok(reported)
     }
+
+    /// Records that the source considers the fault described by `report` over. If it is still
+    /// open, the engine closes it without acting (when nothing was applied yet). Returns the
+    /// fault's id, or None when no open fault matches.
+    pub async fn resolve(
+        &self,
+        report: &Report,
+        detail: String,
+    ) -> Result<Option<String>, IntakeError> {
+        let Some(fault) = self
+            .store
+            .mark_resolved(report.fingerprint(), detail)
+            .await?
+        else {
+            return Ok(None);
+        };
+        // The engine may be idle on this fault (e.g. awaiting approval): wake it.
+        self.engine.enqueue(fault.id.clone());
+        Ok(Some(fault.id))
+    }
 }

@@ -3,6 +3,7 @@
 //! A fault flows: intake → store → engine (with `machine` as its transition table) → sandbox →
 //! plan check → effects → verify. See ARCHITECTURE.md for the map.
 
+pub mod alertmanager;
 pub mod api;
 pub mod config;
 pub mod daemon;

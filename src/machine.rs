@@ -29,6 +29,9 @@ pub enum Event {
     Retry,
     /// The fault cannot be healed; the reason says why.
     Fail(FailReason),
+    /// The source reported the fault over (e.g. its alert resolved). Only closes a fault that
+    /// has not started acting: once patching began, the run finishes and is verified.
+    ResolvedExternally,
 }
 
 /// Why an event was refused: it makes no sense in the current state.
@@ -52,6 +55,7 @@ impl FaultMachine {
     fn detected(event: &Event) -> Outcome<State> {
         match event {
             Event::Begin => Transition(State::analyzing()),
+            Event::ResolvedExternally => Transition(State::resolved()),
             Event::Fail(reason) => Transition(State::failed(*reason)),
             _ => Handled,
         }
@@ -66,6 +70,7 @@ impl FaultMachine {
             Event::PlanReady {
                 needs_approval: false,
             } => Transition(State::patching()),
+            Event::ResolvedExternally => Transition(State::resolved()),
             Event::Fail(reason) => Transition(State::failed(*reason)),
             _ => Handled,
         }
@@ -75,6 +80,7 @@ impl FaultMachine {
     fn awaiting_approval(event: &Event) -> Outcome<State> {
         match event {
             Event::Approved => Transition(State::patching()),
+            Event::ResolvedExternally => Transition(State::resolved()),
             Event::Fail(reason) => Transition(State::failed(*reason)),
             _ => Handled,
         }
@@ -106,6 +112,12 @@ impl FaultMachine {
     }
 
     #[state]
+    fn resolved(event: &Event) -> Outcome<State> {
+        let _ = event;
+        Handled
+    }
+
+    #[state]
     fn failed(reason: &mut FailReason, event: &Event) -> Outcome<State> {
         let _ = (reason, event);
         Handled
@@ -121,6 +133,7 @@ fn to_machine(state: FaultState) -> State {
         FaultState::Testing => State::testing(),
         FaultState::Healed => State::healed(),
         FaultState::Failed(reason) => State::failed(reason),
+        FaultState::Resolved => State::resolved(),
     }
 }
 
@@ -133,6 +146,7 @@ fn from_machine(state: &State) -> FaultState {
         State::Testing {} => FaultState::Testing,
         State::Healed {} => FaultState::Healed,
         State::Failed { reason } => FaultState::Failed(*reason),
+        State::Resolved {} => FaultState::Resolved,
     }
 }
 
@@ -156,7 +170,7 @@ mod tests {
     use super::*;
     use FaultState::*;
 
-    const ALL_STATES: [FaultState; 7] = [
+    const ALL_STATES: [FaultState; 8] = [
         Detected,
         Analyzing,
         AwaitingApproval,
@@ -164,6 +178,7 @@ mod tests {
         Testing,
         Healed,
         Failed(FailReason::NoPolicy),
+        Resolved,
     ];
 
     fn all_events() -> Vec<Event> {
@@ -180,6 +195,7 @@ mod tests {
             Event::Verified,
             Event::Retry,
             Event::Fail(FailReason::SandboxError),
+            Event::ResolvedExternally,
         ]
     }
 
@@ -207,7 +223,9 @@ mod tests {
             (Patching, Event::Applied) => Some(Testing),
             (Testing, Event::Verified) => Some(Healed),
             (Testing, Event::Retry) => Some(Analyzing),
-            (Healed | Failed(_), _) => None,
+            (Detected | Analyzing | AwaitingApproval, Event::ResolvedExternally) => Some(Resolved),
+            (_, Event::ResolvedExternally) => None,
+            (Healed | Failed(_) | Resolved, _) => None,
             (_, e) => fail(e),
         }
     }
@@ -250,6 +268,7 @@ mod tests {
     #[test]
     fn terminal_states_accept_nothing() {
         for event in all_events() {
+            assert!(next(Resolved, event).is_err());
             assert!(next(Healed, event).is_err());
             assert!(next(Failed(FailReason::VerifyFailed), event).is_err());
         }

@@ -107,6 +107,7 @@ impl TestFault {
             labels: self.labels.clone(),
             message: self.message.clone(),
             severity: self.severity,
+            dedup_key: None,
         };
         fault_view(
             &self.app,

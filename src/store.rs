@@ -350,6 +350,41 @@ impl Store {
         .await
     }
 
+    /// Records that the open fault with `fingerprint` is over according to its source: sets
+    /// `resolved_at` and appends a history entry (the state is the engine's to change). Returns
+    /// the fault, or None when no open fault has that fingerprint.
+    pub async fn mark_resolved(
+        &self,
+        fingerprint: String,
+        detail: String,
+    ) -> Result<Option<Fault>, StoreError> {
+        self.commit(move |w| {
+            let Some(id) = w.get::<String>(&fingerprint_key(&fingerprint))? else {
+                return Ok(None);
+            };
+            let key = fault_key(&id);
+            let mut fault: Fault = w
+                .get(&key)?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            if fault.resolved_at.is_some() {
+                return Ok(Some(fault));
+            }
+            let now = Timestamp::now();
+            fault.resolved_at = Some(now);
+            fault.seq += 1;
+            let entry = HistoryEntry {
+                seq: fault.seq,
+                state: fault.state,
+                at: now,
+                detail,
+            };
+            w.put(&history_key(&id, fault.seq), &entry)?;
+            w.put(&key, &fault)?;
+            Ok(Some(fault))
+        })
+        .await
+    }
+
     pub fn fault(&self, id: &str) -> Result<Option<Fault>, StoreError> {
         get(&self.db, &fault_key(id))
     }

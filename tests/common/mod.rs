@@ -33,7 +33,7 @@ impl Env {
 
     /// Writes `phoenix.toml`: an ephemeral port, data under `data/`, plus `extra` lines.
     pub fn write_config(&self, extra: &str) {
-        let text = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nworkers = 4\n{extra}\n");
+        let text = format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}\n");
         std::fs::write(self.path("phoenix.toml"), text).unwrap();
     }
 
@@ -250,10 +250,11 @@ impl Daemon {
         }
     }
 
-    /// Waits for `healed` or `failed`.
+    /// Waits for a terminal state: `healed`, `failed` or `resolved`.
     pub async fn wait_terminal(&self, id: &str) -> Value {
+        let terminal = ["healed", "failed", "resolved"];
         self.wait_for(id, "terminal", |f| {
-            f["state"] == "healed" || f["state"] == "failed"
+            terminal.contains(&f["state"].as_str().unwrap_or_default())
         })
         .await
     }
