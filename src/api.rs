@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::alertmanager::{self, AlertmanagerConfig, Notification, ReceiveError};
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source};
 use crate::intake::{Intake, IntakeError};
+use crate::sources::alertmanager::{self, AlertmanagerConfig, Notification, ReceiveError};
 use crate::store::{FaultFilter, Store, StoreError};
 
 /// Shared state of the API handlers.

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::alertmanager::AlertmanagerConfig;
 use crate::sandbox::Limits;
+use crate::sources::alertmanager::AlertmanagerConfig;
+use crate::sources::logwatch::LogConfig;
+use crate::sources::probe::ProbeConfig;
 
 /// The configuration as written in the file. Unknown keys are errors.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +28,8 @@ struct RawConfig {
     store_cache_bytes: u64,
     sandbox: Limits,
     alertmanager: AlertmanagerConfig,
+    probe: Vec<ProbeConfig>,
+    log: Vec<LogConfig>,
 }
 
 impl Default for RawConfig {
@@ -40,6 +44,8 @@ impl Default for RawConfig {
             store_cache_bytes: 32 << 20,
             sandbox: Limits::default(),
             alertmanager: AlertmanagerConfig::default(),
+            probe: Vec::new(),
+            log: Vec::new(),
         }
     }
 }
@@ -64,6 +70,10 @@ pub struct Config {
     pub sandbox: Limits,
     /// Which alert labels name a fault's app and kind.
     pub alertmanager: AlertmanagerConfig,
+    /// `[[probe]]`: checks run on an interval; failures become faults.
+    pub probes: Vec<ProbeConfig>,
+    /// `[[log]]`: followed files; matching lines become faults (paths absolute).
+    pub logs: Vec<LogConfig>,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -138,6 +148,19 @@ impl Config {
                 "`alertmanager.app_label` and `alertmanager.kind_label` must not be empty".into(),
             );
         }
+        let mut names = std::collections::HashSet::new();
+        for probe in &raw.probe {
+            probe.validate()?;
+            if !names.insert(("probe", probe.name.clone())) {
+                return Err(format!("probe `{}` is declared twice", probe.name));
+            }
+        }
+        for log in &raw.log {
+            log.validate()?;
+            if !names.insert(("log", log.name.clone())) {
+                return Err(format!("log `{}` is declared twice", log.name));
+            }
+        }
         let limits = &raw.sandbox;
         if limits.fuel == 0 {
             return Err("`sandbox.fuel` must be positive".into());
@@ -159,12 +182,21 @@ impl Config {
             data_dir: resolve(&raw.data_dir),
             policies_dir: resolve(&raw.policies_dir),
             patches_dir: resolve(&raw.patches_dir),
-            base_dir: base,
+            base_dir: base.clone(),
             workers: raw.workers,
             max_body_bytes: raw.max_body_bytes,
             store_cache_bytes: raw.store_cache_bytes,
             sandbox: raw.sandbox,
             alertmanager: raw.alertmanager,
+            probes: raw.probe,
+            logs: raw
+                .log
+                .into_iter()
+                .map(|log| LogConfig {
+                    path: resolve(&log.path),
+                    ..log
+                })
+                .collect(),
         })
     }
 }
@@ -207,6 +239,28 @@ mod tests {
         assert!(
             duration.contains("`forever` is not a duration"),
             "{duration}"
+        );
+    }
+
+    #[test]
+    fn probes_and_logs_are_validated_and_named_in_errors() {
+        let config = Config::parse(
+            "[[probe]]\nname = \"p\"\napp = \"web\"\ntcp = \"127.0.0.1:80\"\n[[log]]\nname = \"l\"\npath = \"app.log\"\npattern = \"ERROR\"\napp = \"web\"\n",
+            Path::new("/etc/phoenix"),
+        )
+        .unwrap();
+        assert_eq!(config.probes.len(), 1);
+        assert_eq!(config.logs[0].path, PathBuf::from("/etc/phoenix/app.log"));
+        let err = |text: &str| Config::parse(text, Path::new("/x")).unwrap_err();
+        assert!(
+            err("[[log]]\nname = \"l\"\npath = \"a\"\npattern = \"(\"\napp = \"w\"")
+                .contains("log `l`: `pattern`")
+        );
+        let twice = "[[probe]]\nname = \"p\"\napp = \"w\"\ntcp = \"x:1\"\n";
+        assert!(err(&format!("{twice}{twice}")).contains("probe `p` is declared twice"));
+        assert!(
+            err("[[probe]]\nname = \"p\"\napp = \"w\"\ntcp = \"x:1\"\nevery = \"1s\"")
+                .contains("unknown field `every`")
         );
     }
 

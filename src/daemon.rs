@@ -19,6 +19,7 @@ use crate::patch::{PatchError, PatchSource};
 use crate::policy::{PolicyError, PolicySet};
 use crate::registry;
 use crate::sandbox::{Sandbox, SandboxError};
+use crate::sources::{logwatch, probe};
 use crate::store::{Store, StoreError};
 use crate::watch::{Control, watch};
 
@@ -234,6 +235,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     });
 
     let intake = Intake::new(Arc::clone(&store), engine);
+    start_sources(&config, &intake)?;
     let app = router(
         AppState {
             intake,
@@ -268,6 +270,38 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             source,
         })?;
     tracing::info!(message = "phoenix stopped; open faults resume at the next start.");
+    Ok(())
+}
+
+/// Starts the detection sources of the config (probes, log watches).
+fn start_sources(config: &Config, intake: &Intake) -> Result<(), DaemonError> {
+    let http = crate::effects::http_client().map_err(|e| DaemonError::Io {
+        what: "HTTP client".into(),
+        source: std::io::Error::other(e),
+    })?;
+    for probe in &config.probes {
+        tracing::info!(message = "Probe started.", probe = %probe.name, interval = ?probe.interval);
+        probe::spawn(
+            probe.clone(),
+            intake.clone(),
+            http.clone(),
+            config.base_dir.clone(),
+        );
+    }
+    for log in &config.logs {
+        // Validated when the config was parsed; compile again for this thread.
+        let regex = log.validate().map_err(|message| {
+            DaemonError::Config(ConfigError::Invalid {
+                path: "<config>".into(),
+                message,
+            })
+        })?;
+        logwatch::spawn(log.clone(), regex, intake.clone()).map_err(|e| DaemonError::Io {
+            what: e.to_string(),
+            source: std::io::Error::other("log watch"),
+        })?;
+        tracing::info!(message = "Log watch started.", log = %log.name, path = %log.path.display());
+    }
     Ok(())
 }
 

@@ -37,6 +37,10 @@ pub enum Source {
     Api,
     /// `POST /v1/alertmanager` (a Prometheus Alertmanager webhook).
     Alertmanager,
+    /// A `[[probe]]` of the config.
+    Probe,
+    /// A `[[log]]` watch of the config.
+    Log,
 }
 
 /// A fault report as it arrives, before it is stored.

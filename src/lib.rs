@@ -1,9 +1,8 @@
 //! phoenix: a self-healing supervisor daemon.
 //!
-//! A fault flows: intake → store → engine (with `machine` as its transition table) → sandbox →
-//! plan check → effects → verify. See ARCHITECTURE.md for the map.
+//! A fault flows: sources → intake → store → engine (with `machine` as its transition table) →
+//! sandbox → plan check → effects → verify. See ARCHITECTURE.md for the map.
 
-pub mod alertmanager;
 pub mod api;
 pub mod config;
 pub mod daemon;
@@ -17,6 +16,7 @@ pub mod plan;
 pub mod policy;
 pub mod registry;
 pub mod sandbox;
+pub mod sources;
 pub mod store;
 pub mod verify;
 pub mod watch;
