@@ -28,6 +28,7 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub readiness: Arc<std::sync::RwLock<Readiness>>,
     pub alertmanager: Arc<AlertmanagerConfig>,
+    pub supervisor: crate::supervisor::Supervisor,
 }
 
 /// What `/readyz` reports besides the store's health.
@@ -198,6 +199,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/faults", post(report_fault).get(list_faults))
         .route("/v1/faults/{id}", get(show_fault))
         .route("/v1/alertmanager", post(alertmanager_webhook))
+        .route("/v1/programs", get(list_programs))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -383,6 +385,10 @@ async fn show_fault(
         .ok_or_else(|| ApiError::not_found(format!("no fault {id}")))?;
     let history = state.store.history(&id)?;
     Ok(Json(FaultOut::new(fault, Some(history))))
+}
+
+async fn list_programs(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "programs": state.supervisor.statuses().await }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -14,6 +14,7 @@ use crate::sandbox::Limits;
 use crate::sources::alertmanager::AlertmanagerConfig;
 use crate::sources::logwatch::LogConfig;
 use crate::sources::probe::ProbeConfig;
+use crate::supervisor::ProgramConfig;
 
 /// The configuration as written in the file. Unknown keys are errors.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +31,7 @@ struct RawConfig {
     alertmanager: AlertmanagerConfig,
     probe: Vec<ProbeConfig>,
     log: Vec<LogConfig>,
+    program: Vec<ProgramConfig>,
 }
 
 impl Default for RawConfig {
@@ -46,6 +48,7 @@ impl Default for RawConfig {
             alertmanager: AlertmanagerConfig::default(),
             probe: Vec::new(),
             log: Vec::new(),
+            program: Vec::new(),
         }
     }
 }
@@ -74,6 +77,8 @@ pub struct Config {
     pub probes: Vec<ProbeConfig>,
     /// `[[log]]`: followed files; matching lines become faults (paths absolute).
     pub logs: Vec<LogConfig>,
+    /// `[[program]]`: programs phoenix starts and supervises.
+    pub programs: Vec<ProgramConfig>,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -161,6 +166,12 @@ impl Config {
                 return Err(format!("log `{}` is declared twice", log.name));
             }
         }
+        for program in &raw.program {
+            program.validate()?;
+            if !names.insert(("program", program.name.clone())) {
+                return Err(format!("program `{}` is declared twice", program.name));
+            }
+        }
         let limits = &raw.sandbox;
         if limits.fuel == 0 {
             return Err("`sandbox.fuel` must be positive".into());
@@ -189,6 +200,7 @@ impl Config {
             sandbox: raw.sandbox,
             alertmanager: raw.alertmanager,
             probes: raw.probe,
+            programs: raw.program,
             logs: raw
                 .log
                 .into_iter()

@@ -14,6 +14,7 @@ use crate::api::{AppState, Readiness, router};
 use crate::config::{Config, ConfigError};
 use crate::effects::Effects;
 use crate::engine::{self, EngineParts};
+use crate::fault::Source;
 use crate::intake::Intake;
 use crate::patch::{PatchError, PatchSource};
 use crate::policy::{PolicyError, PolicySet};
@@ -21,6 +22,7 @@ use crate::registry;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::sources::{logwatch, probe};
 use crate::store::{Store, StoreError};
+use crate::supervisor::Supervisor;
 use crate::watch::{Control, watch};
 
 /// Exit status for bad input (config, policies, patches): sysexits' EX_USAGE.
@@ -45,6 +47,9 @@ pub enum DaemonError {
     /// The sandbox could not be built.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The supervisor's state directory is unusable.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
     /// policies/ or patches/ cannot be watched for changes.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -205,6 +210,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     });
     inputs.load().await?;
 
+    // Programs start now; their exits wait in `exits` until the intake exists.
+    let (supervisor, mut exits) = Supervisor::start(
+        &config.programs,
+        &config.data_dir.join("programs"),
+        &config.base_dir,
+    )?;
+
     let http = crate::effects::http_client().map_err(|e| DaemonError::Io {
         what: "HTTP client".into(),
         source: std::io::Error::other(e),
@@ -213,10 +225,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         store: Arc::clone(&store),
         sandbox,
         policies: Arc::clone(&inputs.policies),
-        effects: Effects::new(http.clone(), config.base_dir.clone()),
+        effects: Effects::new(http.clone(), config.base_dir.clone(), supervisor.clone()),
         http,
         work_dir: config.base_dir.clone(),
         workers: config.workers,
+        supervisor: supervisor.clone(),
     })
     .map_err(store_error)?;
 
@@ -236,12 +249,21 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
 
     let intake = Intake::new(Arc::clone(&store), engine);
     start_sources(&config, &intake)?;
+    let exit_intake = intake.clone();
+    tokio::spawn(async move {
+        while let Some(report) = exits.recv().await {
+            if let Err(error) = exit_intake.submit(report, Source::Supervisor, None).await {
+                tracing::error!(message = "Cannot record a program exit.", %error);
+            }
+        }
+    });
     let app = router(
         AppState {
             intake,
             store,
             readiness: Arc::clone(&inputs.readiness),
             alertmanager: Arc::new(config.alertmanager.clone()),
+            supervisor: supervisor.clone(),
         },
         config.max_body_bytes,
     );
@@ -269,6 +291,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             what: "HTTP server".into(),
             source,
         })?;
+    tracing::info!(message = "Stopping supervised programs.");
+    supervisor.shutdown().await;
     tracing::info!(message = "phoenix stopped; open faults resume at the next start.");
     Ok(())
 }

@@ -12,6 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::plan::Action;
 use crate::policy::Capabilities;
+use crate::supervisor::{Supervisor, signal_by_name};
 
 /// Output kept from a command, per stream.
 const OUTPUT_LIMIT: usize = 2048;
@@ -37,6 +38,9 @@ pub enum EffectError {
     /// The command exited unsuccessfully.
     #[error("exited with {status}; stderr: {stderr}")]
     Failed { status: String, stderr: String },
+    /// The supervised program could not be restarted or signalled.
+    #[error("program: {0}")]
+    Program(String),
     /// The HTTP request failed or returned a non-2xx status.
     #[error("http: {0}")]
     Http(String),
@@ -63,12 +67,17 @@ pub struct FaultEnv {
 pub struct Effects {
     http: reqwest::Client,
     work_dir: PathBuf,
+    supervisor: Supervisor,
 }
 
 impl Effects {
     /// `work_dir` is where commands run (the config file's folder).
-    pub fn new(http: reqwest::Client, work_dir: PathBuf) -> Effects {
-        Effects { http, work_dir }
+    pub fn new(http: reqwest::Client, work_dir: PathBuf, supervisor: Supervisor) -> Effects {
+        Effects {
+            http,
+            work_dir,
+            supervisor,
+        }
     }
 
     /// Applies one action; returns a one-line summary of what happened.
@@ -90,6 +99,34 @@ impl Effects {
                     "exit 0{}",
                     output.map(|o| format!("; stdout: {o}")).unwrap_or_default()
                 ))
+            }
+            Action::Restart { program } => {
+                if !caps.covers_program(program) {
+                    return Err(EffectError::NotAllowed(format!("program `{program}`")));
+                }
+                let restarted = self
+                    .supervisor
+                    .restart(program)
+                    .await
+                    .map_err(EffectError::Program)?;
+                Ok(format!(
+                    "restarted, pid {} (backoff {} ms)",
+                    restarted.pid,
+                    restarted.backoff.as_millis()
+                ))
+            }
+            Action::Signal { program, signal } => {
+                let known = signal_by_name(signal);
+                let Some(sig) = known.filter(|_| caps.covers_program(program)) else {
+                    return Err(EffectError::NotAllowed(format!(
+                        "signal {signal} to `{program}`"
+                    )));
+                };
+                self.supervisor
+                    .signal(program, sig)
+                    .await
+                    .map_err(EffectError::Program)?;
+                Ok(format!("sent {signal}"))
             }
             Action::Http {
                 method,
@@ -223,7 +260,11 @@ mod tests {
     }
 
     fn effects() -> Effects {
-        Effects::new(http_client().unwrap(), std::env::temp_dir())
+        Effects::new(
+            http_client().unwrap(),
+            std::env::temp_dir(),
+            Supervisor::default(),
+        )
     }
 
     #[tokio::test]

@@ -48,6 +48,7 @@ pub struct EngineParts {
     pub http: reqwest::Client,
     pub work_dir: PathBuf,
     pub workers: usize,
+    pub supervisor: crate::supervisor::Supervisor,
 }
 
 /// A handle to the running engine: hand it fault ids to drive.
@@ -458,14 +459,28 @@ impl Engine {
             app: fault.app.clone(),
             kind: fault.kind.clone(),
         };
-        match verify(
-            &policy.verify,
-            &self.parts.http,
-            &self.parts.work_dir,
-            Some(&env),
-        )
-        .await
-        {
+        let outcome = if policy.verify.supervised {
+            let (within, interval) = (policy.verify.within, policy.verify.interval);
+            let supervisor = &self.parts.supervisor;
+            supervisor
+                .verify(&fault.app, within, interval, &self.parts.http)
+                .await
+                .map(|()| 1)
+                .map_err(|last| crate::verify::Unhealthy {
+                    within,
+                    attempts: 1,
+                    last,
+                })
+        } else {
+            verify(
+                &policy.verify,
+                &self.parts.http,
+                &self.parts.work_dir,
+                Some(&env),
+            )
+            .await
+        };
+        match outcome {
             Ok(probes) => {
                 let detail = format!("verification passed after {probes} probe(s)");
                 self.transition(&fault, Event::Verified, detail, |_| {})

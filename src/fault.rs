@@ -41,6 +41,8 @@ pub enum Source {
     Probe,
     /// A `[[log]]` watch of the config.
     Log,
+    /// A `[[program]]` of the config exited.
+    Supervisor,
 }
 
 /// A fault report as it arrives, before it is stored.
@@ -61,6 +63,11 @@ pub struct Report {
     /// `POST /v1/faults`.
     #[serde(skip)]
     pub dedup_key: Option<String>,
+    /// Set by sources whose faults recur (a supervised program crashing again soon after its
+    /// restart healed it): a matching report within this long after the last fault with the
+    /// same fingerprint was healed reopens that fault instead of opening a new one.
+    #[serde(skip)]
+    pub reopen_within: Option<std::time::Duration>,
 }
 
 /// Why a report was refused. Each variant names the offending field.
@@ -149,6 +156,7 @@ impl Report {
             message: None,
             severity: Severity::Error,
             dedup_key: None,
+            reopen_within: None,
         }
     }
 
@@ -327,6 +335,9 @@ pub struct Fault {
     /// When the source said the fault is over (an Alertmanager "resolved" notification).
     #[serde(default)]
     pub resolved_at: Option<Timestamp>,
+    /// When the fault reached its terminal state (cleared if it is reopened).
+    #[serde(default)]
+    pub closed_at: Option<Timestamp>,
 }
 
 pub const FAULT_SCHEMA: u32 = 1;
@@ -353,6 +364,7 @@ impl Fault {
             attempts: 0,
             run: None,
             resolved_at: None,
+            closed_at: None,
         }
     }
 }

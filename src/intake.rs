@@ -42,7 +42,7 @@ impl Intake {
     ) -> Result<Reported, IntakeError> {
         report.validate()?;
         let reported = self.store.report(report, source, idempotency).await?;
-        if reported.created && !reported.replayed {
+        if (reported.created || reported.reopened) && !reported.replayed {
             self.engine.enqueue(reported.fault.id.clone());
         }
         Ok(reported)

@@ -18,5 +18,6 @@ pub mod registry;
 pub mod sandbox;
 pub mod sources;
 pub mod store;
+pub mod supervisor;
 pub mod verify;
 pub mod watch;

@@ -29,6 +29,8 @@ pub enum Event {
     Retry,
     /// The fault cannot be healed; the reason says why.
     Fail(FailReason),
+    /// A healed fault happened again soon after (a crash loop): it is the same fault, reopened.
+    Recur,
     /// The source reported the fault over (e.g. its alert resolved). Only closes a fault that
     /// has not started acting: once patching began, the run finishes and is verified.
     ResolvedExternally,
@@ -107,8 +109,10 @@ impl FaultMachine {
 
     #[state]
     fn healed(event: &Event) -> Outcome<State> {
-        let _ = event;
-        Handled
+        match event {
+            Event::Recur => Transition(State::detected()),
+            _ => Handled,
+        }
     }
 
     #[state]
@@ -196,6 +200,7 @@ mod tests {
             Event::Retry,
             Event::Fail(FailReason::SandboxError),
             Event::ResolvedExternally,
+            Event::Recur,
         ]
     }
 
@@ -225,6 +230,8 @@ mod tests {
             (Testing, Event::Retry) => Some(Analyzing),
             (Detected | Analyzing | AwaitingApproval, Event::ResolvedExternally) => Some(Resolved),
             (_, Event::ResolvedExternally) => None,
+            (Healed, Event::Recur) => Some(Detected),
+            (_, Event::Recur) => None,
             (Healed | Failed(_) | Resolved, _) => None,
             (_, e) => fail(e),
         }
@@ -266,10 +273,12 @@ mod tests {
     }
 
     #[test]
-    fn terminal_states_accept_nothing() {
+    fn terminal_states_accept_nothing_but_a_recurrence_of_healed() {
         for event in all_events() {
             assert!(next(Resolved, event).is_err());
-            assert!(next(Healed, event).is_err());
+            if event != Event::Recur {
+                assert!(next(Healed, event).is_err());
+            }
             assert!(next(Failed(FailReason::VerifyFailed), event).is_err());
         }
     }

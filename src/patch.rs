@@ -108,6 +108,7 @@ impl TestFault {
             message: self.message.clone(),
             severity: self.severity,
             dedup_key: None,
+            reopen_within: None,
         };
         fault_view(
             &self.app,

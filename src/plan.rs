@@ -18,6 +18,11 @@ use crate::policy::Capabilities;
 pub enum Action {
     /// Run a command declared in the policy, by name. Its argv is fixed by the policy.
     Exec { command: String },
+    /// Restart a supervised program (stop it if running, wait its backoff, start it).
+    Restart { program: String },
+    /// Send a signal (HUP, INT, QUIT, USR1, USR2, TERM, KILL, CONT) to a supervised program's
+    /// process group.
+    Signal { program: String, signal: String },
     /// Send an HTTP request to a URL under one of the policy's allowed prefixes.
     Http {
         #[serde(default = "default_method")]
@@ -40,6 +45,8 @@ impl Action {
         match self {
             Action::Exec { command } => format!("exec {command}"),
             Action::Http { method, url, .. } => format!("http {method} {url}"),
+            Action::Restart { program } => format!("restart {program}"),
+            Action::Signal { program, signal } => format!("signal {signal} to {program}"),
         }
     }
 }
@@ -54,6 +61,14 @@ pub enum Denied {
     /// The URL is not under any allowed prefix (or is not a plain http(s) URL).
     #[error("action {index}: URL `{url}` is not under an allowed prefix")]
     UrlNotAllowed { index: usize, url: String },
+    /// The program is not one the policy may restart or signal.
+    #[error("action {index}: program `{program}` is not covered by the policy")]
+    ProgramNotAllowed { index: usize, program: String },
+    /// The signal is not one phoenix sends.
+    #[error(
+        "action {index}: signal `{signal}` is not allowed (HUP, INT, QUIT, USR1, USR2, TERM, KILL, CONT)"
+    )]
+    SignalNotAllowed { index: usize, signal: String },
     /// The HTTP method is not one phoenix sends.
     #[error("action {index}: HTTP method `{method}` is not allowed")]
     MethodNotAllowed { index: usize, method: String },
@@ -71,6 +86,28 @@ pub fn check(plan: &[Action], caps: &Capabilities) -> Result<(), Denied> {
                     return Err(Denied::UnknownCommand {
                         index,
                         command: command.clone(),
+                    });
+                }
+            }
+            Action::Restart { program } => {
+                if !caps.covers_program(program) {
+                    return Err(Denied::ProgramNotAllowed {
+                        index,
+                        program: program.clone(),
+                    });
+                }
+            }
+            Action::Signal { program, signal } => {
+                if !caps.covers_program(program) {
+                    return Err(Denied::ProgramNotAllowed {
+                        index,
+                        program: program.clone(),
+                    });
+                }
+                if crate::supervisor::signal_by_name(signal).is_none() {
+                    return Err(Denied::SignalNotAllowed {
+                        index,
+                        signal: signal.clone(),
                     });
                 }
             }
@@ -138,6 +175,7 @@ mod tests {
         Capabilities {
             commands,
             http_prefixes: vec!["http://127.0.0.1:9000/admin/".into()],
+            programs: vec!["web".into()],
         }
     }
 
@@ -200,6 +238,30 @@ mod tests {
                 "{url} should be denied"
             );
         }
+    }
+
+    #[test]
+    fn only_covered_programs_may_be_restarted_or_signalled() {
+        let restart = |program: &str| Action::Restart {
+            program: program.into(),
+        };
+        assert_eq!(check(&[restart("web")], &caps()), Ok(()));
+        assert!(matches!(
+            check(&[restart("db")], &caps()),
+            Err(Denied::ProgramNotAllowed { .. })
+        ));
+        let signal = |signal: &str| Action::Signal {
+            program: "web".into(),
+            signal: signal.into(),
+        };
+        assert_eq!(check(&[signal("HUP")], &caps()), Ok(()));
+        assert!(matches!(
+            check(&[signal("SEGV")], &caps()),
+            Err(Denied::SignalNotAllowed { .. })
+        ));
+        let mut any = caps();
+        any.programs = vec!["*".into()];
+        assert_eq!(check(&[restart("db")], &any), Ok(()));
     }
 
     #[test]

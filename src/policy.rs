@@ -80,6 +80,16 @@ pub struct Capabilities {
     /// URL prefixes that `http` actions may target. Each must be http(s) and end with `/`.
     #[serde(default)]
     pub http_prefixes: Vec<String>,
+    /// Supervised programs that `restart` and `signal` actions may target; `"*"` means every
+    /// supervised program.
+    #[serde(default)]
+    pub programs: Vec<String>,
+}
+
+impl Capabilities {
+    pub fn covers_program(&self, program: &str) -> bool {
+        self.programs.iter().any(|p| p == "*" || p == program)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +114,10 @@ pub struct Verify {
     /// An HTTP GET whose status must equal `status`.
     #[serde(default)]
     pub http: Option<HttpProbe>,
+    /// The fault's app is a supervised program: healthy when its `health_url` answers 200, or,
+    /// without one, when it is still running `start_grace` after its (re)start.
+    #[serde(default)]
+    pub supervised: bool,
     /// Give up (verify_failed) when not healthy within this long. Default 30s.
     #[serde(default = "default_within", with = "duration")]
     pub within: Duration,
@@ -228,13 +242,21 @@ impl Policy {
                 ));
             }
         }
-        match (&self.verify.command, &self.verify.http) {
-            (None, None) => return Err("`verify` needs `command` or `http`".into()),
-            (Some(_), Some(_)) => return Err("`verify` takes `command` or `http`, not both".into()),
-            (Some(argv), None) if argv.is_empty() || argv[0].is_empty() => {
-                return Err("`verify.command` must name a program".into());
-            }
-            _ => {}
+        let probes = usize::from(self.verify.command.is_some())
+            + usize::from(self.verify.http.is_some())
+            + usize::from(self.verify.supervised);
+        if probes != 1 {
+            return Err(
+                "`verify` needs exactly one of `command`, `http` or `supervised = true`".into(),
+            );
+        }
+        if self
+            .verify
+            .command
+            .as_ref()
+            .is_some_and(|argv| argv.is_empty() || argv[0].is_empty())
+        {
+            return Err("`verify.command` must name a program".into());
         }
         if self.verify.within.is_zero() || self.verify.interval.is_zero() {
             return Err("`verify.within` and `verify.interval` must be positive".into());
@@ -385,7 +407,7 @@ mod tests {
         assert!(bad_duration.contains("line"), "{bad_duration}");
         let no_probe = parse_err(&GOOD.replace("command = [\"true\"]", ""));
         assert!(
-            no_probe.contains("`verify` needs `command` or `http`"),
+            no_probe.contains("`verify` needs exactly one of"),
             "{no_probe}"
         );
         let typo = parse_err(&GOOD.replace("timeout = \"5s\"", "timeout = \"5s\"\nargs = []"));

@@ -78,6 +78,8 @@ pub struct Reported {
     pub created: bool,
     /// True when this is a replay of an earlier request with the same idempotency key.
     pub replayed: bool,
+    /// True when a recently healed fault was reopened (it recurred): a run must start again.
+    pub reopened: bool,
 }
 
 /// Whether a newly registered patch version becomes the active one.
@@ -174,6 +176,65 @@ fn fingerprint_key(fingerprint: &str) -> Vec<u8> {
     format!("fp/{fingerprint}").into_bytes()
 }
 
+/// The last fault with this fingerprint that ended (for reopening a recurrence).
+fn last_closed_key(fingerprint: &str) -> Vec<u8> {
+    format!("fl/{fingerprint}").into_bytes()
+}
+
+/// The last closed fault with `fingerprint`, if it was healed less than `window` ago.
+fn reopenable(
+    w: &Writer<'_>,
+    fingerprint: &str,
+    window: std::time::Duration,
+    now: Timestamp,
+) -> Result<Option<Fault>, StoreError> {
+    let Some(id) = w.get::<String>(&last_closed_key(fingerprint))? else {
+        return Ok(None);
+    };
+    let Some(fault) = w.get::<Fault>(&fault_key(&id))? else {
+        return Ok(None);
+    };
+    let recent = fault
+        .closed_at
+        .is_some_and(|closed| now.0.saturating_sub(closed.0) <= window.as_millis() as u64);
+    Ok((fault.state == FaultState::Healed && recent).then_some(fault))
+}
+
+/// Reopens a healed fault that recurred: back to `detected` (the machine's `Recur`), one more
+/// occurrence, a fresh run.
+fn reopen(w: &mut Writer<'_>, mut fault: Fault, now: Timestamp) -> Result<Fault, StoreError> {
+    let healed_ago = fault
+        .closed_at
+        .map(|c| now.0.saturating_sub(c.0))
+        .unwrap_or(0);
+    let state = crate::machine::next(fault.state, crate::machine::Event::Recur).map_err(|e| {
+        StoreError::Corrupt {
+            key: fault.id.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    fault.state = state;
+    fault.occurrences += 1;
+    fault.last_seen = now;
+    fault.closed_at = None;
+    fault.resolved_at = None;
+    fault.run = None;
+    fault.seq += 1;
+    let detail = format!(
+        "reopened: it recurred {healed_ago} ms after it was healed (occurrence {})",
+        fault.occurrences
+    );
+    let entry = HistoryEntry {
+        seq: fault.seq,
+        state,
+        at: now,
+        detail,
+    };
+    w.put(&history_key(&fault.id, fault.seq), &entry)?;
+    w.put(&fault_key(&fault.id), &fault)?;
+    Ok(fault)
+}
+
 /// The store. Cheap to share behind an `Arc`; reads go straight to sled, writes to the committer.
 pub struct Store {
     db: sled::Db,
@@ -250,13 +311,24 @@ impl Store {
                     fault: first.fault,
                     created: first.created,
                     replayed: true,
+                    reopened: false,
                 });
             }
             let now = Timestamp::now();
             let fp_key = fingerprint_key(&report.fingerprint());
             let open: Option<String> = w.get(&fp_key)?;
-            let (fault, created) = match open {
-                Some(id) => {
+            let recurring = match (&open, report.reopen_within) {
+                (None, Some(window)) => reopenable(w, &report.fingerprint(), window, now)?,
+                _ => None,
+            };
+            let reopened = recurring.is_some();
+            let (fault, created) = match (open, recurring) {
+                (None, Some(recurring)) => {
+                    let fault = reopen(w, recurring, now)?;
+                    w.put(&fp_key, &fault.id)?;
+                    (fault, false)
+                }
+                (Some(id), _) => {
                     let key = fault_key(&id);
                     let mut fault: Fault = w.get(&key)?.ok_or_else(|| StoreError::Corrupt {
                         key: String::from_utf8_lossy(&fp_key).into_owned(),
@@ -267,7 +339,7 @@ impl Store {
                     w.put(&key, &fault)?;
                     (fault, false)
                 }
-                None => {
+                (None, None) => {
                     let counter = db.generate_id().map_err(io)?;
                     let id = sortable_id(now, counter);
                     let fault = Fault::new(id.clone(), report, source, now);
@@ -295,6 +367,7 @@ impl Store {
                 fault,
                 created,
                 replayed: false,
+                reopened,
             })
         })
         .await
@@ -339,10 +412,12 @@ impl Store {
             };
             w.put(&history_key(&id, fault.seq), &entry)?;
             if state.is_terminal() {
+                fault.closed_at = Some(entry.at);
                 let fp_key = fingerprint_key(&fault.fingerprint);
                 if w.get::<String>(&fp_key)?.as_deref() == Some(id.as_str()) {
                     w.remove(&fp_key);
                 }
+                w.put(&last_closed_key(&fault.fingerprint), &id)?;
             }
             w.put(&key, &fault)?;
             Ok(fault)
@@ -563,6 +638,65 @@ mod tests {
         assert!(again.created);
         assert_ne!(again.fault.id, first.id);
         assert_eq!(store.open_fault_ids().unwrap(), vec![again.fault.id]);
+    }
+
+    #[tokio::test]
+    async fn a_recurrence_soon_after_healing_reopens_the_fault() {
+        let (_dir, store) = open();
+        let recurring = |window_ms: u64| Report {
+            reopen_within: Some(std::time::Duration::from_millis(window_ms)),
+            ..report("prog")
+        };
+        let first = store
+            .report(recurring(60_000), Source::Api, None)
+            .await
+            .unwrap()
+            .fault;
+        store
+            .append(&first.id, 1, FaultState::Healed, "healed".into(), |_| {})
+            .await
+            .unwrap();
+        let again = store
+            .report(recurring(60_000), Source::Api, None)
+            .await
+            .unwrap();
+        assert!(again.reopened && !again.created);
+        assert_eq!(
+            (
+                again.fault.id.as_str(),
+                again.fault.state,
+                again.fault.occurrences
+            ),
+            (first.id.as_str(), FaultState::Detected, 2)
+        );
+        assert_eq!(store.open_fault_ids().unwrap(), vec![first.id.clone()]);
+        let last = store.history(&first.id).unwrap().pop().unwrap();
+        assert!(last.detail.starts_with("reopened"), "{}", last.detail);
+
+        // A failed fault is not reopened, nor one healed longer ago than the window.
+        let failed = FaultState::Failed(FailReason::VerifyFailed);
+        store
+            .append(&first.id, again.fault.seq, failed, "failed".into(), |_| {})
+            .await
+            .unwrap();
+        let fresh = store
+            .report(recurring(60_000), Source::Api, None)
+            .await
+            .unwrap();
+        assert!(fresh.created && fresh.fault.id != first.id);
+        store
+            .append(
+                &fresh.fault.id,
+                1,
+                FaultState::Healed,
+                "healed".into(),
+                |_| {},
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let late = store.report(recurring(5), Source::Api, None).await.unwrap();
+        assert!(late.created && late.fault.id != fresh.fault.id);
     }
 
     #[tokio::test]

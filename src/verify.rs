@@ -90,6 +90,7 @@ mod tests {
         Verify {
             command: Some(argv.iter().map(|s| s.to_string()).collect()),
             http: None,
+            supervised: false,
             within,
             interval: Duration::from_millis(20),
         }

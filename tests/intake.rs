@@ -257,7 +257,7 @@ fn bad_config_or_policies_exit_64_naming_the_problem() {
     let (code, _, stderr) = env.run(&["serve", "--config", "phoenix.toml"]);
     assert_eq!(code, 64, "{stderr}");
     assert!(
-        stderr.contains("broken.toml") && stderr.contains("`verify` needs `command` or `http`"),
+        stderr.contains("broken.toml") && stderr.contains("`verify` needs exactly one of"),
         "{stderr}"
     );
     assert!(

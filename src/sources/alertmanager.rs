@@ -127,6 +127,7 @@ pub fn to_report(alert: &Alert, config: &AlertmanagerConfig) -> Result<Report, S
         message,
         severity,
         dedup_key: Some(alert.fingerprint.clone()),
+        reopen_within: None,
     };
     report.validate().map_err(|e| e.to_string())?;
     Ok(report)

@@ -68,6 +68,7 @@ impl LogConfig {
             message: None,
             severity: self.severity,
             dedup_key: None,
+            reopen_within: None,
         };
         probe.validate().map_err(|e| format!("log `{name}`: {e}"))?;
         Ok(regex)
@@ -94,6 +95,7 @@ impl LogConfig {
             message: Some(message),
             severity: self.severity,
             dedup_key: None,
+            reopen_within: None,
         })
     }
 }

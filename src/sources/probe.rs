@@ -116,6 +116,7 @@ impl ProbeConfig {
             severity: Severity::Error,
             // One fault per probe, whatever its last error says.
             dedup_key: Some(format!("probe:{}", self.name)),
+            reopen_within: None,
         }
     }
 }
