@@ -446,11 +446,19 @@ impl Program {
                 }
             }
         };
-        let mut command = Command::new(&config.argv[0]);
+        // A relative program path with a slash means "relative to the program's cwd" here (the
+        // standard library leaves that case platform-defined).
+        let program = Path::new(&config.argv[0]);
+        let program = if program.is_relative() && config.argv[0].contains('/') {
+            cwd.join(program)
+        } else {
+            program.to_owned()
+        };
+        let mut command = Command::new(&program);
         command
             .args(&config.argv[1..])
             .envs(&config.env)
-            .current_dir(cwd)
+            .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(output(&config.stdout)?)
             .stderr(output(&config.stderr)?)
