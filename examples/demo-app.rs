@@ -1,6 +1,7 @@
 //! A tiny HTTP app for the supervised demo and the P1 benchmark: answers `200 ok` to every
-//! request on the address given as its only argument (default 127.0.0.1:8089). std only, so its
-//! cold start is a few milliseconds and the benchmark measures the supervisor, not the app.
+//! request. Usage: `demo-app [ADDR] [PIDFILE]` (default 127.0.0.1:8089; the pid file, if given,
+//! is written once listening — for supervisors that track pid files, like monit). std only, so
+//! its cold start is a few milliseconds and the benchmark measures the supervisor, not the app.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -16,6 +17,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(pidfile) = std::env::args().nth(2)
+        && let Err(error) = std::fs::write(&pidfile, std::process::id().to_string())
+    {
+        eprintln!("demo-app: cannot write {pidfile}: {error}");
+    }
     eprintln!("demo-app: serving on {addr}, pid {}", std::process::id());
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
