@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{DEADLINE, Daemon, Env, planner};
+use common::{Daemon, Env, planner};
 use serde_json::Value;
 
 const LEDGER: &str = r#"[capabilities.commands.record]
@@ -14,19 +12,7 @@ timeout = "10s""#;
 
 /// Polls `/readyz` until `check` holds.
 async fn wait_ready(daemon: &Daemon, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let (_, ready) = daemon.get("/readyz").await;
-        if check(&ready) {
-            return ready;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "readyz never showed {what}: {ready:#}\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    daemon.get_until("/readyz", what, check).await
 }
 
 fn reloads(ready: &Value) -> u64 {

@@ -4,9 +4,9 @@
 mod common;
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{DEADLINE, Daemon, Env, planner};
+use common::{Daemon, Env, planner};
 use serde_json::Value;
 
 fn append(env: &Env, file: &str, text: &str) {
@@ -20,21 +20,7 @@ fn append(env: &Env, file: &str, text: &str) {
 
 /// Polls the fault list of `app` until `count` faults exist.
 async fn faults_of(daemon: &Daemon, app: &str, count: usize) -> Vec<Value> {
-    let started = Instant::now();
-    loop {
-        let (_, page) = daemon.get(&format!("/v1/faults?app={app}")).await;
-        let faults = page["faults"].as_array().unwrap().clone();
-        if faults.len() >= count {
-            return faults;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{app} has {} of {count} faults:\n{}",
-            faults.len(),
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    daemon.faults_of(app, count).await
 }
 
 #[tokio::test]

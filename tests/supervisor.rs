@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Daemon, Env, states};
+use common::{DEADLINE, Daemon, Env, free_port, states};
 use serde_json::Value;
 
 /// The shipped policies and patches (restart-supervised + restart-program), plus `programs`.
@@ -36,19 +36,18 @@ async fn wait_program(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let started = Instant::now();
-    loop {
-        let status = program(daemon, name).await;
-        if check(&status) {
-            return status;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{name} never became {what}: {status}\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let find = |body: &Value| {
+        body["programs"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == name))
+            .cloned()
+    };
+    let body = daemon
+        .get_until("/v1/programs", what, |body| {
+            find(body).is_some_and(|p| check(&p))
+        })
+        .await;
+    find(&body).unwrap_or_default()
 }
 
 async fn only_fault_of(daemon: &Daemon, app: &str) -> Value {
@@ -84,14 +83,6 @@ fn kill9(pid: u64) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

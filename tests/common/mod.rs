@@ -233,21 +233,28 @@ impl Daemon {
         body
     }
 
-    /// Polls until `check(fault)` holds; panics with the fault and the log at the deadline.
-    pub async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    /// GETs `path` until `check(body)` holds; at the deadline, panics with `what`, the last
+    /// body and the daemon's log.
+    pub async fn get_until(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {
-            let fault = self.fault(id).await;
-            if check(&fault) {
-                return fault;
+            let (_, body) = self.get(path).await;
+            if check(&body) {
+                return body;
             }
             assert!(
                 started.elapsed() < DEADLINE,
-                "fault {id} never became {what}: {fault:#}\n{}",
+                "{path} never showed {what}: {body:#}\n{}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Polls fault `id` until `check(fault)` holds.
+    pub async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        self.get_until(&format!("/v1/faults/{id}"), what, check)
+            .await
     }
 
     /// Waits for a terminal state: `healed`, `failed` or `resolved`.
@@ -257,6 +264,17 @@ impl Daemon {
             terminal.contains(&f["state"].as_str().unwrap_or_default())
         })
         .await
+    }
+
+    /// Polls the faults of `app` until there are at least `count`; returns them, oldest first.
+    pub async fn faults_of(&self, app: &str, count: usize) -> Vec<Value> {
+        let what = format!("{count} faults");
+        let page = self
+            .get_until(&format!("/v1/faults?app={app}"), &what, |page| {
+                page["faults"].as_array().is_some_and(|f| f.len() >= count)
+            })
+            .await;
+        page["faults"].as_array().cloned().unwrap_or_default()
     }
 
     /// SIGKILL, no chance to clean up.
@@ -298,6 +316,15 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A port that was free a moment ago (for programs that need a fixed address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The states a fault's history went through, in order, without repeats.
