@@ -27,6 +27,10 @@ use tokio::sync::oneshot;
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source, Timestamp, sortable_id};
 use crate::registry::PatchRecord;
 
+/// How long `open` waits for another process to release the store's lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Most writes applied before one flush; bounds the latency a single group can add.
 const MAX_GROUP: usize = 512;
 
@@ -244,14 +248,35 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir`. Fails if another process holds it.
+    ///
+    /// The store's lock can outlive a killed phoenix for a moment: a child that phoenix was
+    /// spawning when it died holds a copy of its file descriptors until that child's `exec`.
+    /// So a held lock is retried for up to [`LOCK_WAIT`] before giving up.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // Durability comes from the committer's explicit flushes, not a background timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(io)?;
+            .flush_every_ms(None);
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports a held lock only as text (an `Other` I/O error).
+                Err(sled::Error::Io(error))
+                    if error.to_string().contains("could not acquire lock")
+                        && started.elapsed() < LOCK_WAIT =>
+                {
+                    if !warned {
+                        tracing::warn!(message = "The store is locked by another process; waiting.", dir = %dir.display());
+                        warned = true;
+                    }
+                    thread::sleep(LOCK_RETRY);
+                }
+                Err(error) => return Err(io(error)),
+            }
+        };
         let (jobs, receiver) = mpsc::channel::<Job>();
         let tree: sled::Tree = (*db).clone();
         let flusher = db.clone();
@@ -822,16 +847,8 @@ mod tests {
                 .fault
                 .id
         };
-        // sled releases its lock when the last handle drops; the committer thread holds one until
-        // its channel closes, so allow it a moment.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match Store::open(&dir.path().join("db"), 8 << 20) {
-                Ok(store) => break store,
-                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        };
+        // The committer thread still holds the old handle for a moment; `open` waits for it.
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
         assert_eq!(store.fault(&id).unwrap().unwrap().app, "a");
         assert_eq!(store.open_fault_ids().unwrap(), vec![id]);
     }

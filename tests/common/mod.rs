@@ -162,8 +162,9 @@ impl Daemon {
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!(
-                    "phoenix exited with {status} before serving:\n{}",
-                    daemon.log()
+                    "phoenix exited with {status} before serving:\n{}\nprocesses holding its store: {:?}",
+                    daemon.log(),
+                    holders_of(&dir.join("data/store/db"))
                 );
             }
             assert!(
@@ -316,6 +317,35 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Processes that have `path` open (to explain a store lock that was not released).
+pub fn holders_of(path: &Path) -> Vec<String> {
+    let mut holders = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let fds = entry.path().join("fd");
+        let holds = std::fs::read_dir(&fds)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path));
+        if holds {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            holders.push(format!(
+                "{}: {} [{}]",
+                entry.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " "),
+                stat.split(") ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+            ));
+        }
+    }
+    holders
 }
 
 /// A port that was free a moment ago (for programs that need a fixed address).
