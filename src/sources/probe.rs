@@ -276,6 +276,55 @@ mod tests {
         );
     }
 
+    /// A loopback server that answers every request with `status` and `body`.
+    async fn server(status: u16, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/health", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn http_checks_look_at_status_and_body() {
+        let http = crate::effects::http_client().unwrap();
+        let dir = std::env::temp_dir();
+        let check_of = |url: &str, extra: &str| {
+            probe(&format!(
+                "name = \"p\"\napp = \"a\"\nhttp = {{ url = \"{url}\"{extra} }}"
+            ))
+            .unwrap()
+        };
+        let healthy = server(200, "status: ok").await;
+        assert_eq!(
+            check(&check_of(&healthy, ", body_contains = \"ok\""), &http, &dir).await,
+            Ok(())
+        );
+        let err = check(
+            &check_of(&healthy, ", body_contains = \"ready\""),
+            &http,
+            &dir,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.ends_with("body does not contain \"ready\""), "{err}");
+        let failing = server(503, "down").await;
+        let err = check(&check_of(&failing, ""), &http, &dir)
+            .await
+            .unwrap_err();
+        assert!(err.ends_with("answered 503, expected 200"), "{err}");
+    }
+
     #[test]
     fn one_probe_is_one_fault_whatever_its_error() {
         let p = probe("name = \"p\"\napp = \"a\"\ntcp = \"x:1\"").unwrap();
