@@ -143,6 +143,9 @@ pub struct FaultOut {
     #[serde(flatten)]
     pub state: FaultState,
     pub attempts: u32,
+    /// `rolled_back` or `rollback_failed` when changes had to be undone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<crate::fault::Rollback>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<RunOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +191,7 @@ impl FaultOut {
             last_seen: fault.last_seen,
             state: fault.state,
             attempts: fault.attempts,
+            rollback: fault.rollback,
             history,
         }
     }

@@ -230,6 +230,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         work_dir: config.base_dir.clone(),
         workers: config.workers,
         supervisor: supervisor.clone(),
+        backup_dir: config.data_dir.join("backups"),
     })
     .map_err(store_error)?;
 

@@ -11,6 +11,10 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use crate::plan::Action;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::fault::Undo;
+use crate::plan::writable_target;
 use crate::policy::Capabilities;
 use crate::supervisor::{Supervisor, signal_by_name};
 
@@ -38,6 +42,9 @@ pub enum EffectError {
     /// The command exited unsuccessfully.
     #[error("exited with {status}; stderr: {stderr}")]
     Failed { status: String, stderr: String },
+    /// A file could not be read, backed up, written or restored.
+    #[error("file: {0}")]
+    File(String),
     /// The supervised program could not be restarted or signalled.
     #[error("program: {0}")]
     Program(String),
@@ -70,6 +77,9 @@ pub struct Effects {
     supervisor: Supervisor,
 }
 
+/// New files get this mode; replaced files keep theirs.
+const NEW_FILE_MODE: u32 = 0o644;
+
 impl Effects {
     /// `work_dir` is where commands run (the config file's folder).
     pub fn new(http: reqwest::Client, work_dir: PathBuf, supervisor: Supervisor) -> Effects {
@@ -98,6 +108,19 @@ impl Effects {
                 Ok(format!(
                     "exit 0{}",
                     output.map(|o| format!("; stdout: {o}")).unwrap_or_default()
+                ))
+            }
+            Action::WriteFile { path, content } => {
+                let target = self.checked_target(path, caps)?;
+                let mode = std::fs::metadata(&target)
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(NEW_FILE_MODE);
+                replace_file(&target, content.as_bytes(), mode)
+                    .map_err(|e| EffectError::File(format!("{}: {e}", target.display())))?;
+                Ok(format!(
+                    "wrote {} bytes to {}",
+                    content.len(),
+                    target.display()
                 ))
             }
             Action::Restart { program } => {
@@ -156,6 +179,134 @@ impl Effects {
             }
         }
     }
+}
+
+impl Effects {
+    /// The file a `write_file` action may replace: allowed by the policy (lexically), its
+    /// directory really inside an allowed directory once symlinks are resolved, and not itself a
+    /// symlink or anything but a regular file.
+    fn checked_target(&self, path: &str, caps: &Capabilities) -> Result<PathBuf, EffectError> {
+        let denied = |why: &str| EffectError::NotAllowed(format!("write to `{path}`: {why}"));
+        let target = writable_target(path, caps, &self.work_dir)
+            .ok_or_else(|| denied("not under a writable directory"))?;
+        let parent = target
+            .parent()
+            .ok_or_else(|| denied("no parent directory"))?;
+        let real_parent = parent
+            .canonicalize()
+            .map_err(|e| denied(&format!("its directory: {e}")))?;
+        let inside = caps
+            .writable_dirs
+            .iter()
+            .filter_map(|dir| self.work_dir.join(dir).canonicalize().ok())
+            .any(|dir| real_parent.starts_with(dir));
+        if !inside {
+            return Err(denied(
+                "its directory resolves outside the writable directories",
+            ));
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(denied("it is a symlink")),
+            Ok(meta) if !meta.is_file() => Err(denied("it is not a regular file")),
+            _ => Ok(real_parent.join(target.file_name().unwrap_or_default())),
+        }
+    }
+
+    /// Before an action runs: how to undo it, saving what the undo needs (a file's previous
+    /// bytes go to `backup`, flushed to disk). `None` for actions that cannot be undone.
+    pub async fn prepare_undo(
+        &self,
+        action: &Action,
+        caps: &Capabilities,
+        backup: &std::path::Path,
+    ) -> Result<Option<Undo>, EffectError> {
+        let Action::WriteFile { path, .. } = action else {
+            return Ok(None);
+        };
+        let target = self.checked_target(path, caps)?;
+        let file_error =
+            |e: std::io::Error| EffectError::File(format!("backing up {}: {e}", target.display()));
+        match std::fs::read(&target) {
+            Ok(bytes) => {
+                let mode = std::fs::metadata(&target)
+                    .map_err(file_error)?
+                    .permissions()
+                    .mode()
+                    & 0o7777;
+                if let Some(dir) = backup.parent() {
+                    std::fs::create_dir_all(dir).map_err(file_error)?;
+                }
+                replace_file(backup, &bytes, 0o600).map_err(file_error)?;
+                Ok(Some(Undo::RestoreFile {
+                    path: target,
+                    backup: Some(backup.to_owned()),
+                    mode: Some(mode),
+                }))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Some(Undo::RestoreFile {
+                    path: target,
+                    backup: None,
+                    mode: None,
+                }))
+            }
+            Err(error) => Err(file_error(error)),
+        }
+    }
+
+    /// Undoes one action; idempotent, so a rollback interrupted by a crash can run again.
+    pub async fn undo(&self, undo: &Undo) -> Result<String, EffectError> {
+        match undo {
+            Undo::RestoreFile {
+                path,
+                backup: Some(backup),
+                mode,
+            } => {
+                let bytes = std::fs::read(backup).map_err(|e| {
+                    EffectError::File(format!("reading backup {}: {e}", backup.display()))
+                })?;
+                replace_file(path, &bytes, mode.unwrap_or(NEW_FILE_MODE))
+                    .map_err(|e| EffectError::File(format!("restoring {}: {e}", path.display())))?;
+                Ok(format!("restored {}", path.display()))
+            }
+            Undo::RestoreFile {
+                path, backup: None, ..
+            } => match std::fs::remove_file(path) {
+                Ok(()) => Ok(format!(
+                    "removed {} (it did not exist before)",
+                    path.display()
+                )),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(format!("{} already absent", path.display()))
+                }
+                Err(e) => Err(EffectError::File(format!(
+                    "removing {}: {e}",
+                    path.display()
+                ))),
+            },
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, given
+/// `mode`, renamed over `path`, and the directory flushed so the rename survives a crash.
+fn replace_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    let temp = dir.join(format!(".{}.phoenix-tmp", name.to_string_lossy()));
+    {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Runs `argv` in `work_dir` with stdin closed, killing it after `timeout`. Returns its trimmed,

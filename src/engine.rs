@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use crate::effects::{Effects, FaultEnv};
-use crate::fault::{FailReason, Fault, FaultState, Run};
+use crate::fault::{FailReason, Fault, FaultState, Rollback, Run};
 use crate::machine::{self, Event, IllegalTransition};
 use crate::patch::fault_view;
 use crate::plan;
@@ -49,6 +49,8 @@ pub struct EngineParts {
     pub work_dir: PathBuf,
     pub workers: usize,
     pub supervisor: crate::supervisor::Supervisor,
+    /// Where file backups for undo are kept (`data_dir/backups`).
+    pub backup_dir: PathBuf,
 }
 
 /// A handle to the running engine: hand it fault ids to drive.
@@ -316,7 +318,7 @@ impl Engine {
                 return self.fail(&fault, FailReason::SandboxError, detail).await;
             }
         };
-        if let Err(denied) = plan::check(&plan, &policy.capabilities) {
+        if let Err(denied) = plan::check(&plan, &policy.capabilities, &self.parts.work_dir) {
             let detail = format!(
                 "policy `{}` denies the plan of {name}@{}: {denied}",
                 policy.name, record.version
@@ -345,6 +347,7 @@ impl Engine {
             policy_snapshot: policy,
             actions_started: 0,
             actions_done: 0,
+            undo: Vec::new(),
         };
         self.transition(
             &fault,
@@ -360,7 +363,9 @@ impl Engine {
         .await
     }
 
-    /// Patching: apply the remaining actions, each recorded as started before and done after.
+    /// Patching: apply the remaining actions. Before each one, its undo (e.g. a backup of the
+    /// file it replaces) is prepared and recorded with the "started" entry; after it, "done".
+    /// A failed action rolls back everything this attempt started.
     async fn apply(&self, fault: Fault) -> Result<(), EngineError> {
         let Some(run) = fault.run.clone() else {
             return self
@@ -386,10 +391,28 @@ impl Engine {
             app: fault.app.clone(),
             kind: fault.kind.clone(),
         };
+        let caps = &run.policy_snapshot.capabilities;
         let mut fault = fault;
         for index in run.actions_done as usize..total {
             let action = &run.plan[index];
             let number = index as u32 + 1;
+            let backup = self
+                .parts
+                .backup_dir
+                .join(&fault.id)
+                .join(format!("{}-{number}", run.attempt));
+            let undo = match self.parts.effects.prepare_undo(action, caps, &backup).await {
+                Ok(undo) => undo,
+                Err(error) => {
+                    let detail = format!(
+                        "action {number}/{total} ({}) cannot start: {error}",
+                        action.describe()
+                    );
+                    return self
+                        .fail_with_rollback(&fault, FailReason::ApplyFailed, detail)
+                        .await;
+                }
+            };
             let started = format!("action {number}/{total} started: {}", action.describe());
             fault = self
                 .parts
@@ -402,16 +425,13 @@ impl Engine {
                     move |f| {
                         if let Some(run) = f.run.as_mut() {
                             run.actions_started = number;
+                            run.undo.truncate(index);
+                            run.undo.push(undo);
                         }
                     },
                 )
                 .await?;
-            match self
-                .parts
-                .effects
-                .apply(action, &run.policy_snapshot.capabilities, &env)
-                .await
-            {
+            match self.parts.effects.apply(action, caps, &env).await {
                 Ok(outcome) => {
                     let done = format!("action {number}/{total} done: {outcome}");
                     fault = self
@@ -426,23 +446,81 @@ impl Engine {
                 }
                 Err(error) => {
                     let detail = format!(
-                        "action {number}/{total} ({}) failed: {error}; earlier actions record no undo",
+                        "action {number}/{total} ({}) failed: {error}",
                         action.describe()
                     );
-                    return self.fail(&fault, FailReason::ApplyFailed, detail).await;
+                    return self
+                        .fail_with_rollback(&fault, FailReason::ApplyFailed, detail)
+                        .await;
                 }
             }
         }
-        self.transition(
-            &fault,
-            Event::Applied,
-            format!("plan applied ({total} of {total} actions)"),
-            |_| {},
-        )
+        let detail = format!("plan applied ({total} of {total} actions)");
+        self.transition(&fault, Event::Applied, detail, |_| {})
+            .await
+    }
+
+    /// Undoes, newest first, every action of the current attempt that may have run. Returns the
+    /// outcome (None when there was nothing to undo) and a one-line account.
+    async fn roll_back(&self, fault: &Fault) -> (Option<Rollback>, String) {
+        let Some(run) = &fault.run else {
+            return (None, "nothing to roll back".into());
+        };
+        let started = (run.actions_started as usize).min(run.plan.len());
+        if started == 0 {
+            return (None, "nothing was applied".into());
+        }
+        let mut lines = Vec::new();
+        let mut failed = false;
+        for index in (0..started).rev() {
+            let action = run.plan[index].describe();
+            match run.undo.get(index).cloned().flatten() {
+                None => lines.push(format!("{action}: cannot be undone")),
+                Some(undo) => match self.parts.effects.undo(&undo).await {
+                    Ok(done) => lines.push(done),
+                    Err(error) => {
+                        failed = true;
+                        lines.push(format!("{action}: UNDO FAILED: {error}"));
+                    }
+                },
+            }
+        }
+        let outcome = if failed {
+            Rollback::RollbackFailed
+        } else {
+            Rollback::RolledBack
+        };
+        let account = lines.join("; ");
+        if failed {
+            tracing::error!(message = "Rollback failed; the system may be left changed.", account = %account);
+        } else {
+            tracing::info!(message = "Rolled back.", account = %account);
+        }
+        (Some(outcome), account)
+    }
+
+    /// Rolls back the current attempt, then fails the fault with `reason`, recording both.
+    async fn fail_with_rollback(
+        &self,
+        fault: &Fault,
+        reason: FailReason,
+        detail: String,
+    ) -> Result<(), EngineError> {
+        let (outcome, account) = self.roll_back(fault).await;
+        let label = match outcome {
+            Some(Rollback::RolledBack) => "rolled_back",
+            Some(Rollback::RollbackFailed) => "rollback_failed",
+            None => "nothing to roll back",
+        };
+        let detail = format!("{detail}; {label}: {account}");
+        self.transition(fault, Event::Fail(reason), detail, move |f| {
+            f.rollback = outcome
+        })
         .await
     }
 
-    /// Testing: probe until healthy or the deadline; retry the patch if the policy allows.
+    /// Testing: probe until healthy or the deadline. On failure the attempt's changes are rolled
+    /// back, then the patch is retried if the policy allows, else the fault fails.
     async fn test(&self, fault: Fault) -> Result<(), EngineError> {
         let Some(run) = fault.run.clone() else {
             return self
@@ -487,17 +565,26 @@ impl Engine {
                     .await
             }
             Err(unhealthy) if fault.attempts < policy.max_attempts => {
+                let (outcome, account) = self.roll_back(&fault).await;
                 let detail = format!(
-                    "attempt {} of {}: {unhealthy}; retrying",
-                    fault.attempts, policy.max_attempts
+                    "attempt {} of {}: {unhealthy}; {}; retrying",
+                    fault.attempts,
+                    policy.max_attempts,
+                    match outcome {
+                        Some(Rollback::RollbackFailed) => format!("rollback_failed: {account}"),
+                        Some(Rollback::RolledBack) => format!("rolled_back: {account}"),
+                        None => account,
+                    }
                 );
-                self.transition(&fault, Event::Retry, detail, |f| f.run = None)
-                    .await
+                self.transition(&fault, Event::Retry, detail, move |f| {
+                    f.run = None;
+                    f.rollback = outcome;
+                })
+                .await
             }
             Err(unhealthy) => {
-                let detail =
-                    format!("{unhealthy}; exec/http actions record no undo, nothing rolled back");
-                self.fail(&fault, FailReason::VerifyFailed, detail).await
+                self.fail_with_rollback(&fault, FailReason::VerifyFailed, unhealthy.to_string())
+                    .await
             }
         }
     }

@@ -306,6 +306,33 @@ pub struct Run {
     pub actions_started: u32,
     /// Actions that finished successfully.
     pub actions_done: u32,
+    /// How to undo each started action (`None`: it cannot be undone, e.g. `exec`), recorded
+    /// durably before the action runs.
+    #[serde(default)]
+    pub undo: Vec<Option<Undo>>,
+}
+
+/// How to undo one applied action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Undo {
+    /// Put a file back: its previous bytes are in `backup` (with its `mode`), or, when `backup`
+    /// is `None`, the file did not exist and is removed.
+    RestoreFile {
+        path: std::path::PathBuf,
+        backup: Option<std::path::PathBuf>,
+        mode: Option<u32>,
+    },
+}
+
+/// What rolling back an attempt's changes achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rollback {
+    /// Every reversible change was undone.
+    RolledBack,
+    /// At least one undo failed: the system may be left changed. Logged as an error.
+    RollbackFailed,
 }
 
 /// A stored fault: the report, its counters and its current state. Its history is stored beside
@@ -338,6 +365,9 @@ pub struct Fault {
     /// When the fault reached its terminal state (cleared if it is reopened).
     #[serde(default)]
     pub closed_at: Option<Timestamp>,
+    /// The outcome of the last rollback, if changes had to be undone.
+    #[serde(default)]
+    pub rollback: Option<Rollback>,
 }
 
 pub const FAULT_SCHEMA: u32 = 1;
@@ -365,6 +395,7 @@ impl Fault {
             run: None,
             resolved_at: None,
             closed_at: None,
+            rollback: None,
         }
     }
 }

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Capabilities;
@@ -23,6 +25,9 @@ pub enum Action {
     /// Send a signal (HUP, INT, QUIT, USR1, USR2, TERM, KILL, CONT) to a supervised program's
     /// process group.
     Signal { program: String, signal: String },
+    /// Replace a file's content (UTF-8) atomically, under a directory the policy allows. The
+    /// previous content and mode are kept so the change can be rolled back.
+    WriteFile { path: String, content: String },
     /// Send an HTTP request to a URL under one of the policy's allowed prefixes.
     Http {
         #[serde(default = "default_method")]
@@ -46,6 +51,9 @@ impl Action {
             Action::Exec { command } => format!("exec {command}"),
             Action::Http { method, url, .. } => format!("http {method} {url}"),
             Action::Restart { program } => format!("restart {program}"),
+            Action::WriteFile { path, content } => {
+                format!("write_file {path} ({} bytes)", content.len())
+            }
             Action::Signal { program, signal } => format!("signal {signal} to {program}"),
         }
     }
@@ -61,6 +69,9 @@ pub enum Denied {
     /// The URL is not under any allowed prefix (or is not a plain http(s) URL).
     #[error("action {index}: URL `{url}` is not under an allowed prefix")]
     UrlNotAllowed { index: usize, url: String },
+    /// The file is not under a directory the policy allows writing (or its path climbs out).
+    #[error("action {index}: path `{path}` is not under a writable directory of the policy")]
+    PathNotAllowed { index: usize, path: String },
     /// The program is not one the policy may restart or signal.
     #[error("action {index}: program `{program}` is not covered by the policy")]
     ProgramNotAllowed { index: usize, program: String },
@@ -78,9 +89,17 @@ const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 /// Checks every action of `plan` against `caps`. All or nothing: one denied action denies the
 /// plan, so nothing of it runs.
-pub fn check(plan: &[Action], caps: &Capabilities) -> Result<(), Denied> {
+pub fn check(plan: &[Action], caps: &Capabilities, base: &Path) -> Result<(), Denied> {
     for (index, action) in plan.iter().enumerate() {
         match action {
+            Action::WriteFile { path, .. } => {
+                if writable_target(path, caps, base).is_none() {
+                    return Err(Denied::PathNotAllowed {
+                        index,
+                        path: path.clone(),
+                    });
+                }
+            }
             Action::Exec { command } => {
                 if !caps.commands.contains_key(command) {
                     return Err(Denied::UnknownCommand {
@@ -134,6 +153,32 @@ pub fn check(plan: &[Action], caps: &Capabilities) -> Result<(), Denied> {
     Ok(())
 }
 
+/// Where a `write_file` action may write: the path (relative ones against `base`) when it is
+/// under one of the policy's writable directories. Lexical: no `..`, `.` or empty components,
+/// no NUL, and not the directory itself. (Symlinks are checked when the file is written.)
+pub fn writable_target(path: &str, caps: &Capabilities, base: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    if path.is_empty() || path.contains('\0') {
+        return None;
+    }
+    let target = base.join(path);
+    if target
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        || path.contains("/./")
+    {
+        return None;
+    }
+    caps.writable_dirs
+        .iter()
+        .map(|dir| base.join(dir))
+        .any(|dir| {
+            let clean = !dir.components().any(|c| matches!(c, Component::ParentDir));
+            clean && target.starts_with(&dir) && target != dir
+        })
+        .then_some(target)
+}
+
 /// A URL is under a prefix when it starts with it and, past the prefix, has no path segment
 /// that could climb back out (`..`, or its percent-encoded forms) and no characters that a
 /// client might interpret differently (backslash, whitespace, control characters).
@@ -176,6 +221,7 @@ mod tests {
             commands,
             http_prefixes: vec!["http://127.0.0.1:9000/admin/".into()],
             programs: vec!["web".into()],
+            writable_dirs: Vec::new(),
         }
     }
 
@@ -196,8 +242,8 @@ mod tests {
             },
             http("http://127.0.0.1:9000/admin/flush?all=1"),
         ];
-        assert_eq!(check(&plan, &caps()), Ok(()));
-        assert_eq!(check(&[], &caps()), Ok(()));
+        assert_eq!(check(&plan, &caps(), Path::new("/")), Ok(()));
+        assert_eq!(check(&[], &caps(), Path::new("/")), Ok(()));
     }
 
     #[test]
@@ -211,7 +257,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            check(&plan, &caps()),
+            check(&plan, &caps(), Path::new("/")),
             Err(Denied::UnknownCommand {
                 index: 1,
                 command: "rm".into()
@@ -232,7 +278,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    check(&[http(url)], &caps()),
+                    check(&[http(url)], &caps(), Path::new("/")),
                     Err(Denied::UrlNotAllowed { .. })
                 ),
                 "{url} should be denied"
@@ -245,23 +291,62 @@ mod tests {
         let restart = |program: &str| Action::Restart {
             program: program.into(),
         };
-        assert_eq!(check(&[restart("web")], &caps()), Ok(()));
+        assert_eq!(check(&[restart("web")], &caps(), Path::new("/")), Ok(()));
         assert!(matches!(
-            check(&[restart("db")], &caps()),
+            check(&[restart("db")], &caps(), Path::new("/")),
             Err(Denied::ProgramNotAllowed { .. })
         ));
         let signal = |signal: &str| Action::Signal {
             program: "web".into(),
             signal: signal.into(),
         };
-        assert_eq!(check(&[signal("HUP")], &caps()), Ok(()));
+        assert_eq!(check(&[signal("HUP")], &caps(), Path::new("/")), Ok(()));
         assert!(matches!(
-            check(&[signal("SEGV")], &caps()),
+            check(&[signal("SEGV")], &caps(), Path::new("/")),
             Err(Denied::SignalNotAllowed { .. })
         ));
         let mut any = caps();
         any.programs = vec!["*".into()];
-        assert_eq!(check(&[restart("db")], &any), Ok(()));
+        assert_eq!(check(&[restart("db")], &any, Path::new("/")), Ok(()));
+    }
+
+    #[test]
+    fn files_may_be_written_only_under_writable_dirs() {
+        let mut caps = caps();
+        caps.writable_dirs = vec!["conf".into(), "/etc/app/".into()];
+        let base = Path::new("/srv/phoenix");
+        let target = |path: &str| writable_target(path, &caps, base);
+        assert_eq!(
+            target("conf/app.toml"),
+            Some(PathBuf::from("/srv/phoenix/conf/app.toml"))
+        );
+        assert_eq!(
+            target("/etc/app/x.conf"),
+            Some(PathBuf::from("/etc/app/x.conf"))
+        );
+        for bad in [
+            "conf/../secret",
+            "../conf/x",
+            "conf",
+            "conf/",
+            "/etc/app",
+            "/etc/apparmor/x",
+            "/etc/passwd",
+            "",
+            "conf/./x",
+            "conf/a\0b",
+        ] {
+            assert_eq!(target(bad), None, "{bad:?} must be refused");
+        }
+        let write = |path: &str| Action::WriteFile {
+            path: path.into(),
+            content: "x".into(),
+        };
+        assert_eq!(check(&[write("conf/a")], &caps, base), Ok(()));
+        assert!(matches!(
+            check(&[write("conf/../a")], &caps, base),
+            Err(Denied::PathNotAllowed { .. })
+        ));
     }
 
     #[test]
@@ -273,7 +358,7 @@ mod tests {
             headers: BTreeMap::new(),
         };
         assert!(matches!(
-            check(&[action], &caps()),
+            check(&[action], &caps(), Path::new("/")),
             Err(Denied::MethodNotAllowed { .. })
         ));
     }

@@ -80,6 +80,10 @@ pub struct Capabilities {
     /// URL prefixes that `http` actions may target. Each must be http(s) and end with `/`.
     #[serde(default)]
     pub http_prefixes: Vec<String>,
+    /// Directories under which `write_file` actions may replace files (relative ones against
+    /// the config file's folder).
+    #[serde(default)]
+    pub writable_dirs: Vec<PathBuf>,
     /// Supervised programs that `restart` and `signal` actions may target; `"*"` means every
     /// supervised program.
     #[serde(default)]
