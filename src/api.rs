@@ -29,6 +29,8 @@ pub struct AppState {
     pub readiness: Arc<std::sync::RwLock<Readiness>>,
     pub alertmanager: Arc<AlertmanagerConfig>,
     pub supervisor: crate::supervisor::Supervisor,
+    /// To wake the engine when a human decides.
+    pub engine: crate::engine::EngineHandle,
 }
 
 /// What `/readyz` reports besides the store's health.
@@ -204,6 +206,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/faults/{id}", get(show_fault))
         .route("/v1/alertmanager", post(alertmanager_webhook))
         .route("/v1/programs", get(list_programs))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/reject", post(reject))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -389,6 +394,149 @@ async fn show_fault(
         .ok_or_else(|| ApiError::not_found(format!("no fault {id}")))?;
     let history = state.store.history(&id)?;
     Ok(Json(FaultOut::new(fault, Some(history))))
+}
+
+/// An approval request as the API shows it: the fault, the patch, the dry-run plan, the why.
+#[derive(Debug, Serialize)]
+struct ApprovalOut {
+    fault_id: String,
+    app: String,
+    kind: String,
+    message: Option<String>,
+    reason: String,
+    requested_at: crate::fault::Timestamp,
+    expires_at: crate::fault::Timestamp,
+    quorum: u32,
+    decisions: Vec<crate::fault::Decision>,
+    patch: PatchOut,
+    /// What the patch planned (not executed yet).
+    plan: Vec<crate::plan::Action>,
+    policy: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PatchOut {
+    name: String,
+    version: String,
+    hash: String,
+    confidence: f64,
+    author: String,
+    tests: Vec<crate::registry::TestResult>,
+}
+
+fn approval_out(store: &Store, fault: Fault) -> Result<Option<ApprovalOut>, StoreError> {
+    let Some(run) = fault.run else {
+        return Ok(None);
+    };
+    let Some(request) = run.approval else {
+        return Ok(None);
+    };
+    let record = store.patch(&run.patch_name, &run.patch_hash)?;
+    Ok(Some(ApprovalOut {
+        fault_id: fault.id,
+        app: fault.app,
+        kind: fault.kind,
+        message: fault.message,
+        reason: request.reason,
+        requested_at: request.requested_at,
+        expires_at: request.expires_at,
+        quorum: request.quorum,
+        decisions: request.decisions,
+        patch: PatchOut {
+            name: run.patch_name,
+            version: run.patch_version,
+            hash: run.patch_hash,
+            confidence: request.patch_confidence,
+            author: request.patch_author,
+            tests: record.map(|r| r.tests).unwrap_or_default(),
+        },
+        plan: run.plan,
+        policy: run.policy,
+    }))
+}
+
+async fn list_approvals(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut approvals = Vec::new();
+    for id in state.store.open_fault_ids()?.into_iter().rev() {
+        if let Some(fault) = state.store.fault(&id)?
+            && fault.state == FaultState::AwaitingApproval
+            && let Some(out) = approval_out(&state.store, fault)?
+        {
+            approvals.push(out);
+        }
+    }
+    Ok(Json(serde_json::json!({ "approvals": approvals })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionIn {
+    by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn approve(
+    state: State<AppState>,
+    id: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    decide(state, id, body, true).await
+}
+
+async fn reject(
+    state: State<AppState>,
+    id: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    decide(state, id, body, false).await
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+    approve: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::approval::DecisionError;
+    let body = body.map_err(body_error)?;
+    let input: DecisionIn = serde_json::from_slice(&body).map_err(|error| {
+        let code = if error.is_data() {
+            "invalid_decision"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, error.to_string())
+    })?;
+    let decision = crate::fault::Decision {
+        by: input.by,
+        approve,
+        comment: input.comment,
+        at: crate::fault::Timestamp::now(),
+    };
+    let outcome = state
+        .store
+        .annotate(&id, move |fault| {
+            crate::approval::decide(fault, decision, crate::fault::Timestamp::now())
+        })
+        .await?;
+    let fault = outcome.map_err(|error| {
+        let (status, code) = match &error {
+            DecisionError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_decision"),
+            DecisionError::AuthorMayNotApprove(_) => {
+                (StatusCode::FORBIDDEN, "author_may_not_approve")
+            }
+            DecisionError::Expired(_) => (StatusCode::CONFLICT, "expired"),
+            DecisionError::NotWaiting { .. } => (StatusCode::CONFLICT, "not_awaiting_approval"),
+            _ => (StatusCode::CONFLICT, "already_decided"),
+        };
+        ApiError::new(status, code, error.to_string())
+    })?;
+    state.engine.enqueue(fault.id.clone());
+    let out = approval_out(&state.store, fault)?;
+    Ok(Json(serde_json::json!({ "approval": out })))
 }
 
 async fn list_programs(State(state): State<AppState>) -> Json<serde_json::Value> {

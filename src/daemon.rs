@@ -249,6 +249,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     });
 
     let intake = Intake::new(Arc::clone(&store), engine);
+    let engine_handle = intake.engine().clone();
     start_sources(&config, &intake)?;
     let exit_intake = intake.clone();
     tokio::spawn(async move {
@@ -265,6 +266,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             readiness: Arc::clone(&inputs.readiness),
             alertmanager: Arc::new(config.alertmanager.clone()),
             supervisor: supervisor.clone(),
+            engine: engine_handle,
         },
         config.max_body_bytes,
     );

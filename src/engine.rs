@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use crate::effects::{Effects, FaultEnv};
-use crate::fault::{FailReason, Fault, FaultState, Rollback, Run};
+use crate::fault::{ApprovalRequest, FailReason, Fault, FaultState, Rollback, Run, Timestamp};
 use crate::machine::{self, Event, IllegalTransition};
 use crate::patch::fault_view;
 use crate::plan;
@@ -70,6 +70,8 @@ impl EngineHandle {
 
 struct Engine {
     parts: EngineParts,
+    /// The engine's own queue, for wake-ups it schedules (approval expiry).
+    queue: mpsc::UnboundedSender<String>,
     in_flight: Mutex<HashSet<String>>,
     workers: Arc<Semaphore>,
 }
@@ -79,6 +81,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     let open = parts.store.open_fault_ids()?;
     let (queue, mut receiver) = mpsc::unbounded_channel::<String>();
     let engine = Arc::new(Engine {
+        queue: queue.clone(),
         workers: Arc::new(Semaphore::new(parts.workers)),
         parts,
         in_flight: Mutex::new(HashSet::new()),
@@ -157,7 +160,15 @@ impl Engine {
                 }
             }
             if fault.state == FaultState::AwaitingApproval {
-                return;
+                match self.decide_approval(&fault).await {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                    Err(error) => {
+                        tracing::error!(message = "Cannot act on an approval.", %error);
+                        return;
+                    }
+                }
             }
             match self.step(fault).await {
                 Ok(()) => failures = 0,
@@ -173,6 +184,48 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Awaiting approval: act on a decision or an expiry; otherwise sleep until the expiry (the
+    /// engine itself enforces it) and let a decision wake the fault sooner. Returns whether the
+    /// fault moved on.
+    async fn decide_approval(&self, fault: &Fault) -> Result<bool, EngineError> {
+        let Some(request) = fault.run.as_ref().and_then(|run| run.approval.clone()) else {
+            let detail = "awaiting approval without a request".into();
+            self.fail(fault, FailReason::Interrupted, detail).await?;
+            return Ok(true);
+        };
+        if let Some(rejection) = request.rejected_by() {
+            let detail = format!("rejected by {}", rejection.by);
+            self.fail(fault, FailReason::Rejected, detail).await?;
+        } else if request.granted() {
+            let by: Vec<&str> = request
+                .decisions
+                .iter()
+                .filter(|d| d.approve)
+                .map(|d| d.by.as_str())
+                .collect();
+            let detail = format!("approved by {}", by.join(", "));
+            self.transition(fault, Event::Approved, detail, |_| {})
+                .await?;
+        } else if request.expired(Timestamp::now()) {
+            let detail = format!(
+                "nobody decided before the request expired at {}",
+                request.expires_at
+            );
+            self.fail(fault, FailReason::ApprovalExpired, detail)
+                .await?;
+        } else {
+            let wait =
+                Duration::from_millis(request.expires_at.0.saturating_sub(Timestamp::now().0));
+            let (queue, id) = (self.queue.clone(), fault.id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = queue.send(id);
+            });
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// One step: the I/O the current state calls for, then the transition it leads to.
@@ -330,13 +383,31 @@ impl Engine {
 
         let attempt = fault.attempts + 1;
         let summary: Vec<String> = plan.iter().map(|a| a.describe()).collect();
+        let now = Timestamp::now();
+        let approval = policy
+            .approval_reason(record.confidence)
+            .map(|reason| ApprovalRequest {
+                reason,
+                requested_at: now,
+                expires_at: Timestamp(now.0 + policy.approval.expires.as_millis() as u64),
+                quorum: policy.approval.quorum,
+                patch_author: record.author.clone(),
+                author_may_approve: policy.approval.author_may_approve,
+                patch_confidence: record.confidence,
+                decisions: Vec::new(),
+            });
+        let waiting = match &approval {
+            Some(request) => format!("; awaiting approval: {}", request.reason),
+            None => String::new(),
+        };
         let detail = format!(
-            "attempt {attempt}: policy `{}`, patch {name}@{} ({}), plan: [{}]",
+            "attempt {attempt}: policy `{}`, patch {name}@{} ({}), plan: [{}]{waiting}",
             policy.name,
             record.version,
             &record.hash[..12],
             summary.join(", ")
         );
+        let needs_approval = approval.is_some();
         let run = Run {
             attempt,
             policy: policy.name.clone(),
@@ -345,15 +416,14 @@ impl Engine {
             patch_hash: record.hash.clone(),
             plan,
             policy_snapshot: policy,
+            approval,
             actions_started: 0,
             actions_done: 0,
             undo: Vec::new(),
         };
         self.transition(
             &fault,
-            Event::PlanReady {
-                needs_approval: false,
-            },
+            Event::PlanReady { needs_approval },
             detail,
             move |f| {
                 f.attempts = attempt;

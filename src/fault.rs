@@ -205,6 +205,10 @@ pub enum FailReason {
     ApplyFailed,
     /// The verification probe did not report healthy in time.
     VerifyFailed,
+    /// A human rejected the plan.
+    Rejected,
+    /// Nobody decided on the plan before its approval request expired.
+    ApprovalExpired,
     /// phoenix could not continue the fault (e.g. its recorded run is unreadable).
     Interrupted,
 }
@@ -221,6 +225,8 @@ impl FailReason {
             FailReason::ApplyFailed => "apply_failed",
             FailReason::VerifyFailed => "verify_failed",
             FailReason::Interrupted => "interrupted",
+            FailReason::Rejected => "rejected",
+            FailReason::ApprovalExpired => "approval_expired",
         }
     }
 }
@@ -306,10 +312,55 @@ pub struct Run {
     pub actions_started: u32,
     /// Actions that finished successfully.
     pub actions_done: u32,
+    /// The human decision this run waits for, when its policy asks for one.
+    #[serde(default)]
+    pub approval: Option<ApprovalRequest>,
     /// How to undo each started action (`None`: it cannot be undone, e.g. `exec`), recorded
     /// durably before the action runs.
     #[serde(default)]
     pub undo: Vec<Option<Undo>>,
+}
+
+/// A plan waiting for people: why, until when, and who decided what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    pub reason: String,
+    pub requested_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Distinct approvers needed.
+    pub quorum: u32,
+    pub patch_author: String,
+    pub author_may_approve: bool,
+    pub patch_confidence: f64,
+    pub decisions: Vec<Decision>,
+}
+
+/// One person's decision on an approval request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub by: String,
+    pub approve: bool,
+    #[serde(default)]
+    pub comment: String,
+    pub at: Timestamp,
+}
+
+impl ApprovalRequest {
+    pub fn approvers(&self) -> usize {
+        self.decisions.iter().filter(|d| d.approve).count()
+    }
+
+    pub fn granted(&self) -> bool {
+        self.approvers() >= self.quorum as usize
+    }
+
+    pub fn rejected_by(&self) -> Option<&Decision> {
+        self.decisions.iter().find(|d| !d.approve)
+    }
+
+    pub fn expired(&self, now: Timestamp) -> bool {
+        now >= self.expires_at
+    }
 }
 
 /// How to undo one applied action.

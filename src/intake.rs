@@ -33,6 +33,11 @@ impl Intake {
         Intake { store, engine }
     }
 
+    /// The engine this intake feeds (to wake it for other reasons, e.g. a human decision).
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
     /// Records `report`. Returns once it is durable. `idempotency` is `(key, request hash)`.
     pub async fn submit(
         &self,

@@ -4,6 +4,7 @@
 //! sandbox → plan check → effects → verify. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod approval;
 pub mod config;
 pub mod daemon;
 pub mod effects;

@@ -29,6 +29,66 @@ pub struct Policy {
     /// How many patch attempts a fault may get before it fails (default 1).
     #[serde(default = "one")]
     pub max_attempts: u32,
+    /// `"production"` makes every plan of this policy wait for human approval.
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub approval: ApprovalRule,
+}
+
+/// When a plan needs a human decision before it is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalRule {
+    /// `"auto"` (apply without asking) or `"required"`.
+    pub rule: ApprovalMode,
+    /// With `rule = "auto"`: ask anyway when the patch's confidence is below this.
+    pub min_confidence: Option<f64>,
+    /// Distinct approvers needed.
+    pub quorum: u32,
+    /// Whether the patch's author may be one of them.
+    pub author_may_approve: bool,
+    /// A request not decided within this long fails the fault (`approval_expired`).
+    #[serde(with = "duration")]
+    pub expires: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalMode {
+    Auto,
+    Required,
+}
+
+impl Default for ApprovalRule {
+    fn default() -> ApprovalRule {
+        ApprovalRule {
+            rule: ApprovalMode::Auto,
+            min_confidence: None,
+            quorum: 1,
+            author_may_approve: true,
+            expires: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Policy {
+    /// Why a plan of this policy, made by a patch with `confidence`, needs approval (None:
+    /// it may be applied at once).
+    pub fn approval_reason(&self, confidence: f64) -> Option<String> {
+        if self.environment.as_deref() == Some("production") {
+            return Some(format!("policy `{}` is for production", self.name));
+        }
+        if self.approval.rule == ApprovalMode::Required {
+            return Some(format!("policy `{}` requires approval", self.name));
+        }
+        match self.approval.min_confidence {
+            Some(min) if confidence < min => Some(format!(
+                "patch confidence {confidence} is below the policy's {min}"
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -218,6 +278,19 @@ impl Policy {
     fn validate(&self) -> Result<(), String> {
         if self.patch.name.is_empty() {
             return Err("`patch.name` must not be empty".into());
+        }
+        if self.approval.quorum == 0 || self.approval.quorum > 10 {
+            return Err("`approval.quorum` must be between 1 and 10".into());
+        }
+        if self
+            .approval
+            .min_confidence
+            .is_some_and(|c| !(0.0..=1.0).contains(&c))
+        {
+            return Err("`approval.min_confidence` must be between 0 and 1".into());
+        }
+        if self.approval.expires.is_zero() {
+            return Err("`approval.expires` must be positive".into());
         }
         if self.max_attempts == 0 || self.max_attempts > 10 {
             return Err("`max_attempts` must be between 1 and 10".into());

@@ -485,6 +485,38 @@ impl Store {
         .await
     }
 
+    /// Runs `change` on fault `id` atomically; if it succeeds, appends the history line it
+    /// returns (the state is unchanged: only the engine changes state). A refusal (`Err(E)`)
+    /// writes nothing and is returned as the inner error.
+    pub async fn annotate<E, F>(&self, id: &str, change: F) -> Result<Result<Fault, E>, StoreError>
+    where
+        E: Send + 'static,
+        F: FnOnce(&mut Fault) -> Result<String, E> + Send + 'static,
+    {
+        let id = id.to_owned();
+        self.commit(move |w| {
+            let key = fault_key(&id);
+            let mut fault: Fault = w
+                .get(&key)?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let detail = match change(&mut fault) {
+                Ok(detail) => detail,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            fault.seq += 1;
+            let entry = HistoryEntry {
+                seq: fault.seq,
+                state: fault.state,
+                at: Timestamp::now(),
+                detail,
+            };
+            w.put(&history_key(&id, fault.seq), &entry)?;
+            w.put(&key, &fault)?;
+            Ok(Ok(fault))
+        })
+        .await
+    }
+
     pub fn fault(&self, id: &str) -> Result<Option<Fault>, StoreError> {
         get(&self.db, &fault_key(id))
     }
