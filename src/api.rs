@@ -207,6 +207,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/alertmanager", post(alertmanager_webhook))
         .route("/v1/programs", get(list_programs))
         .route("/v1/approvals", get(list_approvals))
+        .route("/v1/breakers", get(list_breakers))
+        .route("/v1/breakers/{name}/reset", post(reset_breaker))
+        .route("/v1/breakers/{name}/trip", post(trip_breaker))
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/reject", post(reject))
         .route("/healthz", get(healthz))
@@ -537,6 +540,80 @@ async fn decide(
     state.engine.enqueue(fault.id.clone());
     let out = approval_out(&state.store, fault)?;
     Ok(Json(serde_json::json!({ "approval": out })))
+}
+
+async fn list_breakers(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut breakers = state.store.breakers()?;
+    if !breakers.iter().any(|b| b.name == "global") {
+        breakers.insert(0, crate::breaker::Breaker::new("global"));
+    }
+    Ok(Json(serde_json::json!({ "breakers": breakers })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorIn {
+    by: String,
+    reason: String,
+}
+
+async fn reset_breaker(
+    state: State<AppState>,
+    name: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operate_breaker(state, name, body, false).await
+}
+
+async fn trip_breaker(
+    state: State<AppState>,
+    name: Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operate_breaker(state, name, body, true).await
+}
+
+/// Trip or reset a breaker by hand; the operator and reason go into its audit list.
+async fn operate_breaker(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+    trip: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if name != "global" && name.strip_prefix("policy:").is_none_or(str::is_empty) {
+        return Err(ApiError::not_found(format!(
+            "no breaker `{name}` (names: global, policy:NAME)"
+        )));
+    }
+    let body = body.map_err(body_error)?;
+    let input: OperatorIn = serde_json::from_slice(&body).map_err(|error| {
+        let code = if error.is_data() {
+            "invalid_request"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, error.to_string())
+    })?;
+    if input.by.trim().is_empty() || input.by.len() > 128 || input.reason.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`by` must name who acts (1-128 characters); `reason` at most 1024",
+        ));
+    }
+    let now = crate::fault::Timestamp::now();
+    let breaker = state
+        .store
+        .update_breaker(&name, move |b| {
+            if trip {
+                b.trip(input.by.trim(), &input.reason, now);
+            } else {
+                b.reset(input.by.trim(), &input.reason, now);
+            }
+            b.clone()
+        })
+        .await?;
+    tracing::warn!(message = "Breaker changed by hand.", breaker = %name, to = ?breaker.position);
+    Ok(Json(serde_json::json!({ "breaker": breaker })))
 }
 
 async fn list_programs(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -32,6 +32,7 @@ struct RawConfig {
     probe: Vec<ProbeConfig>,
     log: Vec<LogConfig>,
     program: Vec<ProgramConfig>,
+    breaker: crate::breaker::BreakerConfig,
 }
 
 impl Default for RawConfig {
@@ -49,6 +50,10 @@ impl Default for RawConfig {
             probe: Vec::new(),
             log: Vec::new(),
             program: Vec::new(),
+            breaker: crate::breaker::BreakerConfig {
+                min_attempts: 10,
+                ..Default::default()
+            },
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Config {
     pub logs: Vec<LogConfig>,
     /// `[[program]]`: programs phoenix starts and supervises.
     pub programs: Vec<ProgramConfig>,
+    /// The global circuit breaker: all healing attempts, whatever the policy.
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -172,6 +179,7 @@ impl Config {
                 return Err(format!("program `{}` is declared twice", program.name));
             }
         }
+        raw.breaker.validate("breaker")?;
         let limits = &raw.sandbox;
         if limits.fuel == 0 {
             return Err("`sandbox.fuel` must be positive".into());
@@ -201,6 +209,7 @@ impl Config {
             alertmanager: raw.alertmanager,
             probes: raw.probe,
             programs: raw.program,
+            breaker: raw.breaker.clone(),
             logs: raw
                 .log
                 .into_iter()

@@ -231,6 +231,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         workers: config.workers,
         supervisor: supervisor.clone(),
         backup_dir: config.data_dir.join("backups"),
+        global_breaker: config.breaker.clone(),
     })
     .map_err(store_error)?;
 

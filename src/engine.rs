@@ -17,11 +17,13 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
+use crate::breaker::{Admission, BreakerConfig, WhenOpen};
 use crate::effects::{Effects, FaultEnv};
 use crate::fault::{ApprovalRequest, FailReason, Fault, FaultState, Rollback, Run, Timestamp};
 use crate::machine::{self, Event, IllegalTransition};
 use crate::patch::fault_view;
 use crate::plan;
+use crate::policy::Policy;
 use crate::policy::PolicySet;
 use crate::sandbox::Sandbox;
 use crate::store::{Store, StoreError};
@@ -51,6 +53,8 @@ pub struct EngineParts {
     pub supervisor: crate::supervisor::Supervisor,
     /// Where file backups for undo are kept (`data_dir/backups`).
     pub backup_dir: PathBuf,
+    /// The global circuit breaker's settings.
+    pub global_breaker: BreakerConfig,
 }
 
 /// A handle to the running engine: hand it fault ids to drive.
@@ -181,6 +185,60 @@ impl Engine {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// Asks the global breaker, then the policy's, whether `fault` may be healed now. Returns
+    /// why not, or None.
+    async fn admit(&self, fault: &str, policy: &Policy) -> Result<Option<String>, EngineError> {
+        let now = Timestamp::now();
+        let checks = [
+            ("global".to_string(), self.parts.global_breaker.clone()),
+            (format!("policy:{}", policy.name), policy.breaker.clone()),
+        ];
+        for (name, config) in checks {
+            let id = fault.to_owned();
+            let admission = self
+                .parts
+                .store
+                .update_breaker(&name, move |b| b.admit(&id, now, &config))
+                .await?;
+            if let Admission::Refused(why) = admission {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Feeds one attempt's outcome to the global and the policy's breaker; logs a change.
+    async fn record_outcome(&self, fault: &Fault, policy: &Policy, succeeded: bool) {
+        let now = Timestamp::now();
+        let updates = [
+            ("global".to_string(), self.parts.global_breaker.clone()),
+            (format!("policy:{}", policy.name), policy.breaker.clone()),
+        ];
+        for (name, config) in updates {
+            let id = fault.id.clone();
+            let changed = self
+                .parts
+                .store
+                .update_breaker(&name, move |b| {
+                    let before = b.position;
+                    b.record(&id, succeeded, now, &config);
+                    (before != b.position)
+                        .then(|| b.changes.last().cloned())
+                        .flatten()
+                })
+                .await;
+            match changed {
+                Ok(Some(change)) => {
+                    tracing::warn!(message = "Circuit breaker changed.", breaker = %name, to = ?change.to, reason = %change.reason)
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(message = "Cannot record a breaker outcome.", breaker = %name, %error)
                 }
             }
         }
@@ -384,18 +442,23 @@ impl Engine {
         let attempt = fault.attempts + 1;
         let summary: Vec<String> = plan.iter().map(|a| a.describe()).collect();
         let now = Timestamp::now();
-        let approval = policy
-            .approval_reason(record.confidence)
-            .map(|reason| ApprovalRequest {
-                reason,
-                requested_at: now,
-                expires_at: Timestamp(now.0 + policy.approval.expires.as_millis() as u64),
-                quorum: policy.approval.quorum,
-                patch_author: record.author.clone(),
-                author_may_approve: policy.approval.author_may_approve,
-                patch_confidence: record.confidence,
-                decisions: Vec::new(),
-            });
+        let mut reason = policy.approval_reason(record.confidence);
+        if let Some(refusal) = self.admit(&fault.id, &policy).await? {
+            match policy.breaker.when_open {
+                WhenOpen::Fail => return self.fail(&fault, FailReason::BreakerOpen, refusal).await,
+                WhenOpen::Approval => reason = Some(refusal),
+            }
+        }
+        let approval = reason.map(|reason| ApprovalRequest {
+            reason,
+            requested_at: now,
+            expires_at: Timestamp(now.0 + policy.approval.expires.as_millis() as u64),
+            quorum: policy.approval.quorum,
+            patch_author: record.author.clone(),
+            author_may_approve: policy.approval.author_may_approve,
+            patch_confidence: record.confidence,
+            decisions: Vec::new(),
+        });
         let waiting = match &approval {
             Some(request) => format!("; awaiting approval: {}", request.reason),
             None => String::new(),
@@ -515,6 +578,8 @@ impl Engine {
                         .await?;
                 }
                 Err(error) => {
+                    self.record_outcome(&fault, &run.policy_snapshot, false)
+                        .await;
                     let detail = format!(
                         "action {number}/{total} ({}) failed: {error}",
                         action.describe()
@@ -630,11 +695,13 @@ impl Engine {
         };
         match outcome {
             Ok(probes) => {
+                self.record_outcome(&fault, policy, true).await;
                 let detail = format!("verification passed after {probes} probe(s)");
                 self.transition(&fault, Event::Verified, detail, |_| {})
                     .await
             }
             Err(unhealthy) if fault.attempts < policy.max_attempts => {
+                self.record_outcome(&fault, policy, false).await;
                 let (outcome, account) = self.roll_back(&fault).await;
                 let detail = format!(
                     "attempt {} of {}: {unhealthy}; {}; retrying",
@@ -653,6 +720,7 @@ impl Engine {
                 .await
             }
             Err(unhealthy) => {
+                self.record_outcome(&fault, policy, false).await;
                 self.fail_with_rollback(&fault, FailReason::VerifyFailed, unhealthy.to_string())
                     .await
             }

@@ -205,6 +205,8 @@ pub enum FailReason {
     ApplyFailed,
     /// The verification probe did not report healthy in time.
     VerifyFailed,
+    /// A circuit breaker covering the fault is open (its policy says to fail rather than ask).
+    BreakerOpen,
     /// A human rejected the plan.
     Rejected,
     /// Nobody decided on the plan before its approval request expired.
@@ -226,6 +228,7 @@ impl FailReason {
             FailReason::VerifyFailed => "verify_failed",
             FailReason::Interrupted => "interrupted",
             FailReason::Rejected => "rejected",
+            FailReason::BreakerOpen => "breaker_open",
             FailReason::ApprovalExpired => "approval_expired",
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod approval;
+pub mod breaker;
 pub mod config;
 pub mod daemon;
 pub mod effects;

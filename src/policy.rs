@@ -34,6 +34,9 @@ pub struct Policy {
     pub environment: Option<String>,
     #[serde(default)]
     pub approval: ApprovalRule,
+    /// This policy's circuit breaker (`policy:NAME`).
+    #[serde(default)]
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// When a plan needs a human decision before it is applied.
@@ -279,6 +282,7 @@ impl Policy {
         if self.patch.name.is_empty() {
             return Err("`patch.name` must not be empty".into());
         }
+        self.breaker.validate("breaker")?;
         if self.approval.quorum == 0 || self.approval.quorum > 10 {
             return Err("`approval.quorum` must be between 1 and 10".into());
         }

@@ -24,6 +24,7 @@ use std::thread;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
+use crate::breaker::Breaker;
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source, Timestamp, sortable_id};
 use crate::registry::PatchRecord;
 
@@ -515,6 +516,30 @@ impl Store {
             Ok(Ok(fault))
         })
         .await
+    }
+
+    /// Runs `change` on the breaker `name` (created closed if new) atomically and stores it.
+    pub async fn update_breaker<T, F>(&self, name: &str, change: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Breaker) -> T + Send + 'static,
+    {
+        let key = format!("br/{name}").into_bytes();
+        let name = name.to_owned();
+        self.commit(move |w| {
+            let mut breaker = w
+                .get::<Breaker>(&key)?
+                .unwrap_or_else(|| Breaker::new(&name));
+            let result = change(&mut breaker);
+            w.put(&key, &breaker)?;
+            Ok(result)
+        })
+        .await
+    }
+
+    /// Every breaker that has recorded something, by name.
+    pub fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
+        scan(&self.db, b"br/")
     }
 
     pub fn fault(&self, id: &str) -> Result<Option<Fault>, StoreError> {
