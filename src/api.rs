@@ -31,6 +31,8 @@ pub struct AppState {
     pub supervisor: crate::supervisor::Supervisor,
     /// To wake the engine when a human decides.
     pub engine: crate::engine::EngineHandle,
+    /// The push hub (`GET /v1/events`).
+    pub events: crate::events::Events,
 }
 
 /// What `/readyz` reports besides the store's health.
@@ -208,6 +210,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/programs", get(list_programs))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/breakers", get(list_breakers))
+        .route("/v1/events", get(event_stream))
         .route("/v1/breakers/{name}/reset", post(reset_breaker))
         .route("/v1/breakers/{name}/trip", post(trip_breaker))
         .route("/v1/approvals/{id}/approve", post(approve))
@@ -613,7 +616,41 @@ async fn operate_breaker(
         })
         .await?;
     tracing::warn!(message = "Breaker changed by hand.", breaker = %name, to = ?breaker.position);
+    if let Some(change) = breaker.changes.last() {
+        let summary = format!(
+            "phoenix: breaker `{name}` is now {:?}: {} (by {})",
+            change.to, change.reason, change.by
+        );
+        let data = serde_json::json!({ "breaker": name, "change": change });
+        state.events.publish("breaker_changed", summary, data);
+    }
     Ok(Json(serde_json::json!({ "breaker": breaker })))
+}
+
+/// Server-sent events: every push event as it happens (`event:` is its kind, `data:` its JSON).
+/// A client that falls too far behind gets a `lagged` event saying how many it missed.
+async fn event_stream(
+    State(state): State<AppState>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let receiver = state.events.subscribe();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(event) => {
+                let data = serde_json::to_string(&event).unwrap_or_default();
+                Event::default().event(event.kind).data(data)
+            }
+            Err(RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").data(missed.to_string())
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn list_programs(State(state): State<AppState>) -> Json<serde_json::Value> {

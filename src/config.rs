@@ -33,6 +33,7 @@ struct RawConfig {
     log: Vec<LogConfig>,
     program: Vec<ProgramConfig>,
     breaker: crate::breaker::BreakerConfig,
+    webhook: Vec<crate::events::WebhookConfig>,
 }
 
 impl Default for RawConfig {
@@ -54,6 +55,7 @@ impl Default for RawConfig {
                 min_attempts: 10,
                 ..Default::default()
             },
+            webhook: Vec::new(),
         }
     }
 }
@@ -86,6 +88,8 @@ pub struct Config {
     pub programs: Vec<ProgramConfig>,
     /// The global circuit breaker: all healing attempts, whatever the policy.
     pub breaker: crate::breaker::BreakerConfig,
+    /// `[[webhook]]`: where events are pushed.
+    pub webhooks: Vec<crate::events::WebhookConfig>,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -180,6 +184,9 @@ impl Config {
             }
         }
         raw.breaker.validate("breaker")?;
+        for webhook in &raw.webhook {
+            webhook.validate()?;
+        }
         let limits = &raw.sandbox;
         if limits.fuel == 0 {
             return Err("`sandbox.fuel` must be positive".into());
@@ -210,6 +217,7 @@ impl Config {
             probes: raw.probe,
             programs: raw.program,
             breaker: raw.breaker.clone(),
+            webhooks: raw.webhook.clone(),
             logs: raw
                 .log
                 .into_iter()

@@ -210,6 +210,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     });
     inputs.load().await?;
 
+    let events = crate::events::Events::default();
     // Programs start now; their exits wait in `exits` until the intake exists.
     let (supervisor, mut exits) = Supervisor::start(
         &config.programs,
@@ -232,6 +233,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         supervisor: supervisor.clone(),
         backup_dir: config.data_dir.join("backups"),
         global_breaker: config.breaker.clone(),
+        events: events.clone(),
     })
     .map_err(store_error)?;
 
@@ -249,9 +251,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     });
 
+    let http_for_webhooks = crate::effects::http_client().map_err(|e| DaemonError::Io {
+        what: "HTTP client".into(),
+        source: std::io::Error::other(e),
+    })?;
     let intake = Intake::new(Arc::clone(&store), engine);
     let engine_handle = intake.engine().clone();
     start_sources(&config, &intake)?;
+    crate::events::spawn_webhooks(&events, config.webhooks.clone(), http_for_webhooks);
     let exit_intake = intake.clone();
     tokio::spawn(async move {
         while let Some(report) = exits.recv().await {
@@ -268,6 +275,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             alertmanager: Arc::new(config.alertmanager.clone()),
             supervisor: supervisor.clone(),
             engine: engine_handle,
+            events: events.clone(),
         },
         config.max_body_bytes,
     );

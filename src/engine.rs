@@ -55,6 +55,8 @@ pub struct EngineParts {
     pub backup_dir: PathBuf,
     /// The global circuit breaker's settings.
     pub global_breaker: BreakerConfig,
+    /// Where approval requests, breaker changes and closed faults are announced.
+    pub events: crate::events::Events,
 }
 
 /// A handle to the running engine: hand it fault ids to drive.
@@ -234,7 +236,13 @@ impl Engine {
                 .await;
             match changed {
                 Ok(Some(change)) => {
-                    tracing::warn!(message = "Circuit breaker changed.", breaker = %name, to = ?change.to, reason = %change.reason)
+                    tracing::warn!(message = "Circuit breaker changed.", breaker = %name, to = ?change.to, reason = %change.reason);
+                    let summary = format!(
+                        "phoenix: breaker `{name}` is now {:?}: {}",
+                        change.to, change.reason
+                    );
+                    let data = serde_json::json!({ "breaker": name, "change": change });
+                    self.parts.events.publish("breaker_changed", summary, data);
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -315,11 +323,58 @@ impl Engine {
     {
         let to = machine::next(fault.state, event)?;
         tracing::info!(message = "Fault transition.", from = fault.state.name(), to = to.name(), %detail);
-        self.parts
+        let fault = self
+            .parts
             .store
-            .append(&fault.id, fault.seq, to, detail, change)
+            .append(&fault.id, fault.seq, to, detail.clone(), change)
             .await?;
+        self.announce(&fault, &detail);
         Ok(())
+    }
+
+    /// Pushes the transitions people wait for: an approval request, and a fault's end.
+    fn announce(&self, fault: &Fault, detail: &str) {
+        let events = &self.parts.events;
+        if fault.state == FaultState::AwaitingApproval
+            && let Some(run) = &fault.run
+            && let Some(request) = &run.approval
+        {
+            let summary = format!(
+                "phoenix: approval needed for fault {} ({} {}): patch {}@{} plans [{}]; {}; expires {}",
+                fault.id,
+                fault.app,
+                fault.kind,
+                run.patch_name,
+                run.patch_version,
+                run.plan
+                    .iter()
+                    .map(|a| a.describe())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                request.reason,
+                request.expires_at
+            );
+            let data = serde_json::json!({
+                "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "reason": request.reason,
+                "expires_at": request.expires_at, "patch": run.patch_name, "version": run.patch_version,
+                "plan": run.plan,
+            });
+            events.publish("approval_requested", summary, data);
+        } else if fault.state.is_terminal() {
+            let state = match fault.state.reason() {
+                Some(reason) => format!("failed ({reason})"),
+                None => fault.state.name().to_owned(),
+            };
+            let summary = format!(
+                "phoenix: fault {} ({} {}) {state}: {detail}",
+                fault.id, fault.app, fault.kind
+            );
+            let data = serde_json::json!({
+                "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "state": fault.state.name(),
+                "reason": fault.state.reason(), "detail": detail,
+            });
+            events.publish("fault_closed", summary, data);
+        }
     }
 
     async fn fail(

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod effects;
 pub mod engine;
+pub mod events;
 pub mod fault;
 pub mod intake;
 pub mod machine;

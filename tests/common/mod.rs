@@ -348,6 +348,55 @@ pub fn holders_of(path: &Path) -> Vec<String> {
     holders
 }
 
+/// A loopback HTTP server that answers 200 to everything and records each request line and body.
+pub async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Read the head, then as much body as Content-Length says.
+                loop {
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    data.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&data).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0usize);
+                        if data.len() >= head_end + 4 + length || n == 0 {
+                            let line = text.lines().next().unwrap_or_default().to_owned();
+                            record
+                                .lock()
+                                .unwrap()
+                                .push(format!("{line} {}", &text[head_end + 4..]));
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (base, seen)
+}
+
 /// A port that was free a moment ago (for programs that need a fixed address).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,117 @@
+//! Push: approval requests, breaker changes and closed faults reach server-sent-event clients
+//! and webhooks (Slack-compatible or raw JSON); a dead webhook never holds up healing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Env, free_port, planner, recording_server};
+use serde_json::Value;
+
+const RECORD: &str = r#"{"kind":"exec","command":"record"}"#;
+
+fn setup(extra_config: &str) -> Env {
+    let env = Env::new();
+    env.write_config(extra_config);
+    env.patch("record", &planner(&[RECORD]), "");
+    let common = "[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n";
+    env.policy(
+        "prod",
+        &format!("environment = \"production\"\n[match]\napp = \"prod\"\n{common}"),
+    );
+    env.policy("web", &format!("[match]\napp = \"web\"\n{common}"));
+    env
+}
+
+#[tokio::test]
+async fn an_sse_client_sees_the_approval_request_as_it_happens() {
+    let env = setup("");
+    let daemon = env.start();
+    let client = phoenix::effects::http_client().unwrap();
+    let mut stream = client.get(daemon.url("/v1/events")).send().await.unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+
+    let reported = Instant::now();
+    let id = daemon.report_id(r#"{"app":"prod","kind":"drift"}"#).await;
+    let mut seen = String::new();
+    let event = loop {
+        let left = DEADLINE.saturating_sub(reported.elapsed());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .expect("no event before the deadline")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        let found = seen
+            .split("\n\n")
+            .find(|block| block.contains("event: approval_requested") && block.contains(&id));
+        if let Some(block) = found {
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            break serde_json::from_str::<Value>(data).unwrap();
+        }
+    };
+    let latency = reported.elapsed();
+    eprintln!(
+        "approval request reached the SSE client {} ms after the report was sent",
+        latency.as_millis()
+    );
+    assert_eq!(event["data"]["fault_id"], id.as_str());
+    assert!(
+        event["summary"]
+            .as_str()
+            .unwrap()
+            .contains("approval needed"),
+        "{event}"
+    );
+}
+
+#[tokio::test]
+async fn webhooks_get_events_and_a_dead_one_does_not_block_healing() {
+    let (slack, slack_seen) = recording_server().await;
+    let (raw, raw_seen) = recording_server().await;
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let env = setup(&format!(
+        "[[webhook]]\nurl = \"{dead}\"\n[[webhook]]\nurl = \"{slack}/slack\"\n[[webhook]]\nurl = \"{raw}/raw\"\nformat = \"raw\"\nevents = [\"fault_closed\"]\n"
+    ));
+    let daemon = env.start();
+
+    let id = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
+    assert_eq!(daemon.wait_terminal(&id).await["state"], "healed");
+    let started = Instant::now();
+    while slack_seen.lock().unwrap().is_empty() || raw_seen.lock().unwrap().is_empty() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "webhooks got nothing:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slack_body = slack_seen.lock().unwrap()[0].clone();
+    assert!(slack_body.starts_with("POST /slack"), "{slack_body}");
+    let text: Value = serde_json::from_str(
+        slack_body
+            .split_once(' ')
+            .unwrap()
+            .1
+            .split_once("HTTP/1.1 ")
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert!(
+        text["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("fault {id} (web down) healed")),
+        "{text}"
+    );
+    let raw_body = raw_seen.lock().unwrap()[0].clone();
+    let event: Value = serde_json::from_str(raw_body.split_once("HTTP/1.1 ").unwrap().1).unwrap();
+    assert_eq!(
+        (&event["kind"], &event["data"]["fault_id"]),
+        (&"fault_closed".into(), &id.as_str().into())
+    );
+}
