@@ -33,6 +33,8 @@ pub struct AppState {
     pub engine: crate::engine::EngineHandle,
     /// The push hub (`GET /v1/events`).
     pub events: crate::events::Events,
+    /// For checking uploaded patches and shadow runs.
+    pub sandbox: Arc<crate::sandbox::Sandbox>,
 }
 
 /// What `/readyz` reports besides the store's health.
@@ -209,6 +211,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/alertmanager", post(alertmanager_webhook))
         .route("/v1/programs", get(list_programs))
         .route("/v1/approvals", get(list_approvals))
+        .route("/v1/patches", post(upload_patch).get(list_patches))
+        .route("/v1/patches/{name}", get(show_patch))
+        .route("/v1/patches/{name}/rollback", post(rollback_patch))
+        .route("/v1/patches/{name}/shadow", post(shadow_patch))
         .route("/v1/breakers", get(list_breakers))
         .route("/v1/events", get(event_stream))
         .route("/v1/breakers/{name}/reset", post(reset_breaker))
@@ -651,6 +657,214 @@ async fn event_stream(
         Some((Ok(event), receiver))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Parses a JSON body into `T`, with the API's error format.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(body_error)?;
+    serde_json::from_slice(&body).map_err(|error| {
+        let code = if error.is_data() {
+            "invalid_request"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, error.to_string())
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadIn {
+    /// patch.toml, as text.
+    manifest: String,
+    /// The module, as WebAssembly text.
+    wat: String,
+}
+
+/// Registers an uploaded patch: static checks and contract tests run now, results returned.
+/// A usable version becomes active; its first use still needs a person's approval.
+async fn upload_patch(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let input: UploadIn = json_body(body)?;
+    let patch = crate::patch::PatchSource::from_upload(&input.manifest, &input.wat)
+        .map_err(|error| ApiError::bad_request("invalid_patch", error.to_string()))?;
+    let registered = crate::registry::register(
+        &state.store,
+        &state.sandbox,
+        patch,
+        crate::registry::Provenance::Api,
+    )
+    .await?;
+    let record = &registered.record;
+    tracing::info!(message = "Patch uploaded.", patch = %record.name, version = %record.version, hash = %record.hash, usable = record.usable(), active = registered.active);
+    let body = serde_json::json!({ "patch": record, "usable": record.usable(), "active": registered.active });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list_patches(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut patches = Vec::new();
+    for name in state.store.patch_names()? {
+        let active = state.store.active_patch_hash(&name)?;
+        let record = match &active {
+            Some(hash) => state.store.patch(&name, hash)?,
+            None => None,
+        };
+        patches.push(serde_json::json!({
+            "name": name,
+            "active": record.map(|r| serde_json::json!({
+                "version": r.version, "hash": r.hash, "source": r.source, "usable": r.usable(), "confidence": r.confidence,
+            })),
+        }));
+    }
+    Ok(Json(serde_json::json!({ "patches": patches })))
+}
+
+async fn show_patch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut versions = state.store.patch_versions(&name)?;
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("no patch `{name}`")));
+    }
+    versions.sort_by_key(|v| v.registered_at);
+    let active = state.store.active_patch_hash(&name)?;
+    let versions: Vec<serde_json::Value> = versions
+        .into_iter()
+        .map(|v| {
+            let is_active = active.as_deref() == Some(v.hash.as_str());
+            let usable = v.usable();
+            let mut value = serde_json::to_value(v).unwrap_or_default();
+            value["active"] = is_active.into();
+            value["usable"] = usable.into();
+            value
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "name": name, "active": active, "versions": versions }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackIn {
+    to: String,
+    by: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Makes an earlier (usable) version the active one.
+async fn rollback_patch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let input: RollbackIn = json_body(body)?;
+    if input.by.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`by` must name who rolls back",
+        ));
+    }
+    let record = state.store.patch(&name, &input.to)?.ok_or_else(|| {
+        ApiError::not_found(format!("patch `{name}` has no version {}", input.to))
+    })?;
+    if !record.usable() {
+        let message = format!(
+            "version {} failed its checks or tests: {}",
+            record.version,
+            record.problems()
+        );
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "patch_unusable",
+            message,
+        ));
+    }
+    let previous = state.store.active_patch_hash(&name)?;
+    let record = state.store.set_active_patch(&name, &input.to).await?;
+    tracing::warn!(message = "Patch rolled back.", patch = %name, to = %record.version, hash = %record.hash, from = ?previous, by = %input.by, reason = %input.reason);
+    Ok(Json(
+        serde_json::json!({ "patch": record, "previous": previous }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowIn {
+    hash: String,
+}
+
+/// Faults replayed by a shadow run at most.
+const SHADOW_FAULTS: usize = 20;
+
+/// Replays the most recent faults that ran this patch through version `hash` in the sandbox
+/// (nothing is applied) and shows its plan beside the plan that was used.
+async fn shadow_patch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let input: ShadowIn = json_body(body)?;
+    let record = state.store.patch(&name, &input.hash)?.ok_or_else(|| {
+        ApiError::not_found(format!("patch `{name}` has no version {}", input.hash))
+    })?;
+    let wasm = state
+        .store
+        .patch_module(&record.hash)?
+        .ok_or_else(|| ApiError::not_found("module missing"))?;
+    let mut recent: Vec<Fault> = Vec::new();
+    let mut after = None;
+    // Scan all faults (oldest first, a page at a time) and keep the newest that used this patch.
+    loop {
+        let page = state.store.list_faults(&FaultFilter {
+            after: after.clone(),
+            limit: 500,
+            ..Default::default()
+        })?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        recent.extend(
+            page.into_iter()
+                .filter(|f| f.run.as_ref().is_some_and(|r| r.patch_name == name)),
+        );
+        if recent.len() > SHADOW_FAULTS {
+            recent.drain(..recent.len() - SHADOW_FAULTS);
+        }
+    }
+    let sandbox = Arc::clone(&state.sandbox);
+    let (patch_name, hash) = (record.name.clone(), record.hash.clone());
+    let replays = tokio::task::spawn_blocking(move || {
+        recent
+            .into_iter()
+            .rev()
+            .filter_map(|fault| {
+                let view = crate::patch::fault_view(&fault.app, &fault.kind, &fault.labels, fault.message.as_deref(), fault.severity, fault.occurrences, &fault.fingerprint);
+                let run = fault.run?;
+                let candidate = sandbox.run(&patch_name, &hash, &wasm, view);
+                let same = candidate.as_ref().is_ok_and(|plan| *plan == run.plan);
+                Some(serde_json::json!({
+                    "fault_id": fault.id,
+                    "used": { "version": run.patch_version, "hash": run.patch_hash, "plan": run.plan },
+                    "candidate": match candidate {
+                        Ok(plan) => serde_json::json!({ "plan": plan }),
+                        Err(error) => serde_json::json!({ "error": error.to_string() }),
+                    },
+                    "same": same,
+                }))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("shadow run failed: {e}")))?;
+    Ok(Json(
+        serde_json::json!({ "patch": name, "version": record.version, "hash": record.hash, "replays": replays }),
+    ))
 }
 
 async fn list_programs(State(state): State<AppState>) -> Json<serde_json::Value> {

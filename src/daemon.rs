@@ -276,6 +276,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             supervisor: supervisor.clone(),
             engine: engine_handle,
             events: events.clone(),
+            sandbox: Arc::clone(&inputs.sandbox),
         },
         config.max_body_bytes,
     );

@@ -25,6 +25,7 @@ use crate::patch::fault_view;
 use crate::plan;
 use crate::policy::Policy;
 use crate::policy::PolicySet;
+use crate::registry::Provenance;
 use crate::sandbox::Sandbox;
 use crate::store::{Store, StoreError};
 use crate::verify::verify;
@@ -274,6 +275,12 @@ impl Engine {
             let detail = format!("approved by {}", by.join(", "));
             self.transition(fault, Event::Approved, detail, |_| {})
                 .await?;
+            if let Some(run) = &fault.run {
+                self.parts
+                    .store
+                    .mark_first_use_approved(&run.patch_name, &run.patch_hash)
+                    .await?;
+            }
         } else if request.expired(Timestamp::now()) {
             let detail = format!(
                 "nobody decided before the request expired at {}",
@@ -498,6 +505,12 @@ impl Engine {
         let summary: Vec<String> = plan.iter().map(|a| a.describe()).collect();
         let now = Timestamp::now();
         let mut reason = policy.approval_reason(record.confidence);
+        if record.source == Provenance::Api && !record.first_use_approved {
+            reason = Some(format!(
+                "patch {name}@{} was uploaded over the API; its first use needs approval",
+                record.version
+            ));
+        }
         if let Some(refusal) = self.admit(&fault.id, &policy).await? {
             match policy.breaker.when_open {
                 WhenOpen::Fail => return self.fail(&fault, FailReason::BreakerOpen, refusal).await,

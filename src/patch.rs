@@ -250,6 +250,22 @@ impl PatchSource {
         })
     }
 
+    /// A patch uploaded as text: its manifest (patch.toml) and module (WebAssembly text).
+    pub fn from_upload(manifest: &str, wat: &str) -> Result<PatchSource, PatchError> {
+        let manifest = Manifest::parse(Path::new("manifest"), manifest)?;
+        let wasm = wat_to_wasm(wat.as_bytes()).map_err(|message| PatchError::Manifest {
+            path: PathBuf::from("module"),
+            message,
+        })?;
+        let hash = content_hash(&manifest, &wasm);
+        Ok(PatchSource {
+            manifest,
+            wasm,
+            hash,
+            dir: PathBuf::from("<uploaded>"),
+        })
+    }
+
     /// Loads every subdirectory of `dir` that has a `patch.toml`, in name order.
     pub fn load_all(dir: &Path) -> Result<Vec<PatchSource>, Vec<PatchError>> {
         let entries = std::fs::read_dir(dir).map_err(|source| {

@@ -20,6 +20,9 @@ use crate::store::{Activation, Store, StoreError};
 pub enum Provenance {
     /// The patches directory.
     Dir,
+    /// Uploaded with `POST /v1/patches` (by a person or a model, off the box): its first use
+    /// needs approval whatever the policy says.
+    Api,
 }
 
 /// One contract test's outcome.
@@ -47,6 +50,9 @@ pub struct PatchRecord {
     /// Static check problems; empty when the module passed.
     pub check_problems: Vec<String>,
     pub tests: Vec<TestResult>,
+    /// For an uploaded version: a person approved a run of it, so later runs follow the policy.
+    #[serde(default)]
+    pub first_use_approved: bool,
 }
 
 impl PatchRecord {
@@ -139,6 +145,16 @@ pub async fn register_dir_patch(
     sandbox: &Arc<Sandbox>,
     patch: PatchSource,
 ) -> Result<Registered, StoreError> {
+    register(store, sandbox, patch, Provenance::Dir).await
+}
+
+/// Registers `patch` from `source` (see [`register_dir_patch`] for the activation rule).
+pub async fn register(
+    store: &Store,
+    sandbox: &Arc<Sandbox>,
+    patch: PatchSource,
+    source: Provenance,
+) -> Result<Registered, StoreError> {
     if let Some(existing) = store.patch(&patch.manifest.name, &patch.hash)? {
         if existing.usable() {
             // Warm the compiled-module cache so that the first real run is fast.
@@ -160,10 +176,11 @@ pub async fn register_dir_patch(
         description: patch.manifest.description.clone(),
         author: patch.manifest.author.clone(),
         confidence: patch.manifest.confidence,
-        source: Provenance::Dir,
+        source,
         registered_at: Timestamp::now(),
         check_problems,
         tests,
+        first_use_approved: false,
     };
     put(store, record, patch.wasm).await
 }

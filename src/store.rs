@@ -623,6 +623,49 @@ impl Store {
         .await
     }
 
+    /// Makes version `hash` of `name` the active one (a rollback). Fails when it is not
+    /// registered.
+    pub async fn set_active_patch(
+        &self,
+        name: &str,
+        hash: &str,
+    ) -> Result<PatchRecord, StoreError> {
+        let (name, hash) = (name.to_owned(), hash.to_owned());
+        self.commit(move |w| {
+            let record: PatchRecord = w
+                .get(format!("pv/{name}/{hash}").as_bytes())?
+                .ok_or_else(|| StoreError::NotFound(format!("patch {name} at {hash}")))?;
+            w.put(format!("pa/{name}").as_bytes(), &hash)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    /// Notes that a person approved a run of an uploaded version.
+    pub async fn mark_first_use_approved(&self, name: &str, hash: &str) -> Result<(), StoreError> {
+        let key = format!("pv/{name}/{hash}").into_bytes();
+        self.commit(move |w| {
+            if let Some(mut record) = w.get::<PatchRecord>(&key)?
+                && !record.first_use_approved
+            {
+                record.first_use_approved = true;
+                w.put(&key, &record)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Names of every registered patch, sorted.
+    pub fn patch_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        for item in self.db.scan_prefix(b"pa/") {
+            let (key, _) = item.map_err(io)?;
+            names.push(String::from_utf8_lossy(&key[3..]).into_owned());
+        }
+        Ok(names)
+    }
+
     pub fn patch(&self, name: &str, hash: &str) -> Result<Option<PatchRecord>, StoreError> {
         get(&self.db, format!("pv/{name}/{hash}").as_bytes())
     }
