@@ -34,6 +34,26 @@ struct RawConfig {
     program: Vec<ProgramConfig>,
     breaker: crate::breaker::BreakerConfig,
     webhook: Vec<crate::events::WebhookConfig>,
+    rate_limit: RateLimit,
+}
+
+/// At most `runs_per_app` healing runs per app within `window`; beyond it, faults wait for a
+/// person (like systemd's StartLimitBurst, but asking instead of giving up).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    pub runs_per_app: u32,
+    #[serde(with = "crate::policy::duration")]
+    pub window: std::time::Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        RateLimit {
+            runs_per_app: 20,
+            window: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 impl Default for RawConfig {
@@ -56,6 +76,7 @@ impl Default for RawConfig {
                 ..Default::default()
             },
             webhook: Vec::new(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -90,6 +111,7 @@ pub struct Config {
     pub breaker: crate::breaker::BreakerConfig,
     /// `[[webhook]]`: where events are pushed.
     pub webhooks: Vec<crate::events::WebhookConfig>,
+    pub rate_limit: RateLimit,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -184,6 +206,11 @@ impl Config {
             }
         }
         raw.breaker.validate("breaker")?;
+        if raw.rate_limit.runs_per_app == 0 || raw.rate_limit.window.is_zero() {
+            return Err(
+                "`rate_limit.runs_per_app` and `rate_limit.window` must be positive".into(),
+            );
+        }
         for webhook in &raw.webhook {
             webhook.validate()?;
         }
@@ -218,6 +245,7 @@ impl Config {
             programs: raw.program,
             breaker: raw.breaker.clone(),
             webhooks: raw.webhook.clone(),
+            rate_limit: raw.rate_limit.clone(),
             logs: raw
                 .log
                 .into_iter()

@@ -233,6 +233,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         supervisor: supervisor.clone(),
         backup_dir: config.data_dir.join("backups"),
         global_breaker: config.breaker.clone(),
+        rate_limit: config.rate_limit.clone(),
         events: events.clone(),
     })
     .map_err(store_error)?;

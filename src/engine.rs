@@ -58,6 +58,8 @@ pub struct EngineParts {
     pub global_breaker: BreakerConfig,
     /// Where approval requests, breaker changes and closed faults are announced.
     pub events: crate::events::Events,
+    /// Healing runs allowed per app and window before faults wait for a person.
+    pub rate_limit: crate::config::RateLimit,
 }
 
 /// A handle to the running engine: hand it fault ids to drive.
@@ -191,6 +193,34 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Counts a healing run of `app` against the per-app rate limit; returns why it must wait
+    /// for a person when the limit is reached (that run is then not counted).
+    async fn count_run(&self, app: &str) -> Result<Option<String>, EngineError> {
+        let limit = self.parts.rate_limit.clone();
+        let now = Timestamp::now();
+        let app_name = app.to_owned();
+        let over = self
+            .parts
+            .store
+            .update_app_runs(app, move |runs| {
+                let horizon = now.0.saturating_sub(limit.window.as_millis() as u64);
+                while runs.front().is_some_and(|t| t.0 < horizon) {
+                    runs.pop_front();
+                }
+                if runs.len() >= limit.runs_per_app as usize {
+                    return Some(format!(
+                        "app `{app_name}` already had {} healing runs in the last {}",
+                        runs.len(),
+                        humantime::format_duration(limit.window)
+                    ));
+                }
+                runs.push_back(now);
+                None
+            })
+            .await?;
+        Ok(over)
     }
 
     /// Asks the global breaker, then the policy's, whether `fault` may be healed now. Returns
@@ -510,6 +540,9 @@ impl Engine {
                 "patch {name}@{} was uploaded over the API; its first use needs approval",
                 record.version
             ));
+        }
+        if let Some(limited) = self.count_run(&fault.app).await? {
+            reason = Some(limited);
         }
         if let Some(refusal) = self.admit(&fault.id, &policy).await? {
             match policy.breaker.when_open {

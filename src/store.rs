@@ -518,6 +518,23 @@ impl Store {
         .await
     }
 
+    /// Runs `change` on the record of `app`'s recent healing runs (start times, oldest first)
+    /// atomically and stores it; for the per-app rate limit.
+    pub async fn update_app_runs<T, F>(&self, app: &str, change: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut std::collections::VecDeque<Timestamp>) -> T + Send + 'static,
+    {
+        let key = format!("rl/{app}").into_bytes();
+        self.commit(move |w| {
+            let mut runs = w.get(&key)?.unwrap_or_default();
+            let result = change(&mut runs);
+            w.put(&key, &runs)?;
+            Ok(result)
+        })
+        .await
+    }
+
     /// Runs `change` on the breaker `name` (created closed if new) atomically and stores it.
     pub async fn update_breaker<T, F>(&self, name: &str, change: F) -> Result<T, StoreError>
     where

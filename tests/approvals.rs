@@ -185,3 +185,36 @@ async fn the_queue_survives_a_kill() {
     assert_eq!(decide(&daemon, &id, "approve", "alice").await.0, 200);
     assert_eq!(daemon.wait_terminal(&id).await["state"], "healed");
 }
+
+#[tokio::test]
+async fn past_the_per_app_rate_limit_faults_wait_for_a_person() {
+    let env = setup();
+    env.write_config("[rate_limit]\nruns_per_app = 2\nwindow = \"1h\"");
+    env.policy(
+        "auto",
+        "[match]\napp = \"busy\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
+    );
+    let daemon = env.start();
+    for n in 0..2 {
+        let id = daemon
+            .report_id(&format!(
+                r#"{{"app":"busy","kind":"k","labels":{{"n":"{n}"}}}}"#
+            ))
+            .await;
+        assert_eq!(daemon.wait_terminal(&id).await["state"], "healed");
+    }
+    let id = daemon
+        .report_id(r#"{"app":"busy","kind":"k","labels":{"n":"third"}}"#)
+        .await;
+    daemon
+        .wait_for(&id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+    let (_, queue) = daemon.get("/v1/approvals").await;
+    let reason = queue["approvals"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("already had 2 healing runs in the last 1h"),
+        "{reason}"
+    );
+}

@@ -12,6 +12,8 @@ use common::{DEADLINE, Env, planner, states};
 /// The action appends the fault id to `ledger`, then holds until `release` exists. The probe is
 /// healthy when the ledger holds the fault's id.
 fn ledger_policy(env: &Env) {
+    // Many faults of one app in a moment: lift the per-app rate limit.
+    env.write_config("[rate_limit]\nruns_per_app = 1000");
     env.patch(
         "record",
         &planner(&[r#"{"kind":"exec","command":"record"}"#]),
