@@ -541,14 +541,15 @@ impl Engine {
                 record.version
             ));
         }
-        if let Some(limited) = self.count_run(&fault.app).await? {
-            reason = Some(limited);
-        }
         if let Some(refusal) = self.admit(&fault.id, &policy).await? {
             match policy.breaker.when_open {
                 WhenOpen::Fail => return self.fail(&fault, FailReason::BreakerOpen, refusal).await,
                 WhenOpen::Approval => reason = Some(refusal),
             }
+        }
+        // Only runs that go ahead without a person count against the per-app limit.
+        if reason.is_none() {
+            reason = self.count_run(&fault.app).await?;
         }
         let approval = reason.map(|reason| ApprovalRequest {
             reason,
