@@ -753,9 +753,15 @@ async fn show_patch(
 #[serde(deny_unknown_fields)]
 struct RollbackIn {
     to: String,
+    /// Who rolls back (recorded in the log); "api" when not given.
+    #[serde(default = "api_actor")]
     by: String,
     #[serde(default)]
     reason: String,
+}
+
+fn api_actor() -> String {
+    "api".into()
 }
 
 /// Makes an earlier (usable) version the active one.
