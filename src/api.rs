@@ -16,10 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Identity;
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source};
 use crate::intake::{Intake, IntakeError};
 use crate::sources::alertmanager::{self, AlertmanagerConfig, Notification, ReceiveError};
 use crate::store::{FaultFilter, Store, StoreError};
+use axum::Extension;
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
@@ -204,7 +206,7 @@ impl FaultOut {
 }
 
 /// Builds the API router.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::Tokens>) -> Router {
     Router::new()
         .route("/v1/faults", post(report_fault).get(list_faults))
         .route("/v1/faults/{id}", get(show_fault))
@@ -223,6 +225,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/approvals/{id}/reject", post(reject))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // After routing, so the middleware sees which route matched.
+        .route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            crate::auth::authenticate,
+        ))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -261,6 +268,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 async fn report_fault(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -274,6 +282,13 @@ async fn report_fault(
         };
         ApiError::bad_request(code, error.to_string())
     })?;
+    if !identity.may_see_app(&report.app) {
+        let message = format!(
+            "token `{}` may not report faults of app `{}`",
+            identity.name, report.app
+        );
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
+    }
     // "Same body" means the same report, whatever the JSON formatting or key order.
     let idempotency = key.map(|key| {
         let canonical = serde_json::to_vec(&report).unwrap_or_default();
@@ -315,6 +330,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 
 async fn alertmanager_webhook(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<alertmanager::Receipt>, ApiError> {
     let body = body.map_err(body_error)?;
@@ -326,6 +342,26 @@ async fn alertmanager_webhook(
         };
         ApiError::bad_request(code, error.to_string())
     })?;
+    let mut notification = notification;
+    let mut out_of_scope = Vec::new();
+    notification.alerts.retain(|alert| {
+        let app = alert
+            .labels
+            .get(&state.alertmanager.app_label)
+            .cloned()
+            .unwrap_or_default();
+        let visible = identity.may_see_app(&app);
+        if !visible {
+            out_of_scope.push(alertmanager::Skipped {
+                fingerprint: alert.fingerprint.clone(),
+                reason: format!(
+                    "token `{}` may not report faults of app `{app}`",
+                    identity.name
+                ),
+            });
+        }
+        visible
+    });
     let receipt = alertmanager::receive(&state.intake, &state.alertmanager, notification)
         .await
         .map_err(|error| match error {
@@ -334,6 +370,8 @@ async fn alertmanager_webhook(
             }
             ReceiveError::Intake(error) => error.into(),
         })?;
+    let mut receipt = receipt;
+    receipt.skipped.extend(out_of_scope);
     Ok(Json(receipt))
 }
 
@@ -358,6 +396,7 @@ const MAX_PAGE: usize = 1000;
 
 async fn list_faults(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<FaultPage>, ApiError> {
     let Query(query) =
@@ -383,6 +422,7 @@ async fn list_faults(
     let filter = FaultFilter {
         state: query.state,
         app: query.app,
+        apps: identity.apps.clone(),
         after: query.after,
         limit,
     };
@@ -398,11 +438,14 @@ async fn list_faults(
 
 async fn show_fault(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Json<FaultOut>, ApiError> {
+    // A fault of an app the caller may not see does not exist, as far as it can tell.
     let fault = state
         .store
         .fault(&id)?
+        .filter(|f| identity.may_see_app(&f.app))
         .ok_or_else(|| ApiError::not_found(format!("no fault {id}")))?;
     let history = state.store.history(&id)?;
     Ok(Json(FaultOut::new(fault, Some(history))))
@@ -492,22 +535,25 @@ struct DecisionIn {
 
 async fn approve(
     state: State<AppState>,
+    identity: Extension<Identity>,
     id: Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    decide(state, id, body, true).await
+    decide(state, identity, id, body, true).await
 }
 
 async fn reject(
     state: State<AppState>,
+    identity: Extension<Identity>,
     id: Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    decide(state, id, body, false).await
+    decide(state, identity, id, body, false).await
 }
 
 async fn decide(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
     approve: bool,
@@ -522,8 +568,14 @@ async fn decide(
         };
         ApiError::bad_request(code, error.to_string())
     })?;
+    // With authentication on, the decision is the token holder's, whatever the body says.
+    let by = if identity.authenticated {
+        identity.name.clone()
+    } else {
+        input.by
+    };
     let decision = crate::fault::Decision {
-        by: input.by,
+        by,
         approve,
         comment: input.comment,
         at: crate::fault::Timestamp::now(),

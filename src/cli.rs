@@ -40,6 +40,19 @@ enum Command {
         #[command(subcommand)]
         command: PatchCommand,
     },
+    /// API tokens for `[[token]]` in the config.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print the blake3 hash of a secret read from standard input (for `[[token]] blake3`).
+    Hash,
+    /// Make a new random secret; print it and its hash (the secret is shown only once).
+    New,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +84,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Patch {
             command: PatchCommand::Test { dir },
         } => report(patch_test(&dir)),
+        Command::Token { command } => report(token(command)),
     }
 }
 
@@ -179,6 +193,31 @@ fn check(config: Option<&Path>) -> anyhow::Result<bool> {
         patches.len()
     );
     Ok(ok)
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let secret = match command {
+        TokenCommand::Hash => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_to_string(&mut secret)
+                .context("reading the secret from standard input")?;
+            secret.trim_end_matches(['\n', '\r']).to_owned()
+        }
+        TokenCommand::New => {
+            let mut bytes = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut random| random.read_exact(&mut bytes))
+                .context("reading /dev/urandom")?;
+            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("secret: {secret}");
+            secret
+        }
+    };
+    anyhow::ensure!(!secret.is_empty(), "the secret is empty");
+    println!("blake3: {}", blake3::hash(secret.as_bytes()).to_hex());
+    Ok(true)
 }
 
 fn patch_test(dir: &Path) -> anyhow::Result<bool> {

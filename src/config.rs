@@ -35,6 +35,7 @@ struct RawConfig {
     breaker: crate::breaker::BreakerConfig,
     webhook: Vec<crate::events::WebhookConfig>,
     rate_limit: RateLimit,
+    token: Vec<crate::auth::TokenConfig>,
 }
 
 /// At most `runs_per_app` healing runs per app within `window`; beyond it, faults wait for a
@@ -77,6 +78,7 @@ impl Default for RawConfig {
             },
             webhook: Vec::new(),
             rate_limit: RateLimit::default(),
+            token: Vec::new(),
         }
     }
 }
@@ -112,6 +114,8 @@ pub struct Config {
     /// `[[webhook]]`: where events are pushed.
     pub webhooks: Vec<crate::events::WebhookConfig>,
     pub rate_limit: RateLimit,
+    /// `[[token]]`: API bearer tokens (hashed). None: authentication is off, loopback only.
+    pub tokens: Vec<crate::auth::TokenConfig>,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -206,6 +210,13 @@ impl Config {
             }
         }
         raw.breaker.validate("breaker")?;
+        crate::auth::Tokens::new(&raw.token)?;
+        if raw.token.is_empty() && !raw.listen.ip().is_loopback() {
+            return Err(format!(
+                "`listen = \"{}\"` is not a loopback address, but no [[token]] is configured: without tokens anyone could use the API (see `phoenix token new`)",
+                raw.listen
+            ));
+        }
         if raw.rate_limit.runs_per_app == 0 || raw.rate_limit.window.is_zero() {
             return Err(
                 "`rate_limit.runs_per_app` and `rate_limit.window` must be positive".into(),
@@ -246,6 +257,7 @@ impl Config {
             breaker: raw.breaker.clone(),
             webhooks: raw.webhook.clone(),
             rate_limit: raw.rate_limit.clone(),
+            tokens: raw.token.clone(),
             logs: raw
                 .log
                 .into_iter()

@@ -258,6 +258,17 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     })?;
     let intake = Intake::new(Arc::clone(&store), engine);
     let engine_handle = intake.engine().clone();
+    let tokens = crate::auth::Tokens::new(&config.tokens).map_err(|message| {
+        DaemonError::Config(ConfigError::Invalid {
+            path: "<config>".into(),
+            message,
+        })
+    })?;
+    if !tokens.enabled() {
+        tracing::warn!(
+            message = "AUTHENTICATION IS OFF: no [[token]] configured, so any local process may use the API. phoenix listens on loopback only in this mode."
+        );
+    }
     start_sources(&config, &intake)?;
     crate::events::spawn_webhooks(&events, config.webhooks.clone(), http_for_webhooks);
     let exit_intake = intake.clone();
@@ -280,6 +291,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             sandbox: Arc::clone(&inputs.sandbox),
         },
         config.max_body_bytes,
+        Arc::new(tokens),
     );
     let listener = TcpListener::bind(config.listen)
         .await
@@ -292,11 +304,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     write_addr_file(&addr_file, &addr.to_string())?;
-    if !addr.ip().is_loopback() {
-        // Authentication arrives with the operations work; until then anyone who can reach the
-        // port can report faults and read them.
-        tracing::warn!(message = "Listening on a non-loopback address without authentication.", %addr);
-    }
     tracing::info!(message = "phoenix is serving.", %addr, data_dir = %config.data_dir.display());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod approval;
+pub mod auth;
 pub mod breaker;
 pub mod config;
 pub mod daemon;

@@ -102,6 +102,8 @@ pub enum Activation {
 pub struct FaultFilter {
     pub state: Option<String>,
     pub app: Option<String>,
+    /// Only these apps (a reporter's scope); None: all.
+    pub apps: Option<Vec<String>>,
     /// Only ids strictly after this one (the previous page's `next`).
     pub after: Option<String>,
     pub limit: usize,
@@ -587,6 +589,10 @@ impl Store {
                 .as_ref()
                 .is_some_and(|s| s != fault.state.name())
                 || filter.app.as_ref().is_some_and(|a| *a != fault.app)
+                || filter
+                    .apps
+                    .as_ref()
+                    .is_some_and(|apps| !apps.contains(&fault.app))
             {
                 continue;
             }

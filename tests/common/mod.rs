@@ -125,6 +125,8 @@ pub fn module(data: &str, body: &str) -> String {
 
 pub struct Daemon {
     child: Child,
+    /// Sent as a bearer token by the helpers, when the daemon has authentication on.
+    pub token: Option<String>,
     pub addr: String,
     dir: PathBuf,
     client: reqwest::Client,
@@ -150,6 +152,7 @@ impl Daemon {
             .expect("spawn phoenix");
         let mut daemon = Daemon {
             child,
+            token: None,
             addr: String::new(),
             dir: dir.to_owned(),
             client: phoenix::effects::http_client().unwrap(),
@@ -192,6 +195,9 @@ impl Daemon {
         headers: &[(&str, &str)],
     ) -> (u16, Value, reqwest::header::HeaderMap) {
         let mut request = self.client.post(self.url(path)).body(body.to_owned());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -205,7 +211,11 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("GET");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         (

@@ -1,0 +1,293 @@
+//! Authentication and roles for the HTTP API.
+//!
+//! Tokens come from the config as `[[token]]` tables holding the blake3 hash of the secret, never
+//! the secret itself (`phoenix token hash` prints it). A request's bearer secret is hashed and
+//! compared in constant time with every token's hash. Roles are ordered: a `reporter` may report
+//! and read faults of its listed apps; an `approver` may also read everything and decide on
+//! approvals; an `admin` may do everything. `/healthz`, `/readyz` and `/metrics` are public.
+//!
+//! With no token configured, authentication is off (every caller is an anonymous admin) and the
+//! daemon refuses to listen beyond loopback.
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// What a token may do. Ordered: each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Reporter,
+    Approver,
+    Admin,
+}
+
+/// One `[[token]]` of the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it; recorded as the actor of what it does (e.g. approvals).
+    pub name: String,
+    /// blake3 of the secret, hex (`phoenix token hash`).
+    pub blake3: String,
+    pub role: Role,
+    /// For reporters: the apps it may report and read (`"*"`: all).
+    #[serde(default)]
+    pub apps: Vec<String>,
+}
+
+impl TokenConfig {
+    pub fn validate(&self) -> Result<blake3::Hash, String> {
+        let name = &self.name;
+        if name.is_empty() || name.len() > 128 {
+            return Err("`token.name` must be 1-128 characters".into());
+        }
+        let hash = blake3::Hash::from_hex(&self.blake3).map_err(|_| {
+            format!("token `{name}`: `blake3` must be 64 hex characters (see `phoenix token hash`)")
+        })?;
+        if self.role == Role::Reporter && self.apps.is_empty() {
+            return Err(format!(
+                "token `{name}`: a reporter needs `apps` (or [\"*\"])"
+            ));
+        }
+        Ok(hash)
+    }
+}
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub role: Role,
+    /// None: every app.
+    pub apps: Option<Vec<String>>,
+    /// False when authentication is off.
+    pub authenticated: bool,
+}
+
+impl Identity {
+    /// Everyone, when no token is configured.
+    pub fn anonymous() -> Identity {
+        Identity {
+            name: "anonymous".into(),
+            role: Role::Admin,
+            apps: None,
+            authenticated: false,
+        }
+    }
+
+    pub fn may_see_app(&self, app: &str) -> bool {
+        self.apps
+            .as_ref()
+            .is_none_or(|apps| apps.iter().any(|a| a == app))
+    }
+}
+
+/// The configured tokens, hashed.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    tokens: Vec<(blake3::Hash, TokenConfig)>,
+}
+
+impl Tokens {
+    pub fn new(configs: &[TokenConfig]) -> Result<Tokens, String> {
+        let mut tokens = Vec::new();
+        for config in configs {
+            let hash = config.validate()?;
+            if tokens
+                .iter()
+                .any(|(_, t): &(blake3::Hash, TokenConfig)| t.name == config.name)
+            {
+                return Err(format!("token `{}` is declared twice", config.name));
+            }
+            tokens.push((hash, config.clone()));
+        }
+        Ok(Tokens { tokens })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// The identity a bearer secret belongs to. Every token is compared (in constant time), so
+    /// the time taken does not tell which one, or how much of one, matched.
+    pub fn identify(&self, secret: &str) -> Option<Identity> {
+        let presented = blake3::hash(secret.as_bytes());
+        let mut found = None;
+        for (hash, config) in &self.tokens {
+            // blake3::Hash's equality is constant-time.
+            if presented == *hash {
+                found = Some(config);
+            }
+        }
+        found.map(|config| Identity {
+            name: config.name.clone(),
+            role: config.role,
+            apps: (config.role == Role::Reporter && !config.apps.iter().any(|a| a == "*"))
+                .then(|| config.apps.clone()),
+            authenticated: true,
+        })
+    }
+}
+
+/// The least role a route needs; None for public routes.
+pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+    match (method, path) {
+        (_, "/healthz" | "/readyz" | "/metrics") => None,
+        (&Method::POST, "/v1/faults" | "/v1/alertmanager") => Some(Role::Reporter),
+        (&Method::GET, "/v1/faults" | "/v1/faults/{id}") => Some(Role::Reporter),
+        (&Method::POST, "/v1/approvals/{id}/approve" | "/v1/approvals/{id}/reject") => {
+            Some(Role::Approver)
+        }
+        (&Method::GET, _) => Some(Role::Approver),
+        _ => Some(Role::Admin),
+    }
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = axum::Json(serde_json::json!({ "code": code, "message": message }));
+    let mut response = (status, body).into_response();
+    if status == StatusCode::UNAUTHORIZED
+        && let Ok(value) = header::HeaderValue::from_str("Bearer realm=\"phoenix\"")
+    {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// Middleware: authenticates the caller, checks the route's role, and hands the [`Identity`]
+/// to the handler as a request extension.
+pub async fn authenticate(
+    State(tokens): State<Arc<Tokens>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let Some(path) = path else {
+        // Unmatched routes fall through to the 404 fallback.
+        return next.run(request).await;
+    };
+    let Some(needed) = required_role(request.method(), &path) else {
+        return next.run(request).await;
+    };
+    let identity = if tokens.enabled() {
+        let secret = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(secret) = secret else {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send `Authorization: Bearer <token>`",
+            );
+        };
+        let Some(identity) = tokens.identify(secret) else {
+            return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token");
+        };
+        identity
+    } else {
+        Identity::anonymous()
+    };
+    if identity.role < needed {
+        let message = format!(
+            "token `{}` ({:?}) may not do this; it needs the {:?} role",
+            identity.name, identity.role, needed
+        );
+        return refuse(StatusCode::FORBIDDEN, "forbidden", &message);
+    }
+    request.extensions_mut().insert(identity);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str, secret: &str, role: Role, apps: &[&str]) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            blake3: blake3::hash(secret.as_bytes()).to_hex().to_string(),
+            role,
+            apps: apps.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn secrets_identify_their_token_and_nothing_else() {
+        let tokens = Tokens::new(&[
+            token("ci", "s3cret-a", Role::Reporter, &["web"]),
+            token("ops", "s3cret-b", Role::Admin, &[]),
+        ])
+        .unwrap();
+        let ci = tokens.identify("s3cret-a").unwrap();
+        assert_eq!((ci.name.as_str(), ci.role), ("ci", Role::Reporter));
+        assert!(ci.may_see_app("web") && !ci.may_see_app("db"));
+        assert!(tokens.identify("s3cret-b").unwrap().may_see_app("db"));
+        assert_eq!(tokens.identify("s3cret-c"), None);
+        assert_eq!(tokens.identify(""), None);
+    }
+
+    #[test]
+    fn bad_tokens_are_config_errors() {
+        let mut bad = token("x", "s", Role::Admin, &[]);
+        bad.blake3 = "abc".into();
+        assert!(
+            Tokens::new(&[bad])
+                .unwrap_err()
+                .contains("64 hex characters")
+        );
+        let reporter = token("r", "s", Role::Reporter, &[]);
+        assert!(
+            Tokens::new(&[reporter])
+                .unwrap_err()
+                .contains("needs `apps`")
+        );
+        let twice = token("t", "s", Role::Admin, &[]);
+        assert!(
+            Tokens::new(&[twice.clone(), twice])
+                .unwrap_err()
+                .contains("declared twice")
+        );
+    }
+
+    #[test]
+    fn routes_need_the_least_role_that_may_use_them() {
+        assert_eq!(required_role(&Method::GET, "/healthz"), None);
+        assert_eq!(
+            required_role(&Method::POST, "/v1/faults"),
+            Some(Role::Reporter)
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/v1/faults/{id}"),
+            Some(Role::Reporter)
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/v1/approvals"),
+            Some(Role::Approver)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/v1/approvals/{id}/approve"),
+            Some(Role::Approver)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/v1/patches"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/v1/breakers/{name}/trip"),
+            Some(Role::Admin)
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! Authentication and roles from outside: every route but health needs a token; 401 without
+//! one, 403 for a role that may not; a reporter sees only its apps (others' faults are 404).
+
+mod common;
+
+use common::{Daemon, Env, planner};
+use serde_json::json;
+
+const REPORTER: &str = "reporter-secret-for-web";
+const APPROVER: &str = "approver-secret";
+const ADMIN: &str = "admin-secret";
+
+fn hash(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
+fn setup() -> Env {
+    let env = Env::new();
+    env.write_config(&format!(
+        "[[token]]\nname = \"ci\"\nblake3 = \"{}\"\nrole = \"reporter\"\napps = [\"web\"]\n\n[[token]]\nname = \"alice\"\nblake3 = \"{}\"\nrole = \"approver\"\n\n[[token]]\nname = \"root\"\nblake3 = \"{}\"\nrole = \"admin\"\n",
+        hash(REPORTER),
+        hash(APPROVER),
+        hash(ADMIN)
+    ));
+    env.patch(
+        "record",
+        &planner(&[r#"{"kind":"exec","command":"record"}"#]),
+        "",
+    );
+    env.policy(
+        "web",
+        "environment = \"production\"\n[match]\napp = \"web\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
+    );
+    env
+}
+
+async fn call(
+    daemon: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let client = phoenix::effects::http_client().unwrap();
+    let mut request = client
+        .request(method.parse().unwrap(), daemon.url(path))
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+#[tokio::test]
+async fn each_role_reaches_exactly_its_routes() {
+    let env = setup();
+    let mut daemon = env.start();
+    daemon.token = Some(ADMIN.into());
+    let fault = r#"{"app":"web","kind":"drift"}"#;
+
+    // Public.
+    assert_eq!(call(&daemon, "GET", "/healthz", None, "").await.0, 200);
+    assert_eq!(call(&daemon, "GET", "/readyz", None, "").await.0, 200);
+    // No token, or a wrong one: 401 with the API's error format.
+    let (status, body) = call(&daemon, "POST", "/v1/faults", None, fault).await;
+    assert_eq!((status, &body["code"]), (401, &json!("unauthenticated")));
+    assert_eq!(
+        call(&daemon, "GET", "/v1/faults", Some("guess"), "")
+            .await
+            .0,
+        401
+    );
+
+    // Reporter: its app only.
+    let (status, web) = call(&daemon, "POST", "/v1/faults", Some(REPORTER), fault).await;
+    assert_eq!(status, 202, "{web}");
+    let web_id = web["id"].as_str().unwrap().to_owned();
+    let (status, body) = call(
+        &daemon,
+        "POST",
+        "/v1/faults",
+        Some(REPORTER),
+        r#"{"app":"db","kind":"down"}"#,
+    )
+    .await;
+    assert_eq!((status, &body["code"]), (403, &json!("forbidden")));
+    let (_, db) = call(
+        &daemon,
+        "POST",
+        "/v1/faults",
+        Some(ADMIN),
+        r#"{"app":"db","kind":"down"}"#,
+    )
+    .await;
+    let db_id = db["id"].as_str().unwrap();
+    assert_eq!(
+        call(
+            &daemon,
+            "GET",
+            &format!("/v1/faults/{web_id}"),
+            Some(REPORTER),
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &daemon,
+            "GET",
+            &format!("/v1/faults/{db_id}"),
+            Some(REPORTER),
+            ""
+        )
+        .await
+        .0,
+        404,
+        "another app's fault does not exist for it"
+    );
+    let (_, list) = call(&daemon, "GET", "/v1/faults", Some(REPORTER), "").await;
+    assert!(
+        list["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["app"] == "web"),
+        "{list}"
+    );
+    for (method, path) in [
+        ("GET", "/v1/approvals"),
+        ("GET", "/v1/patches"),
+        ("GET", "/v1/breakers"),
+        ("POST", "/v1/breakers/global/trip"),
+    ] {
+        assert_eq!(
+            call(&daemon, method, path, Some(REPORTER), "{}").await.0,
+            403,
+            "{method} {path}"
+        );
+    }
+
+    // Approver: reads everything, decides approvals (as itself), cannot administer.
+    daemon
+        .wait_for(&web_id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+    assert_eq!(
+        call(
+            &daemon,
+            "GET",
+            &format!("/v1/faults/{db_id}"),
+            Some(APPROVER),
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, decided) = call(
+        &daemon,
+        "POST",
+        &format!("/v1/approvals/{web_id}/approve"),
+        Some(APPROVER),
+        r#"{"by":"someone-else"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(
+        decided["approval"]["decisions"][0]["by"], "alice",
+        "the token holder decides, not the body"
+    );
+    assert_eq!(
+        call(
+            &daemon,
+            "POST",
+            &format!("/v1/approvals/{web_id}/approve"),
+            Some(REPORTER),
+            r#"{"by":"x"}"#
+        )
+        .await
+        .0,
+        403
+    );
+    let trip = r#"{"by":"alice","reason":"x"}"#;
+    assert_eq!(
+        call(
+            &daemon,
+            "POST",
+            "/v1/breakers/global/trip",
+            Some(APPROVER),
+            trip
+        )
+        .await
+        .0,
+        403
+    );
+
+    // Admin: everything.
+    assert_eq!(
+        call(
+            &daemon,
+            "POST",
+            "/v1/breakers/global/trip",
+            Some(ADMIN),
+            trip
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(
+        !daemon.log().contains(REPORTER) && !daemon.log().contains(ADMIN),
+        "secrets never reach the log"
+    );
+}
+
+#[test]
+fn without_tokens_phoenix_refuses_to_listen_beyond_loopback() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("phoenix.toml"),
+        "listen = \"0.0.0.0:0\"\ndata_dir = \"data\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = env.run(&["serve", "--config", "phoenix.toml"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("no [[token]] is configured"), "{stderr}");
+}
