@@ -258,6 +258,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     })?;
     let intake = Intake::new(Arc::clone(&store), engine);
     let engine_handle = intake.engine().clone();
+    let engine_watch = engine_handle.clone();
     let tokens = crate::auth::Tokens::new(&config.tokens).map_err(|message| {
         DaemonError::Config(ConfigError::Invalid {
             path: "<config>".into(),
@@ -305,6 +306,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     })?;
     write_addr_file(&addr_file, &addr.to_string())?;
     tracing::info!(message = "phoenix is serving.", %addr, data_dir = %config.data_dir.display());
+    // Ready: store open, policies loaded, listener bound (connections queue until served).
+    crate::notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
+    if let Some(interval) = crate::notify::watchdog_interval() {
+        spawn_watchdog(interval, engine_watch, Arc::clone(&inputs.store));
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -312,6 +318,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             what: "HTTP server".into(),
             source,
         })?;
+    crate::notify::notify("STOPPING=1");
     tracing::info!(message = "Stopping supervised programs.");
     supervisor.shutdown().await;
     tracing::info!(message = "phoenix stopped; open faults resume at the next start.");
@@ -348,6 +355,28 @@ fn start_sources(config: &Config, intake: &Intake) -> Result<(), DaemonError> {
         tracing::info!(message = "Log watch started.", log = %log.name, path = %log.path.display());
     }
     Ok(())
+}
+
+/// Sends `WATCHDOG=1` every `interval`, but only while the engine's dispatcher answers and the
+/// store can be read: a stuck phoenix stops petting the watchdog and systemd restarts it.
+fn spawn_watchdog(
+    interval: std::time::Duration,
+    engine: crate::engine::EngineHandle,
+    store: Arc<Store>,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            if engine.alive(interval).await && store.is_healthy() {
+                crate::notify::notify("WATCHDOG=1");
+            } else {
+                tracing::error!(
+                    message = "Engine or store not responding; withholding the systemd watchdog."
+                );
+            }
+        }
+    });
 }
 
 /// SIGHUP asks for a reload, as with most daemons.

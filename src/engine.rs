@@ -62,10 +62,18 @@ pub struct EngineParts {
     pub rate_limit: crate::config::RateLimit,
 }
 
+/// What the dispatcher is asked to do.
+enum Work {
+    /// Drive this fault.
+    Drive(String),
+    /// Answer, to show the dispatcher is alive and not stuck (the systemd watchdog).
+    Ping(tokio::sync::oneshot::Sender<()>),
+}
+
 /// A handle to the running engine: hand it fault ids to drive.
 #[derive(Clone)]
 pub struct EngineHandle {
-    queue: mpsc::UnboundedSender<String>,
+    queue: mpsc::UnboundedSender<Work>,
 }
 
 impl EngineHandle {
@@ -73,14 +81,24 @@ impl EngineHandle {
     pub fn enqueue(&self, id: String) {
         // Only fails when the engine is gone (shutdown); the fault is durable and resumes at
         // the next start.
-        let _ = self.queue.send(id);
+        let _ = self.queue.send(Work::Drive(id));
+    }
+
+    /// True when the dispatcher answers within `within`: it is running and not blocked (for
+    /// example on a worker pool where every worker is stuck).
+    pub async fn alive(&self, within: Duration) -> bool {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.queue.send(Work::Ping(reply)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, answer).await, Ok(Ok(())))
     }
 }
 
 struct Engine {
     parts: EngineParts,
     /// The engine's own queue, for wake-ups it schedules (approval expiry).
-    queue: mpsc::UnboundedSender<String>,
+    queue: mpsc::UnboundedSender<Work>,
     in_flight: Mutex<HashSet<String>>,
     workers: Arc<Semaphore>,
 }
@@ -88,7 +106,7 @@ struct Engine {
 /// Starts the engine's dispatcher and enqueues every open fault (crash recovery).
 pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     let open = parts.store.open_fault_ids()?;
-    let (queue, mut receiver) = mpsc::unbounded_channel::<String>();
+    let (queue, mut receiver) = mpsc::unbounded_channel::<Work>();
     let engine = Arc::new(Engine {
         queue: queue.clone(),
         workers: Arc::new(Semaphore::new(parts.workers)),
@@ -99,10 +117,17 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
         tracing::info!(message = "Resuming open faults.", count = open.len());
     }
     for id in open {
-        let _ = queue.send(id);
+        let _ = queue.send(Work::Drive(id));
     }
     tokio::spawn(async move {
-        while let Some(id) = receiver.recv().await {
+        while let Some(work) = receiver.recv().await {
+            let id = match work {
+                Work::Drive(id) => id,
+                Work::Ping(reply) => {
+                    let _ = reply.send(());
+                    continue;
+                }
+            };
             if !engine.lock_in_flight().insert(id.clone()) {
                 continue;
             }
@@ -324,7 +349,7 @@ impl Engine {
             let (queue, id) = (self.queue.clone(), fault.id.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                let _ = queue.send(id);
+                let _ = queue.send(Work::Drive(id));
             });
             return Ok(false);
         }

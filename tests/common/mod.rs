@@ -75,7 +75,12 @@ impl Env {
     }
 
     pub fn start(&self) -> Daemon {
-        Daemon::start(self.dir.path())
+        Daemon::start(self.dir.path(), &[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(&self, vars: &[(&str, &str)]) -> Daemon {
+        Daemon::start(self.dir.path(), vars)
     }
 
     /// Runs `phoenix ARGS` to completion; returns (exit code, stdout, stderr).
@@ -133,7 +138,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(dir: &Path) -> Daemon {
+    pub fn start(dir: &Path, vars: &[(&str, &str)]) -> Daemon {
         let addr_file = dir.join("data/phoenix.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new()
@@ -145,6 +150,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(dir.join("phoenix.toml"))
             .current_dir(dir)
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
