@@ -239,7 +239,45 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Gives every request an id: the caller's `X-Request-Id` if it is sane, else a new one. The id
+/// is on the request's log span and returned in the `X-Request-Id` response header.
+async fn request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tracing::Instrument;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let given = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| {
+        let started = crate::fault::Timestamp::now().0;
+        format!("{started:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    });
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            message = "Request served.",
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;

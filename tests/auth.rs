@@ -57,7 +57,8 @@ async fn call(
 #[tokio::test]
 async fn each_role_reaches_exactly_its_routes() {
     let env = setup();
-    let mut daemon = env.start();
+    // Debug logging: the most a log ever says, and still no secret in it.
+    let mut daemon = env.start_with_env(&[("RUST_LOG", "debug")]);
     daemon.token = Some(ADMIN.into());
     let fault = r#"{"app":"web","kind":"drift"}"#;
 

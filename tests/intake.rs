@@ -220,6 +220,23 @@ async fn health_and_readiness_answer() {
     let env = Env::shipped();
     let daemon = env.start();
     let (status, health) = daemon.get("/healthz").await;
+    let client = phoenix::effects::http_client().unwrap();
+    let own = client
+        .get(daemon.url("/healthz"))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        own.headers()["x-request-id"],
+        "trace-42",
+        "a caller's request id is kept"
+    );
+    let fresh = client.get(daemon.url("/healthz")).send().await.unwrap();
+    assert!(
+        !fresh.headers()["x-request-id"].is_empty(),
+        "every answer has a request id"
+    );
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     let (status, ready) = daemon.get("/readyz").await;
     assert_eq!(
