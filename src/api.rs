@@ -218,6 +218,7 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
         .route("/v1/patches/{name}/rollback", post(rollback_patch))
         .route("/v1/patches/{name}/shadow", post(shadow_patch))
         .route("/v1/breakers", get(list_breakers))
+        .route("/v1/audit", get(audit_log))
         .route("/v1/events", get(event_stream))
         .route("/v1/breakers/{name}/reset", post(reset_breaker))
         .route("/v1/breakers/{name}/trip", post(trip_breaker))
@@ -636,6 +637,16 @@ async fn decide(
         };
         ApiError::new(status, code, error.to_string())
     })?;
+    let verb = if approve { "approve" } else { "reject" };
+    let last = fault
+        .run
+        .as_ref()
+        .and_then(|r| r.approval.as_ref())
+        .and_then(|a| a.decisions.last());
+    let (actor, comment) = last
+        .map(|d| (d.by.clone(), d.comment.clone()))
+        .unwrap_or_default();
+    state.store.audit(&actor, verb, &fault.id, comment).await?;
     state.engine.enqueue(fault.id.clone());
     let out = approval_out(&state.store, fault)?;
     Ok(Json(serde_json::json!({ "approval": out })))
@@ -658,23 +669,26 @@ struct OperatorIn {
 
 async fn reset_breaker(
     state: State<AppState>,
+    identity: Extension<Identity>,
     name: Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operate_breaker(state, name, body, false).await
+    operate_breaker(state, identity, name, body, false).await
 }
 
 async fn trip_breaker(
     state: State<AppState>,
+    identity: Extension<Identity>,
     name: Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operate_breaker(state, name, body, true).await
+    operate_breaker(state, identity, name, body, true).await
 }
 
 /// Trip or reset a breaker by hand; the operator and reason go into its audit list.
 async fn operate_breaker(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
     trip: bool,
@@ -699,19 +713,35 @@ async fn operate_breaker(
             "`by` must name who acts (1-128 characters); `reason` at most 1024",
         ));
     }
+    let by = if identity.authenticated {
+        identity.name.clone()
+    } else {
+        input.by.trim().to_owned()
+    };
     let now = crate::fault::Timestamp::now();
     let breaker = state
         .store
         .update_breaker(&name, move |b| {
             if trip {
-                b.trip(input.by.trim(), &input.reason, now);
+                b.trip(&by, &input.reason, now);
             } else {
-                b.reset(input.by.trim(), &input.reason, now);
+                b.reset(&by, &input.reason, now);
             }
             b.clone()
         })
         .await?;
     tracing::warn!(message = "Breaker changed by hand.", breaker = %name, to = ?breaker.position);
+    if let Some(change) = breaker.changes.last() {
+        let action = if trip {
+            "breaker_trip"
+        } else {
+            "breaker_reset"
+        };
+        state
+            .store
+            .audit(&change.by, action, &name, change.reason.clone())
+            .await?;
+    }
     if let Some(change) = breaker.changes.last() {
         let summary = format!(
             "phoenix: breaker `{name}` is now {:?}: {} (by {})",
@@ -777,6 +807,7 @@ struct UploadIn {
 /// A usable version becomes active; its first use still needs a person's approval.
 async fn upload_patch(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let input: UploadIn = json_body(body)?;
@@ -791,6 +822,17 @@ async fn upload_patch(
     .await?;
     let record = &registered.record;
     tracing::info!(message = "Patch uploaded.", patch = %record.name, version = %record.version, hash = %record.hash, usable = record.usable(), active = registered.active);
+    let detail = format!(
+        "{} usable={} active={}",
+        record.hash,
+        record.usable(),
+        registered.active
+    );
+    let target = format!("{}@{}", record.name, record.version);
+    state
+        .store
+        .audit(&identity.name, "patch_upload", &target, detail)
+        .await?;
     let body = serde_json::json!({ "patch": record, "usable": record.usable(), "active": registered.active });
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -857,6 +899,7 @@ fn api_actor() -> String {
 /// Makes an earlier (usable) version the active one.
 async fn rollback_patch(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -884,7 +927,23 @@ async fn rollback_patch(
     }
     let previous = state.store.active_patch_hash(&name)?;
     let record = state.store.set_active_patch(&name, &input.to).await?;
-    tracing::warn!(message = "Patch rolled back.", patch = %name, to = %record.version, hash = %record.hash, from = ?previous, by = %input.by, reason = %input.reason);
+    let actor = if identity.authenticated {
+        identity.name.clone()
+    } else {
+        input.by.clone()
+    };
+    tracing::warn!(message = "Patch rolled back.", patch = %name, to = %record.version, hash = %record.hash, from = ?previous, by = %actor, reason = %input.reason);
+    let detail = format!(
+        "to {} ({}) from {}: {}",
+        record.version,
+        record.hash,
+        previous.clone().unwrap_or_default(),
+        input.reason
+    );
+    state
+        .store
+        .audit(&actor, "patch_rollback", &name, detail)
+        .await?;
     Ok(Json(
         serde_json::json!({ "patch": record, "previous": previous }),
     ))
@@ -960,6 +1019,36 @@ async fn shadow_patch(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("shadow run failed: {e}")))?;
     Ok(Json(
         serde_json::json!({ "patch": name, "version": record.version, "hash": record.hash, "replays": replays }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The audit log, oldest first, a page at a time (`after` = the last `seq` seen).
+async fn audit_log(
+    State(state): State<AppState>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) =
+        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let entries = state.store.audit_log(query.after, limit)?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(
+        serde_json::json!({ "entries": entries, "next": next }),
     ))
 }
 

@@ -155,6 +155,18 @@ impl Inputs {
     async fn reload(&self) {
         match self.load().await {
             Ok(()) => {
+                let (policies, patches) = {
+                    let readiness = self.readiness.read().unwrap_or_else(|p| p.into_inner());
+                    (readiness.policies, readiness.patches)
+                };
+                let detail = format!("{policies} policies, {patches} patches");
+                if let Err(error) = self
+                    .store
+                    .audit("phoenix", "reload", "inputs", detail)
+                    .await
+                {
+                    tracing::error!(message = "Cannot write the audit log.", %error);
+                }
                 let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
                 readiness.reloads += 1;
                 tracing::info!(

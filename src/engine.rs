@@ -694,6 +694,15 @@ impl Engine {
             match self.parts.effects.apply(action, caps, &env).await {
                 Ok(outcome) => {
                     let done = format!("action {number}/{total} done: {outcome}");
+                    let audited = format!("{} ({}): {outcome}", action.describe(), run.policy);
+                    if let Err(error) = self
+                        .parts
+                        .store
+                        .audit("phoenix", "action_applied", &fault.id, audited)
+                        .await
+                    {
+                        tracing::error!(message = "Cannot write the audit log.", %error);
+                    }
                     fault = self
                         .parts
                         .store
@@ -753,6 +762,14 @@ impl Engine {
             Rollback::RolledBack
         };
         let account = lines.join("; ");
+        if let Err(error) = self
+            .parts
+            .store
+            .audit("phoenix", "rollback", &fault.id, account.clone())
+            .await
+        {
+            tracing::error!(message = "Cannot write the audit log.", %error);
+        }
         if failed {
             tracing::error!(message = "Rollback failed; the system may be left changed.", account = %account);
         } else {

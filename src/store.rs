@@ -97,6 +97,22 @@ pub enum Activation {
     IfNoneActive,
 }
 
+/// One line of the audit log: who did what to what, when. Append-only.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    /// Increasing; pass the last one seen as `after` to page.
+    pub seq: u64,
+    pub at: Timestamp,
+    /// A token's name, `phoenix` for the daemon itself, or `anonymous` when auth is off.
+    pub actor: String,
+    /// e.g. `approve`, `reject`, `patch_upload`, `patch_rollback`, `breaker_trip`,
+    /// `breaker_reset`, `action_applied`, `reload`.
+    pub action: String,
+    /// What it was done to: a fault id, a patch name, a breaker name…
+    pub target: String,
+    pub detail: String,
+}
+
 /// Filters for [`Store::list_faults`].
 #[derive(Debug, Clone, Default)]
 pub struct FaultFilter {
@@ -518,6 +534,49 @@ impl Store {
             Ok(Ok(fault))
         })
         .await
+    }
+
+    /// Appends to the audit log (durably, like every write).
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let (actor, action, target) = (actor.to_owned(), action.to_owned(), target.to_owned());
+        let db = self.db.clone();
+        self.commit(move |w| {
+            let seq = db.generate_id().map_err(io)?;
+            let entry = AuditEntry {
+                seq,
+                at: Timestamp::now(),
+                actor,
+                action,
+                target,
+                detail,
+            };
+            let mut key = b"a/".to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            w.put(&key, &entry)
+        })
+        .await
+    }
+
+    /// Audit entries after `after` (oldest first), at most `limit`.
+    pub fn audit_log(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut start = b"a/".to_vec();
+        start.extend_from_slice(&after.map_or(0, |a| a.saturating_add(1)).to_be_bytes());
+        let mut entries = Vec::new();
+        for item in self.db.range(start..b"a0".to_vec()).take(limit) {
+            let (key, value) = item.map_err(io)?;
+            entries.push(decode(&key, &value)?);
+        }
+        Ok(entries)
     }
 
     /// Runs `change` on the record of `app`'s recent healing runs (start times, oldest first)

@@ -232,3 +232,69 @@ fn without_tokens_phoenix_refuses_to_listen_beyond_loopback() {
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("no [[token]] is configured"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what() {
+    let env = setup();
+    let mut daemon = env.start();
+    daemon.token = Some(ADMIN.into());
+    let (_, fault) = call(
+        &daemon,
+        "POST",
+        "/v1/faults",
+        Some(REPORTER),
+        r#"{"app":"web","kind":"drift"}"#,
+    )
+    .await;
+    let id = fault["id"].as_str().unwrap().to_owned();
+    daemon
+        .wait_for(&id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+    call(
+        &daemon,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        Some(APPROVER),
+        r#"{"by":"x","comment":"go"}"#,
+    )
+    .await;
+    daemon.wait_terminal(&id).await;
+    call(
+        &daemon,
+        "POST",
+        "/v1/breakers/policy:web/trip",
+        Some(ADMIN),
+        r#"{"by":"x","reason":"maintenance"}"#,
+    )
+    .await;
+
+    let (status, audit) = call(&daemon, "GET", "/v1/audit", Some(ADMIN), "").await;
+    assert_eq!(status, 200, "{audit}");
+    let lines: Vec<(String, String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("alice".to_string(), "approve".to_string(), id.clone()),
+        ("phoenix".into(), "action_applied".into(), id.clone()),
+        ("root".into(), "breaker_trip".into(), "policy:web".into()),
+    ];
+    assert_eq!(lines, expected, "{audit:#}");
+    assert_eq!(
+        call(&daemon, "GET", "/v1/audit", Some(APPROVER), "")
+            .await
+            .0,
+        403,
+        "the audit log is for admins"
+    );
+}
