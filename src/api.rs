@@ -106,6 +106,14 @@ impl From<StoreError> for ApiError {
                 format!("Idempotency-Key `{key}` was already used with a different request body"),
             ),
             StoreError::NotFound(id) => ApiError::not_found(format!("no fault {id}")),
+            StoreError::TooManyOpen { .. } => {
+                tracing::warn!(message = "Report refused: too many open faults.", %error);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_open_faults",
+                    error.to_string(),
+                )
+            }
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
@@ -267,7 +275,25 @@ async fn request_id(request: axum::extract::Request, next: axum::middleware::Nex
     });
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
     let started = std::time::Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // The event stream is meant to stay open; everything else must finish in time.
+    let streaming = request.uri().path() == "/v1/events";
+    let run = next.run(request).instrument(span.clone());
+    let mut response = if streaming {
+        run.await
+    } else {
+        match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request took longer than {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response(),
+        }
+    };
     span.in_scope(|| {
         tracing::debug!(
             message = "Request served.",
@@ -282,6 +308,9 @@ async fn request_id(request: axum::extract::Request, next: axum::middleware::Nex
 }
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Longest a request (other than the event stream) may take before it is answered 503.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `Idempotency-Key`, if present: 1-255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

@@ -87,14 +87,75 @@ impl Identity {
     }
 }
 
-/// The configured tokens, hashed.
+/// The configured tokens, hashed, and each caller's request budget.
 #[derive(Debug, Default)]
 pub struct Tokens {
     tokens: Vec<(blake3::Hash, TokenConfig)>,
+    limits: RequestLimits,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, Bucket>>,
+}
+
+/// Per-caller request budget: a token bucket refilled at `requests_per_second`, holding at most
+/// `burst` (`[limits]` in the config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLimits {
+    pub requests_per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> RequestLimits {
+        RequestLimits {
+            requests_per_second: 200.0,
+            burst: 400.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: std::time::Instant,
 }
 
 impl Tokens {
+    /// Takes one request from `caller`'s bucket; when empty, how long until the next one.
+    fn take(&self, caller: &str) -> Result<(), std::time::Duration> {
+        let limits = &self.limits;
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(caller.to_owned()).or_insert(Bucket {
+            tokens: limits.burst,
+            updated: now,
+        });
+        let refill = now.duration_since(bucket.updated).as_secs_f64() * limits.requests_per_second;
+        bucket.tokens = (bucket.tokens + refill).min(limits.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - bucket.tokens) / limits.requests_per_second,
+            ))
+        }
+    }
+}
+
+impl Tokens {
+    /// The tokens with the default request budget.
     pub fn new(configs: &[TokenConfig]) -> Result<Tokens, String> {
+        Tokens::with_limits(configs, RequestLimits::default())
+    }
+
+    pub fn with_limits(configs: &[TokenConfig], limits: RequestLimits) -> Result<Tokens, String> {
+        if !(limits.requests_per_second > 0.0 && limits.burst >= 1.0) {
+            return Err(
+                "`limits.requests_per_second` must be positive and `limits.burst` at least 1"
+                    .into(),
+            );
+        }
         let mut tokens = Vec::new();
         for config in configs {
             let hash = config.validate()?;
@@ -106,7 +167,11 @@ impl Tokens {
             }
             tokens.push((hash, config.clone()));
         }
-        Ok(Tokens { tokens })
+        Ok(Tokens {
+            tokens,
+            limits,
+            buckets: Default::default(),
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -201,6 +266,26 @@ pub async fn authenticate(
     } else {
         Identity::anonymous()
     };
+    // Budgets are per token; without tokens (loopback only) there is nobody to tell apart.
+    if let Some(wait) = identity
+        .authenticated
+        .then(|| tokens.take(&identity.name).err())
+        .flatten()
+    {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!(
+                "too many requests from `{}`; retry in {seconds} s",
+                identity.name
+            ),
+        );
+        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     if identity.role < needed {
         let message = format!(
             "token `{}` ({:?}) may not do this; it needs the {:?} role",

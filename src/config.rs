@@ -36,6 +36,8 @@ struct RawConfig {
     webhook: Vec<crate::events::WebhookConfig>,
     rate_limit: RateLimit,
     token: Vec<crate::auth::TokenConfig>,
+    limits: crate::auth::RequestLimits,
+    max_open_faults_per_app: u64,
 }
 
 /// At most `runs_per_app` healing runs per app within `window`; beyond it, faults wait for a
@@ -79,6 +81,8 @@ impl Default for RawConfig {
             webhook: Vec::new(),
             rate_limit: RateLimit::default(),
             token: Vec::new(),
+            limits: crate::auth::RequestLimits::default(),
+            max_open_faults_per_app: 10_000,
         }
     }
 }
@@ -116,6 +120,10 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// `[[token]]`: API bearer tokens (hashed). None: authentication is off, loopback only.
     pub tokens: Vec<crate::auth::TokenConfig>,
+    /// Per-caller request budget.
+    pub limits: crate::auth::RequestLimits,
+    /// New faults of an app past this many open ones are refused (429).
+    pub max_open_faults_per_app: u64,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -210,7 +218,10 @@ impl Config {
             }
         }
         raw.breaker.validate("breaker")?;
-        crate::auth::Tokens::new(&raw.token)?;
+        crate::auth::Tokens::with_limits(&raw.token, raw.limits.clone())?;
+        if raw.max_open_faults_per_app == 0 {
+            return Err("`max_open_faults_per_app` must be positive".into());
+        }
         if raw.token.is_empty() && !raw.listen.ip().is_loopback() {
             return Err(format!(
                 "`listen = \"{}\"` is not a loopback address, but no [[token]] is configured: without tokens anyone could use the API (see `phoenix token new`)",
@@ -258,6 +269,8 @@ impl Config {
             webhooks: raw.webhook.clone(),
             rate_limit: raw.rate_limit.clone(),
             tokens: raw.token.clone(),
+            limits: raw.limits.clone(),
+            max_open_faults_per_app: raw.max_open_faults_per_app,
             logs: raw
                 .log
                 .into_iter()

@@ -208,7 +208,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         path: store_path.display().to_string(),
         source,
     };
-    let store = Arc::new(Store::open(&store_path, config.store_cache_bytes).map_err(store_error)?);
+    let store = Arc::new(
+        Store::open(&store_path, config.store_cache_bytes)
+            .map_err(store_error)?
+            .limit_open_faults(config.max_open_faults_per_app),
+    );
     let sandbox = Arc::new(Sandbox::new(
         config.sandbox.clone(),
         config.data_dir.join("modules"),
@@ -271,12 +275,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let intake = Intake::new(Arc::clone(&store), engine);
     let engine_handle = intake.engine().clone();
     let engine_watch = engine_handle.clone();
-    let tokens = crate::auth::Tokens::new(&config.tokens).map_err(|message| {
-        DaemonError::Config(ConfigError::Invalid {
-            path: "<config>".into(),
-            message,
-        })
-    })?;
+    let tokens = crate::auth::Tokens::with_limits(&config.tokens, config.limits.clone()).map_err(
+        |message| {
+            DaemonError::Config(ConfigError::Invalid {
+                path: "<config>".into(),
+                message,
+            })
+        },
+    )?;
     if !tokens.enabled() {
         tracing::warn!(
             message = "AUTHENTICATION IS OFF: no [[token]] configured, so any local process may use the API. phoenix listens on loopback only in this mode."

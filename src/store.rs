@@ -58,6 +58,9 @@ pub enum StoreError {
     /// The idempotency key was used before with a different request body.
     #[error("idempotency key `{0}` was already used with a different request")]
     IdempotencyMismatch(String),
+    /// The app already has as many open faults as allowed; the report was not stored.
+    #[error("app `{app}` already has {limit} open faults")]
+    TooManyOpen { app: String, limit: u64 },
     /// The committer thread is gone (the daemon is shutting down).
     #[error("store is closed")]
     Closed,
@@ -199,6 +202,20 @@ fn fingerprint_key(fingerprint: &str) -> Vec<u8> {
     format!("fp/{fingerprint}").into_bytes()
 }
 
+/// How many faults of `app` are open.
+fn open_count_key(app: &str) -> Vec<u8> {
+    format!("oc/{app}").into_bytes()
+}
+
+/// Adds `delta` to `app`'s open-fault count; returns the new count.
+fn count_open(w: &mut Writer<'_>, app: &str, delta: i64) -> Result<u64, StoreError> {
+    let key = open_count_key(app);
+    let count: u64 = w.get(&key)?.unwrap_or(0);
+    let count = count.saturating_add_signed(delta);
+    w.put(&key, &count)?;
+    Ok(count)
+}
+
 /// The last fault with this fingerprint that ended (for reopening a recurrence).
 fn last_closed_key(fingerprint: &str) -> Vec<u8> {
     format!("fl/{fingerprint}").into_bytes()
@@ -260,6 +277,8 @@ fn reopen(w: &mut Writer<'_>, mut fault: Fault, now: Timestamp) -> Result<Fault,
 
 /// The store. Cheap to share behind an `Arc`; reads go straight to sled, writes to the committer.
 pub struct Store {
+    /// Most open faults one app may have; a new one past it is refused.
+    max_open_per_app: u64,
     db: sled::Db,
     jobs: mpsc::Sender<Job>,
     flushes: Arc<AtomicU64>,
@@ -305,7 +324,23 @@ impl Store {
             .name("phoenix-store-commit".into())
             .spawn(move || commit_loop(&flusher, &tree, &receiver, &counter))
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
-        Ok(Store { db, jobs, flushes })
+        Ok(Store {
+            max_open_per_app: u64::MAX,
+            db,
+            jobs,
+            flushes,
+        })
+    }
+
+    /// Caps the open faults of each app (a flood of distinct reports cannot grow without bound).
+    pub fn limit_open_faults(mut self, per_app: u64) -> Store {
+        self.max_open_per_app = per_app;
+        self
+    }
+
+    /// Open faults of `app`.
+    pub fn open_faults_of(&self, app: &str) -> Result<u64, StoreError> {
+        Ok(get::<u64>(&self.db, &open_count_key(app))?.unwrap_or(0))
     }
 
     /// Runs `work` on the committer, applies its batch atomically, and returns once the batch is
@@ -341,6 +376,7 @@ impl Store {
         idempotency: Option<(String, String)>,
     ) -> Result<Reported, StoreError> {
         let db = self.db.clone();
+        let max_open = self.max_open_per_app;
         self.commit(move |w| {
             let idem_key = idempotency
                 .as_ref()
@@ -366,6 +402,17 @@ impl Store {
                 _ => None,
             };
             let reopened = recurring.is_some();
+            if open.is_none() {
+                let app = &report.app;
+                let count: u64 = w.get(&open_count_key(app))?.unwrap_or(0);
+                if count >= max_open {
+                    return Err(StoreError::TooManyOpen {
+                        app: app.clone(),
+                        limit: max_open,
+                    });
+                }
+                count_open(w, app, 1)?;
+            }
             let (fault, created) = match (open, recurring) {
                 (None, Some(recurring)) => {
                     let fault = reopen(w, recurring, now)?;
@@ -456,6 +503,7 @@ impl Store {
             };
             w.put(&history_key(&id, fault.seq), &entry)?;
             if state.is_terminal() {
+                count_open(w, &fault.app, -1)?;
                 fault.closed_at = Some(entry.at);
                 let fp_key = fingerprint_key(&fault.fingerprint);
                 if w.get::<String>(&fp_key)?.as_deref() == Some(id.as_str()) {
@@ -826,6 +874,55 @@ mod tests {
         assert_eq!(second.fault.occurrences, 2);
         assert_ne!(other.fault.id, first.fault.id);
         assert_eq!(store.open_fault_ids().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_app_cannot_open_more_faults_than_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20)
+            .unwrap()
+            .limit_open_faults(2);
+        let one = store
+            .report(Report::sample("a", "k1", &[]), Source::Api, None)
+            .await
+            .unwrap()
+            .fault;
+        store
+            .report(Report::sample("a", "k2", &[]), Source::Api, None)
+            .await
+            .unwrap();
+        // A repeat of an open fault is not a new one: still accepted.
+        assert!(
+            store
+                .report(Report::sample("a", "k1", &[]), Source::Api, None)
+                .await
+                .is_ok()
+        );
+        let third = store
+            .report(Report::sample("a", "k3", &[]), Source::Api, None)
+            .await;
+        assert!(
+            matches!(third, Err(StoreError::TooManyOpen { limit: 2, .. })),
+            "{third:?}"
+        );
+        assert!(
+            store
+                .report(Report::sample("b", "k3", &[]), Source::Api, None)
+                .await
+                .is_ok(),
+            "per app"
+        );
+        store
+            .append(&one.id, 1, FaultState::Healed, "healed".into(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(store.open_faults_of("a").unwrap(), 1);
+        assert!(
+            store
+                .report(Report::sample("a", "k3", &[]), Source::Api, None)
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]

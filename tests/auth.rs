@@ -298,3 +298,43 @@ async fn the_audit_log_records_who_did_what() {
         "the audit log is for admins"
     );
 }
+
+#[tokio::test]
+async fn a_burst_past_a_tokens_budget_gets_429_with_retry_after() {
+    let env = setup();
+    let config = std::fs::read_to_string(env.path("phoenix.toml")).unwrap();
+    std::fs::write(
+        env.path("phoenix.toml"),
+        format!("{config}\n[limits]\nrequests_per_second = 1\nburst = 3\n"),
+    )
+    .unwrap();
+    let daemon = env.start();
+    let client = phoenix::effects::http_client().unwrap();
+    let mut limited = None;
+    for _ in 0..6 {
+        let response = client
+            .get(daemon.url("/v1/faults"))
+            .bearer_auth(REPORTER)
+            .send()
+            .await
+            .unwrap();
+        if response.status().as_u16() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("six requests in a burst of three were all served");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    // Another token has its own budget.
+    assert_eq!(
+        call(&daemon, "GET", "/v1/faults", Some(ADMIN), "").await.0,
+        200
+    );
+}
