@@ -1,4 +1,5 @@
-//! Command-line interface: `serve`, `check`, `patch test`.
+//! Command-line interface: the daemon (`serve`), offline tools (`check`, `patch test`,
+//! `token`), and the client commands that talk to a running daemon (see `client.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +18,8 @@ use phoenix::sandbox::Sandbox;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: crate::client::Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +48,8 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +90,7 @@ pub fn run(cli: Cli) -> ExitCode {
             command: PatchCommand::Test { dir },
         } => report(patch_test(&dir)),
         Command::Token { command } => report(token(command)),
+        Command::Client(command) => crate::client::run(cli.connection, command),
     }
 }
 

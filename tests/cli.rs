@@ -1,0 +1,128 @@
+//! The `phoenix` client commands against a live daemon: tables by default, JSON on request, and
+//! exit codes scripts can use (0 ok, 1 refused by the daemon, 69 unreachable).
+
+mod common;
+
+use std::process::Command;
+
+use common::{Env, free_port, planner};
+
+/// Runs `phoenix ARGS` against `addr`; returns (exit code, stdout, stderr).
+fn phoenix(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .args(args)
+        .env("PHOENIX_ADDR", format!("http://{addr}"))
+        .env_remove("PHOENIX_TOKEN")
+        .output()
+        .expect("run phoenix");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_fault_is_reported_approved_and_followed_from_the_terminal() {
+    let env = Env::new();
+    env.patch(
+        "record",
+        &planner(&[r#"{"kind":"exec","command":"record"}"#]),
+        "",
+    );
+    env.policy(
+        "web",
+        "environment = \"production\"\n[match]\napp = \"web\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
+    );
+    let daemon = env.start();
+    let addr = daemon.addr.clone();
+
+    let (code, out, err) = phoenix(
+        &addr,
+        &[
+            "report",
+            "--app",
+            "web",
+            "--kind",
+            "drift",
+            "--label",
+            "host=a",
+            "--message",
+            "config changed",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = out.split_whitespace().next().unwrap().to_owned();
+    daemon
+        .wait_for(&id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+
+    let (code, out, _) = phoenix(&addr, &["approvals", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("FAULT") && out.contains(&id) && out.contains("record"),
+        "{out}"
+    );
+    let (code, out, err) = phoenix(
+        &addr,
+        &[
+            "approvals",
+            "approve",
+            &id,
+            "--comment",
+            "ok",
+            "--by",
+            "alice",
+        ],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("approved {id}").as_str()),
+        "{err}"
+    );
+    daemon.wait_terminal(&id).await;
+
+    let (code, out, _) = phoenix(&addr, &["faults", "show", &id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("state healed") && out.contains("approved by alice"),
+        "{out}"
+    );
+    let (code, out, _) = phoenix(&addr, &["--json", "faults", "list", "--app", "web"]);
+    assert_eq!(code, 0);
+    let page: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(page["faults"][0]["labels"]["host"], "a");
+
+    let (code, _, _) = phoenix(
+        &addr,
+        &["breakers", "trip", "global", "--reason", "maintenance"],
+    );
+    assert_eq!(code, 0);
+    let (_, out, _) = phoenix(&addr, &["breakers", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("global") && l.contains("open")),
+        "{out}"
+    );
+    let (code, out, _) = phoenix(&addr, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ready: 1 policies, 1 patches"), "{out}");
+
+    // Refused by the daemon: exit 1 with its code and message.
+    let (code, _, err) = phoenix(&addr, &["approvals", "approve", &id]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("not_awaiting_approval"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_daemon_exits_69() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (code, _, err) = phoenix(&addr, &["status"]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("cannot reach the daemon"), "{err}");
+}
