@@ -233,6 +233,7 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/reject", post(reject))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/readyz", get(readyz))
         // After routing, so the middleware sees which route matched.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -1083,6 +1084,35 @@ async fn audit_log(
 
 async fn list_programs(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "programs": state.supervisor.statuses().await }))
+}
+
+/// `/metrics`: counters and histograms kept as things happen, gauges read now.
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let open = state.store.open_fault_ids()?;
+    let mut pending = 0usize;
+    for id in &open {
+        if state
+            .store
+            .fault(id)?
+            .is_some_and(|f| f.state == FaultState::AwaitingApproval)
+        {
+            pending += 1;
+        }
+    }
+    let mut gauges = vec![
+        ("phoenix_open_faults", vec![], open.len() as f64),
+        ("phoenix_approvals_pending", vec![], pending as f64),
+    ];
+    for breaker in state.store.breakers()? {
+        let open = breaker.position != crate::breaker::Position::Closed;
+        gauges.push((
+            "phoenix_breaker_open",
+            vec![("breaker", breaker.name)],
+            f64::from(u8::from(open)),
+        ));
+    }
+    let text = crate::metrics::metrics().render(&gauges, state.events.webhook_failures());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -228,8 +228,23 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// Middleware: authenticates the caller, checks the route's role, and hands the [`Identity`]
-/// to the handler as a request extension.
-pub async fn authenticate(
+/// to the handler as a request extension. Counts every request by route and status.
+pub async fn authenticate(state: State<Arc<Tokens>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let response = authorize(state, request, next).await;
+    let status = response.status().as_u16().to_string();
+    crate::metrics::metrics().inc(
+        "phoenix_http_requests_total",
+        &[("route", &route), ("status", &status)],
+    );
+    response
+}
+
+async fn authorize(
     State(tokens): State<Arc<Tokens>>,
     mut request: Request,
     next: Next,

@@ -394,8 +394,36 @@ impl Engine {
         Ok(())
     }
 
-    /// Pushes the transitions people wait for: an approval request, and a fault's end.
+    /// Pushes the transitions people wait for: an approval request, and a fault's end; and
+    /// counts every transition.
     fn announce(&self, fault: &Fault, detail: &str) {
+        let metrics = crate::metrics::metrics();
+        metrics.inc("phoenix_transitions_total", &[("to", fault.state.name())]);
+        if fault.state.is_terminal() {
+            match fault.state.reason() {
+                Some(reason) => metrics.inc(
+                    "phoenix_faults_closed_total",
+                    &[("state", fault.state.name()), ("reason", reason.as_str())],
+                ),
+                None => metrics.inc(
+                    "phoenix_faults_closed_total",
+                    &[("state", fault.state.name())],
+                ),
+            }
+        }
+        if fault.state == FaultState::Healed {
+            let approved = fault
+                .run
+                .as_ref()
+                .and_then(|r| r.approval.as_ref())
+                .is_some_and(|a| a.granted());
+            metrics.inc(
+                "phoenix_healed_total",
+                &[("approved", if approved { "true" } else { "false" })],
+            );
+            let seconds = Timestamp::now().0.saturating_sub(fault.first_seen.0) as f64 / 1000.0;
+            metrics.observe("phoenix_time_to_heal_seconds", seconds);
+        }
         let events = &self.parts.events;
         if fault.state == FaultState::AwaitingApproval
             && let Some(run) = &fault.run
@@ -529,9 +557,21 @@ impl Engine {
         );
         let sandbox = Arc::clone(&self.parts.sandbox);
         let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
+        let started = std::time::Instant::now();
         let outcome =
             tokio::task::spawn_blocking(move || sandbox.run(&patch_name, &patch_hash, &wasm, view))
                 .await;
+        let metrics = crate::metrics::metrics();
+        metrics.observe(
+            "phoenix_sandbox_run_seconds",
+            started.elapsed().as_secs_f64(),
+        );
+        let code = match &outcome {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(error)) => error.code(),
+            Err(_) => "panic",
+        };
+        metrics.inc("phoenix_sandbox_runs_total", &[("outcome", code)]);
         let plan = match outcome {
             Ok(Ok(plan)) => plan,
             Ok(Err(error)) => {
@@ -691,7 +731,17 @@ impl Engine {
                     },
                 )
                 .await?;
-            match self.parts.effects.apply(action, caps, &env).await {
+            let applied = self.parts.effects.apply(action, caps, &env).await;
+            let kind = serde_json::to_value(action)
+                .ok()
+                .and_then(|v| v["kind"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let outcome = if applied.is_ok() { "ok" } else { "error" };
+            crate::metrics::metrics().inc(
+                "phoenix_effects_total",
+                &[("kind", &kind), ("outcome", outcome)],
+            );
+            match applied {
                 Ok(outcome) => {
                     let done = format!("action {number}/{total} done: {outcome}");
                     let audited = format!("{} ({}): {outcome}", action.describe(), run.policy);
@@ -761,6 +811,12 @@ impl Engine {
         } else {
             Rollback::RolledBack
         };
+        let label = if failed {
+            "rollback_failed"
+        } else {
+            "rolled_back"
+        };
+        crate::metrics::metrics().inc("phoenix_rollbacks_total", &[("outcome", label)]);
         let account = lines.join("; ");
         if let Err(error) = self
             .parts

@@ -46,7 +46,20 @@ impl Intake {
         idempotency: Option<(String, String)>,
     ) -> Result<Reported, IntakeError> {
         report.validate()?;
-        let reported = self.store.report(report, source, idempotency).await?;
+        let reported = match self.store.report(report, source, idempotency).await {
+            Ok(reported) => reported,
+            Err(error) => {
+                if matches!(error, StoreError::TooManyOpen { .. }) {
+                    crate::metrics::metrics().inc("phoenix_reports_refused_total", &[]);
+                }
+                return Err(error.into());
+            }
+        };
+        let source_name = serde_json::to_value(source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        crate::metrics::metrics().inc("phoenix_faults_reported_total", &[("source", &source_name)]);
         if (reported.created || reported.reopened) && !reported.replayed {
             self.engine.enqueue(reported.fault.id.clone());
         }

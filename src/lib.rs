@@ -15,6 +15,7 @@ pub mod events;
 pub mod fault;
 pub mod intake;
 pub mod machine;
+pub mod metrics;
 pub mod notify;
 pub mod patch;
 pub mod plan;

@@ -836,7 +836,12 @@ fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, flu
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let flushed = db.flush().map(|_| ()).map_err(io);
+        crate::metrics::metrics().observe(
+            "phoenix_store_flush_seconds",
+            started.elapsed().as_secs_f64(),
+        );
         flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = &flushed {
             tracing::error!(message = "Store flush failed; writes not acknowledged.", %error);
