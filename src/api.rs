@@ -227,6 +227,7 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
         .route("/v1/patches/{name}/shadow", post(shadow_patch))
         .route("/v1/breakers", get(list_breakers))
         .route("/v1/audit", get(audit_log))
+        .route("/v1/backup", get(backup))
         .route("/v1/events", get(event_stream))
         .route("/v1/breakers/{name}/reset", post(reset_breaker))
         .route("/v1/breakers/{name}/trip", post(trip_breaker))
@@ -1057,6 +1058,18 @@ async fn shadow_patch(
 struct AuditQuery {
     after: Option<u64>,
     limit: Option<usize>,
+}
+
+/// A consistent snapshot of the whole store, in the backup format (`phoenix backup`).
+async fn backup(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let entries = state.store.snapshot().await?;
+    let text = crate::backup::encode(&entries);
+    tracing::info!(
+        message = "Backup taken.",
+        entries = entries.len(),
+        bytes = text.len()
+    );
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response())
 }
 
 /// The audit log, oldest first, a page at a time (`after` = the last `seq` seen).

@@ -208,7 +208,7 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
         (&Method::POST, "/v1/approvals/{id}/approve" | "/v1/approvals/{id}/reject") => {
             Some(Role::Approver)
         }
-        (&Method::GET, "/v1/audit") => Some(Role::Admin),
+        (&Method::GET, "/v1/audit" | "/v1/backup") => Some(Role::Admin),
         (&Method::GET, _) => Some(Role::Approver),
         _ => Some(Role::Admin),
     }

@@ -43,6 +43,14 @@ enum Command {
         #[command(subcommand)]
         command: PatchCommand,
     },
+    /// Replace a stopped daemon's store with a backup (`phoenix backup`).
+    Restore {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// API tokens for `[[token]]` in the config.
     Token {
         #[command(subcommand)]
@@ -90,6 +98,7 @@ pub fn run(cli: Cli) -> ExitCode {
             command: PatchCommand::Test { dir },
         } => report(patch_test(&dir)),
         Command::Token { command } => report(token(command)),
+        Command::Restore { config, from } => report(restore(config.as_deref(), &from)),
         Command::Client(command) => crate::client::run(cli.connection, command),
     }
 }
@@ -199,6 +208,35 @@ fn check(config: Option<&Path>) -> anyhow::Result<bool> {
         patches.len()
     );
     Ok(ok)
+}
+
+/// Offline: the daemon must be stopped (its store is locked while it runs).
+fn restore(config: Option<&Path>, from: &Path) -> anyhow::Result<bool> {
+    let config = load_config(config)?;
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let entries = phoenix::backup::decode(&text)
+        .with_context(|| format!("{} is not a usable backup", from.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let count = runtime.block_on(async {
+        let store_path = config.data_dir.join("store");
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = phoenix::store::Store::open(&store_path, config.store_cache_bytes)
+            .with_context(|| {
+                format!(
+                    "opening {} (is phoenix still running?)",
+                    store_path.display()
+                )
+            })?;
+        anyhow::Ok(store.restore(entries).await?)
+    })?;
+    println!(
+        "restored {count} entries into {}",
+        config.data_dir.display()
+    );
+    Ok(true)
 }
 
 fn token(command: TokenCommand) -> anyhow::Result<bool> {

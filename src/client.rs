@@ -63,6 +63,12 @@ pub enum ClientCommand {
     /// Circuit breakers: list, reset, trip.
     #[command(subcommand)]
     Breakers(BreakersCommand),
+    /// Save a consistent snapshot of the running daemon's store to a file (admin).
+    Backup {
+        /// Where to write it (written to a temporary file, then renamed).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// The audit log (admin).
     Audit {
         /// Only entries after this sequence number.
@@ -512,6 +518,39 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
                 )
                 .await?;
             (answer, format!("{name} tripped\n"))
+        }
+        ClientCommand::Backup { out } => {
+            let url = format!("{}/v1/backup", client.connection.addr.trim_end_matches('/'));
+            let mut request = client.http.get(&url);
+            if let Some(token) = &client.connection.token {
+                request = request.bearer_auth(token);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
+            let status = response.status().as_u16();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+            if status >= 400 {
+                return Err(Failure::Refused(status, text));
+            }
+            let entries = text.lines().count().saturating_sub(1);
+            let temp = out.with_extension("partial");
+            std::fs::write(&temp, &text)
+                .and_then(|()| std::fs::rename(&temp, &out))
+                .map_err(|e| Failure::Refused(0, format!("cannot write {}: {e}", out.display())))?;
+            let summary = json!({ "file": out.display().to_string(), "entries": entries, "bytes": text.len() });
+            (
+                summary,
+                format!(
+                    "wrote {entries} entries ({} bytes) to {}\n",
+                    text.len(),
+                    out.display()
+                ),
+            )
         }
         ClientCommand::Audit { after, limit } => {
             let mut path = format!("/v1/audit?limit={limit}");

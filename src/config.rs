@@ -38,6 +38,8 @@ struct RawConfig {
     token: Vec<crate::auth::TokenConfig>,
     limits: crate::auth::RequestLimits,
     max_open_faults_per_app: u64,
+    #[serde(with = "crate::policy::duration")]
+    retention: std::time::Duration,
 }
 
 /// At most `runs_per_app` healing runs per app within `window`; beyond it, faults wait for a
@@ -83,6 +85,7 @@ impl Default for RawConfig {
             token: Vec::new(),
             limits: crate::auth::RequestLimits::default(),
             max_open_faults_per_app: 10_000,
+            retention: std::time::Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct Config {
     pub limits: crate::auth::RequestLimits,
     /// New faults of an app past this many open ones are refused (429).
     pub max_open_faults_per_app: u64,
+    /// Faults that ended longer ago than this are deleted (with their history).
+    pub retention: std::time::Duration,
 }
 
 /// A configuration problem, naming the file and the key.
@@ -219,6 +224,9 @@ impl Config {
         }
         raw.breaker.validate("breaker")?;
         crate::auth::Tokens::with_limits(&raw.token, raw.limits.clone())?;
+        if raw.retention < std::time::Duration::from_secs(1) {
+            return Err("`retention` must be at least 1s".into());
+        }
         if raw.max_open_faults_per_app == 0 {
             return Err("`max_open_faults_per_app` must be positive".into());
         }
@@ -271,6 +279,7 @@ impl Config {
             tokens: raw.token.clone(),
             limits: raw.limits.clone(),
             max_open_faults_per_app: raw.max_open_faults_per_app,
+            retention: raw.retention,
             logs: raw
                 .log
                 .into_iter()

@@ -289,6 +289,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         );
     }
     start_sources(&config, &intake)?;
+    spawn_retention(Arc::clone(&store), config.retention);
     crate::events::spawn_webhooks(&events, config.webhooks.clone(), http_for_webhooks);
     let exit_intake = intake.clone();
     tokio::spawn(async move {
@@ -392,6 +393,34 @@ fn spawn_watchdog(
                 tracing::error!(
                     message = "Engine or store not responding; withholding the systemd watchdog."
                 );
+            }
+        }
+    });
+}
+
+/// Deletes faults that ended more than `retention` ago, now and then (a tenth of the retention,
+/// at most hourly), so the store does not grow without bound.
+fn spawn_retention(store: Arc<Store>, retention: std::time::Duration) {
+    let every = (retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    );
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let before = crate::fault::Timestamp::now()
+                .0
+                .saturating_sub(retention.as_millis() as u64);
+            match store.compact(crate::fault::Timestamp(before)).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    for _ in 0..removed {
+                        crate::metrics::metrics().inc("phoenix_faults_compacted_total", &[]);
+                    }
+                    tracing::info!(message = "Old faults compacted.", removed);
+                }
+                Err(error) => tracing::error!(message = "Compaction failed.", %error),
             }
         }
     });

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod approval;
 pub mod auth;
+pub mod backup;
 pub mod breaker;
 pub mod config;
 pub mod daemon;

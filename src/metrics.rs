@@ -72,6 +72,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Reports refused because an app had too many open faults.",
     ),
     (
+        "phoenix_faults_compacted_total",
+        "counter",
+        "Ended faults deleted after the retention period.",
+    ),
+    (
         "phoenix_open_faults",
         "gauge",
         "Faults not in a terminal state.",

@@ -627,6 +627,62 @@ impl Store {
         Ok(entries)
     }
 
+    /// Every key and value, read on the committer so that no write lands in the middle: a
+    /// consistent snapshot of the store while the daemon runs.
+    pub async fn snapshot(&self) -> Result<crate::backup::Entries, StoreError> {
+        self.commit(|w| {
+            w.tree
+                .iter()
+                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+                .collect()
+        })
+        .await
+    }
+
+    /// Replaces the whole store with `entries` (a snapshot). For `phoenix restore`, with the
+    /// daemon stopped.
+    pub async fn restore(&self, entries: crate::backup::Entries) -> Result<usize, StoreError> {
+        self.commit(move |w| {
+            for item in w.tree.iter() {
+                let (key, _) = item.map_err(io)?;
+                w.remove(&key);
+            }
+            let count = entries.len();
+            for (key, value) in entries {
+                w.put_raw(&key, &value);
+            }
+            Ok(count)
+        })
+        .await
+    }
+
+    /// Deletes faults that ended before `before` (with their history and indexes); returns how
+    /// many. Open faults are never touched.
+    pub async fn compact(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.commit(move |w| {
+            let mut removed = 0;
+            for item in w.tree.scan_prefix(b"f/") {
+                let (key, value) = item.map_err(io)?;
+                let fault: Fault = decode(&key, &value)?;
+                if fault.closed_at.is_none_or(|closed| closed >= before) {
+                    continue;
+                }
+                for entry in w.tree.scan_prefix(history_prefix(&fault.id)) {
+                    let (history_key, _) = entry.map_err(io)?;
+                    w.remove(&history_key);
+                }
+                let last_closed = last_closed_key(&fault.fingerprint);
+                if w.get::<String>(&last_closed)?.as_deref() == Some(fault.id.as_str()) {
+                    w.remove(&last_closed);
+                }
+                w.remove(&key);
+                removed += 1;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     /// Runs `change` on the record of `app`'s recent healing runs (start times, oldest first)
     /// atomically and stores it; for the per-app rate limit.
     pub async fn update_app_runs<T, F>(&self, app: &str, change: F) -> Result<T, StoreError>
