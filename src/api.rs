@@ -235,6 +235,7 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
         .route("/v1/approvals/{id}/reject", post(reject))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi))
         .route("/readyz", get(readyz))
         // After routing, so the middleware sees which route matched.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -1128,6 +1129,13 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiErro
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
+/// The API description (docs/openapi.json, compiled in; a test keeps it in step with the router).
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
@@ -1154,5 +1162,73 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "the store cannot be read",
         )
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// (method, path) of every route the router declares, read from this file's source.
+    fn router_routes() -> BTreeSet<(String, String)> {
+        let source = include_str!("api.rs");
+        let mut routes = BTreeSet::new();
+        for line in source
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(".route(\""))
+        {
+            let rest = &line[".route(\"".len()..];
+            let (path, handlers) = rest.split_once('"').unwrap_or_default();
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if handlers.contains(&format!(" {method}("))
+                    || handlers.contains(&format!(".{method}("))
+                {
+                    routes.insert((method.to_string(), path.to_string()));
+                }
+            }
+        }
+        routes
+    }
+
+    fn documented_routes() -> Vec<(String, String, serde_json::Value)> {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let mut routes = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                routes.push((method.clone(), path.clone(), operation.clone()));
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_router() {
+        let router = router_routes();
+        assert!(router.len() > 20, "parsed too few routes: {router:?}");
+        let documented: BTreeSet<(String, String)> = documented_routes()
+            .into_iter()
+            .map(|(m, p, _)| (m, p))
+            .collect();
+        assert_eq!(
+            documented, router,
+            "docs/openapi.json and the router differ"
+        );
+    }
+
+    #[test]
+    fn the_documented_roles_are_the_enforced_ones() {
+        for (method, path, operation) in documented_routes() {
+            let method: axum::http::Method = method.to_uppercase().parse().unwrap();
+            let enforced = match crate::auth::required_role(&method, &path) {
+                None => "public".to_string(),
+                Some(role) => serde_json::to_value(role)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            };
+            assert_eq!(operation["x-role"], enforced.as_str(), "{method} {path}");
+        }
     }
 }

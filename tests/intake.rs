@@ -219,6 +219,8 @@ fn shipped(dir: &str) -> u64 {
 async fn health_and_readiness_answer() {
     let env = Env::shipped();
     let daemon = env.start();
+    let (status, doc) = daemon.get("/v1/openapi.json").await;
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.0.3")));
     let (status, health) = daemon.get("/healthz").await;
     let client = phoenix::effects::http_client().unwrap();
     let own = client
