@@ -77,6 +77,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "Ended faults deleted after the retention period.",
     ),
     (
+        "phoenix_sandbox_fuel_used_total",
+        "counter",
+        "Fuel (about one unit per wasm instruction) used by patch runs.",
+    ),
+    (
         "phoenix_open_faults",
         "gauge",
         "Faults not in a terminal state.",
@@ -154,8 +159,13 @@ fn render_labels(labels: &[(&str, &str)]) -> String {
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1.0);
+    }
+
+    /// Adds `amount` to a counter.
+    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], amount: f64) {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        *counters.entry((name, render_labels(labels))).or_default() += 1.0;
+        *counters.entry((name, render_labels(labels))).or_default() += amount;
     }
 
     /// Records one observation in a histogram.

@@ -535,6 +535,11 @@ impl Sandbox {
             .instantiate(&mut store, &module)
             .and_then(|instance: Instance| instance.get_typed_func::<(), i32>(&mut store, "heal"))
             .and_then(|heal| heal.call(&mut store, ()));
+        // Fuel left tells how much the run used (also for runs that failed).
+        if let Ok(left) = store.get_fuel() {
+            let used = self.limits.fuel.saturating_sub(left) as f64;
+            crate::metrics::metrics().add("phoenix_sandbox_fuel_used_total", &[], used);
+        }
         let state = store.into_data();
         if let Some(failure) = state.failure {
             return Err(failure);
