@@ -314,6 +314,26 @@ fn rows(value: &Value, key: &str, columns: &[&str]) -> Vec<Vec<String>> {
         .unwrap_or_default()
 }
 
+/// Approves or rejects (`verb`) a fault's plan.
+async fn decide(
+    client: &Client,
+    fault_id: &str,
+    verb: &str,
+    by: String,
+    comment: String,
+) -> Result<(Value, String), Failure> {
+    let path = format!("/v1/approvals/{fault_id}/{verb}");
+    let answer = client
+        .post(&path, json!({ "by": by, "comment": comment }))
+        .await?;
+    let done = if verb == "approve" {
+        "approved"
+    } else {
+        "rejected"
+    };
+    Ok((answer, format!("{done} {fault_id}\n")))
+}
+
 async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, String), Failure> {
     Ok(match command {
         ClientCommand::Status => {
@@ -418,28 +438,12 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             fault_id,
             comment,
             by,
-        }) => {
-            let answer = client
-                .post(
-                    &format!("/v1/approvals/{fault_id}/approve"),
-                    json!({ "by": by, "comment": comment }),
-                )
-                .await?;
-            (answer, format!("approved {fault_id}\n"))
-        }
+        }) => decide(client, &fault_id, "approve", by, comment).await?,
         ClientCommand::Approvals(ApprovalsCommand::Reject {
             fault_id,
             comment,
             by,
-        }) => {
-            let answer = client
-                .post(
-                    &format!("/v1/approvals/{fault_id}/reject"),
-                    json!({ "by": by, "comment": comment }),
-                )
-                .await?;
-            (answer, format!("rejected {fault_id}\n"))
-        }
+        }) => decide(client, &fault_id, "reject", by, comment).await?,
         ClientCommand::Patches(PatchesCommand::List) => {
             let list = client.get("/v1/patches").await?;
             let columns = [

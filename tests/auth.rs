@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Daemon, Env, planner};
+use common::{Daemon, Env};
 use serde_json::json;
 
 const REPORTER: &str = "reporter-secret-for-web";
@@ -22,15 +22,7 @@ fn setup() -> Env {
         hash(APPROVER),
         hash(ADMIN)
     ));
-    env.patch(
-        "record",
-        &planner(&[r#"{"kind":"exec","command":"record"}"#]),
-        "",
-    );
-    env.policy(
-        "web",
-        "environment = \"production\"\n[match]\napp = \"web\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
-    );
+    env.production_web();
     env
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{DEADLINE, Env, planner};
+use common::{DEADLINE, Env};
 
 #[tokio::test]
 async fn backup_wipe_restore_gives_back_the_same_faults() {
@@ -71,15 +71,7 @@ async fn backup_wipe_restore_gives_back_the_same_faults() {
 async fn ended_faults_are_compacted_after_the_retention_period_and_open_ones_stay() {
     let env = Env::new();
     env.write_config("retention = \"1s\"");
-    env.patch(
-        "record",
-        &planner(&[r#"{"kind":"exec","command":"record"}"#]),
-        "",
-    );
-    env.policy(
-        "web",
-        "environment = \"production\"\n[match]\napp = \"web\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
-    );
+    env.production_web();
     let daemon = env.start();
     let ended = daemon.report_id(r#"{"app":"nobody","kind":"k"}"#).await;
     daemon.wait_terminal(&ended).await;

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Env, free_port, planner};
+use common::{Env, free_port};
 
 /// Runs `phoenix ARGS` against `addr`; returns (exit code, stdout, stderr).
 fn phoenix(addr: &str, args: &[&str]) -> (i32, String, String) {
@@ -25,15 +25,7 @@ fn phoenix(addr: &str, args: &[&str]) -> (i32, String, String) {
 #[tokio::test]
 async fn a_fault_is_reported_approved_and_followed_from_the_terminal() {
     let env = Env::new();
-    env.patch(
-        "record",
-        &planner(&[r#"{"kind":"exec","command":"record"}"#]),
-        "",
-    );
-    env.policy(
-        "web",
-        "environment = \"production\"\n[match]\napp = \"web\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
-    );
+    env.production_web();
     let daemon = env.start();
     let addr = daemon.addr.clone();
 

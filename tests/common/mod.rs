@@ -74,6 +74,20 @@ impl Env {
         );
     }
 
+    /// A `record` patch (plans `exec record`, a no-op `true`) and a production policy for app
+    /// `web` using it: every fault of `web` waits for approval.
+    pub fn production_web(&self) {
+        self.patch(
+            "record",
+            &planner(&[r#"{"kind":"exec","command":"record"}"#]),
+            "",
+        );
+        self.policy(
+            "web",
+            "environment = \"production\"\n[match]\napp = \"web\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
+        );
+    }
+
     pub fn start(&self) -> Daemon {
         Daemon::start(self.dir.path(), &[])
     }
