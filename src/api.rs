@@ -345,14 +345,7 @@ async fn report_fault(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let key = idempotency_key(&headers)?;
-    let report: Report = serde_json::from_slice(&body).map_err(|error| {
-        let code = if error.is_data() {
-            "invalid_report"
-        } else {
-            "invalid_json"
-        };
-        ApiError::bad_request(code, error.to_string())
-    })?;
+    let report: Report = parse_json(&body, "invalid_report")?;
     if !identity.may_see_app(&report.app) {
         let message = format!(
             "token `{}` may not report faults of app `{}`",
@@ -405,14 +398,7 @@ async fn alertmanager_webhook(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<alertmanager::Receipt>, ApiError> {
     let body = body.map_err(body_error)?;
-    let notification: Notification = serde_json::from_slice(&body).map_err(|error| {
-        let code = if error.is_data() {
-            "invalid_notification"
-        } else {
-            "invalid_json"
-        };
-        ApiError::bad_request(code, error.to_string())
-    })?;
+    let notification: Notification = parse_json(&body, "invalid_notification")?;
     let mut notification = notification;
     let mut out_of_scope = Vec::new();
     notification.alerts.retain(|alert| {
@@ -631,14 +617,7 @@ async fn decide(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use crate::approval::DecisionError;
     let body = body.map_err(body_error)?;
-    let input: DecisionIn = serde_json::from_slice(&body).map_err(|error| {
-        let code = if error.is_data() {
-            "invalid_decision"
-        } else {
-            "invalid_json"
-        };
-        ApiError::bad_request(code, error.to_string())
-    })?;
+    let input: DecisionIn = parse_json(&body, "invalid_decision")?;
     // With authentication on, the decision is the token holder's, whatever the body says.
     let by = if identity.authenticated {
         identity.name.clone()
@@ -731,14 +710,7 @@ async fn operate_breaker(
         )));
     }
     let body = body.map_err(body_error)?;
-    let input: OperatorIn = serde_json::from_slice(&body).map_err(|error| {
-        let code = if error.is_data() {
-            "invalid_request"
-        } else {
-            "invalid_json"
-        };
-        ApiError::bad_request(code, error.to_string())
-    })?;
+    let input: OperatorIn = parse_json(&body, "invalid_request")?;
     if input.by.trim().is_empty() || input.by.len() > 128 || input.reason.len() > 1024 {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -815,10 +787,18 @@ async fn event_stream(
 fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let body = body.map_err(body_error)?;
-    serde_json::from_slice(&body).map_err(|error| {
+    parse_json(&body.map_err(body_error)?, "invalid_request")
+}
+
+/// Parses JSON: malformed JSON is `invalid_json`; well-formed JSON of the wrong shape is
+/// `invalid_shape` (each route names its own, e.g. `invalid_report`).
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    invalid_shape: &'static str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
         let code = if error.is_data() {
-            "invalid_request"
+            invalid_shape
         } else {
             "invalid_json"
         };

@@ -314,6 +314,20 @@ fn rows(value: &Value, key: &str, columns: &[&str]) -> Vec<Vec<String>> {
         .unwrap_or_default()
 }
 
+/// GETs `path` and shows the array under `key` as a table of `columns` (header, JSON pointer).
+async fn listing(
+    client: &Client,
+    path: &str,
+    key: &str,
+    columns: &[(&str, &str)],
+) -> Result<(Value, String), Failure> {
+    let value = client.get(path).await?;
+    let headers: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
+    let pointers: Vec<&str> = columns.iter().map(|(_, pointer)| *pointer).collect();
+    let out = table(&headers, rows(&value, key, &pointers));
+    Ok((value, out))
+}
+
 /// Approves or rejects (`verb`) a fault's plan.
 async fn decide(
     client: &Client,
@@ -358,21 +372,16 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             if let Some(app) = app {
                 path.push_str(&format!("&app={app}"));
             }
-            let page = client.get(&path).await?;
             let columns = [
-                "/id",
-                "/state",
-                "/reason",
-                "/app",
-                "/kind",
-                "/occurrences",
-                "/last_seen",
+                ("ID", "/id"),
+                ("STATE", "/state"),
+                ("REASON", "/reason"),
+                ("APP", "/app"),
+                ("KIND", "/kind"),
+                ("COUNT", "/occurrences"),
+                ("LAST SEEN", "/last_seen"),
             ];
-            let out = table(
-                &["ID", "STATE", "REASON", "APP", "KIND", "COUNT", "LAST SEEN"],
-                rows(&page, "faults", &columns),
-            );
-            (page, out)
+            listing(client, &path, "faults", &columns).await?
         }
         ClientCommand::Faults(FaultsCommand::Show { id }) => {
             let fault = client.get(&format!("/v1/faults/{id}")).await?;
@@ -418,21 +427,16 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             (fault, out)
         }
         ClientCommand::Approvals(ApprovalsCommand::List) => {
-            let list = client.get("/v1/approvals").await?;
             let columns = [
-                "/fault_id",
-                "/app",
-                "/kind",
-                "/patch/name",
-                "/patch/version",
-                "/expires_at",
-                "/reason",
+                ("FAULT", "/fault_id"),
+                ("APP", "/app"),
+                ("KIND", "/kind"),
+                ("PATCH", "/patch/name"),
+                ("VERSION", "/patch/version"),
+                ("EXPIRES", "/expires_at"),
+                ("WHY", "/reason"),
             ];
-            let out = table(
-                &["FAULT", "APP", "KIND", "PATCH", "VERSION", "EXPIRES", "WHY"],
-                rows(&list, "approvals", &columns),
-            );
-            (list, out)
+            listing(client, "/v1/approvals", "approvals", &columns).await?
         }
         ClientCommand::Approvals(ApprovalsCommand::Approve {
             fault_id,
@@ -445,42 +449,25 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             by,
         }) => decide(client, &fault_id, "reject", by, comment).await?,
         ClientCommand::Patches(PatchesCommand::List) => {
-            let list = client.get("/v1/patches").await?;
             let columns = [
-                "/name",
-                "/active/version",
-                "/active/hash",
-                "/active/source",
-                "/active/usable",
+                ("NAME", "/name"),
+                ("ACTIVE", "/active/version"),
+                ("HASH", "/active/hash"),
+                ("SOURCE", "/active/source"),
+                ("USABLE", "/active/usable"),
             ];
-            let out = table(
-                &["NAME", "ACTIVE", "HASH", "SOURCE", "USABLE"],
-                rows(&list, "patches", &columns),
-            );
-            (list, out)
+            listing(client, "/v1/patches", "patches", &columns).await?
         }
         ClientCommand::Patches(PatchesCommand::Show { name }) => {
-            let patch = client.get(&format!("/v1/patches/{name}")).await?;
             let columns = [
-                "/version",
-                "/hash",
-                "/source",
-                "/registered_at",
-                "/usable",
-                "/active",
+                ("VERSION", "/version"),
+                ("HASH", "/hash"),
+                ("SOURCE", "/source"),
+                ("REGISTERED", "/registered_at"),
+                ("USABLE", "/usable"),
+                ("ACTIVE", "/active"),
             ];
-            let out = table(
-                &[
-                    "VERSION",
-                    "HASH",
-                    "SOURCE",
-                    "REGISTERED",
-                    "USABLE",
-                    "ACTIVE",
-                ],
-                rows(&patch, "versions", &columns),
-            );
-            (patch, out)
+            listing(client, &format!("/v1/patches/{name}"), "versions", &columns).await?
         }
         ClientCommand::Patches(PatchesCommand::Rollback {
             name,
@@ -498,12 +485,12 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             (answer, out)
         }
         ClientCommand::Breakers(BreakersCommand::List) => {
-            let list = client.get("/v1/breakers").await?;
-            let out = table(
-                &["NAME", "POSITION", "OPENED"],
-                rows(&list, "breakers", &["/name", "/position", "/opened_at"]),
-            );
-            (list, out)
+            let columns = [
+                ("NAME", "/name"),
+                ("POSITION", "/position"),
+                ("OPENED", "/opened_at"),
+            ];
+            listing(client, "/v1/breakers", "breakers", &columns).await?
         }
         ClientCommand::Breakers(BreakersCommand::Reset { name, reason, by }) => {
             let answer = client
@@ -561,13 +548,15 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             if let Some(after) = after {
                 path.push_str(&format!("&after={after}"));
             }
-            let log = client.get(&path).await?;
-            let columns = ["/seq", "/at", "/actor", "/action", "/target", "/detail"];
-            let out = table(
-                &["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
-                rows(&log, "entries", &columns),
-            );
-            (log, out)
+            let columns = [
+                ("SEQ", "/seq"),
+                ("AT", "/at"),
+                ("ACTOR", "/actor"),
+                ("ACTION", "/action"),
+                ("TARGET", "/target"),
+                ("DETAIL", "/detail"),
+            ];
+            listing(client, &path, "entries", &columns).await?
         }
     })
 }

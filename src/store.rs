@@ -202,6 +202,12 @@ fn fingerprint_key(fingerprint: &str) -> Vec<u8> {
     format!("fp/{fingerprint}").into_bytes()
 }
 
+/// The stored fault `id` (at `key`), or `NotFound`.
+fn existing_fault(w: &Writer<'_>, key: &[u8], id: &str) -> Result<Fault, StoreError> {
+    w.get(key)?
+        .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+}
+
 /// How many faults of `app` are open.
 fn open_count_key(app: &str) -> Vec<u8> {
     format!("oc/{app}").into_bytes()
@@ -482,9 +488,7 @@ impl Store {
         let id = id.to_owned();
         self.commit(move |w| {
             let key = fault_key(&id);
-            let mut fault: Fault = w
-                .get(&key)?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let mut fault = existing_fault(w, &key, &id)?;
             if fault.seq != expected_seq {
                 return Err(StoreError::Conflict {
                     id,
@@ -530,9 +534,7 @@ impl Store {
                 return Ok(None);
             };
             let key = fault_key(&id);
-            let mut fault: Fault = w
-                .get(&key)?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let mut fault = existing_fault(w, &key, &id)?;
             if fault.resolved_at.is_some() {
                 return Ok(Some(fault));
             }
@@ -563,9 +565,7 @@ impl Store {
         let id = id.to_owned();
         self.commit(move |w| {
             let key = fault_key(&id);
-            let mut fault: Fault = w
-                .get(&key)?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let mut fault = existing_fault(w, &key, &id)?;
             let detail = match change(&mut fault) {
                 Ok(detail) => detail,
                 Err(refusal) => return Ok(Err(refusal)),
