@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
-use crate::breaker::{Admission, BreakerConfig, WhenOpen};
+use crate::breaker::{Admission, BreakerConfig, Position, WhenOpen};
 use crate::effects::{Effects, FaultEnv};
 use crate::fault::{ApprovalRequest, FailReason, Fault, FaultState, Rollback, Run, Timestamp};
 use crate::machine::{self, Event, IllegalTransition};
@@ -257,6 +257,15 @@ impl Engine {
             (format!("policy:{}", policy.name), policy.breaker.clone()),
         ];
         for (name, config) in checks {
+            // A closed breaker (the usual case) admits without changing: no write, no flush.
+            let closed = self
+                .parts
+                .store
+                .breaker(&name)?
+                .is_none_or(|b| b.position == Position::Closed);
+            if closed {
+                continue;
+            }
             let id = fault.to_owned();
             let admission = self
                 .parts

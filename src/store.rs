@@ -719,6 +719,11 @@ impl Store {
         .await
     }
 
+    /// The breaker `name`, if it has recorded anything.
+    pub fn breaker(&self, name: &str) -> Result<Option<Breaker>, StoreError> {
+        get(&self.db, format!("br/{name}").as_bytes())
+    }
+
     /// Every breaker that has recorded something, by name.
     pub fn breakers(&self) -> Result<Vec<Breaker>, StoreError> {
         scan(&self.db, b"br/")

@@ -99,19 +99,29 @@ async fn ended_faults_are_compacted_after_the_retention_period_and_open_ones_sta
         "awaiting_approval",
         "open faults stay"
     );
-    let metrics = phoenix::effects::http_client()
-        .unwrap()
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
+    // The fault disappears as the compaction's batch is applied; the counter follows once that
+    // batch is flushed: poll for it.
+    let client = phoenix::effects::http_client().unwrap();
+    let started = Instant::now();
+    loop {
+        let metrics = client
+            .get(daemon.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
             .lines()
-            .any(|l| l == "phoenix_faults_compacted_total 1"),
-        "{metrics}"
-    );
+            .any(|l| l == "phoenix_faults_compacted_total 1")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "compaction never counted:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
