@@ -67,6 +67,19 @@ pub struct FaultEnv {
     pub id: String,
     pub app: String,
     pub kind: String,
+    /// Which patch attempt of the fault this is (1 for the first).
+    pub attempt: u32,
+}
+
+impl FaultEnv {
+    pub fn of(fault: &crate::fault::Fault) -> FaultEnv {
+        FaultEnv {
+            id: fault.id.clone(),
+            app: fault.app.clone(),
+            kind: fault.kind.clone(),
+            attempt: fault.attempts,
+        }
+    }
 }
 
 /// Carries out actions.
@@ -330,7 +343,8 @@ pub async fn run_command(
         command
             .env("PHOENIX_FAULT_ID", &fault.id)
             .env("PHOENIX_APP", &fault.app)
-            .env("PHOENIX_KIND", &fault.kind);
+            .env("PHOENIX_KIND", &fault.kind)
+            .env("PHOENIX_ATTEMPT", fault.attempt.to_string());
     }
     let mut child = command
         .spawn()
@@ -407,6 +421,7 @@ mod tests {
             id: "F1".into(),
             app: "demo".into(),
             kind: "disk_full".into(),
+            attempt: 1,
         }
     }
 

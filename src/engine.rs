@@ -695,11 +695,7 @@ impl Engine {
                 .transition(&fault, Event::Applied, detail, |_| {})
                 .await;
         }
-        let env = FaultEnv {
-            id: fault.id.clone(),
-            app: fault.app.clone(),
-            kind: fault.kind.clone(),
-        };
+        let env = FaultEnv::of(&fault);
         let caps = &run.policy_snapshot.capabilities;
         let mut fault = fault;
         for index in run.actions_done as usize..total {
@@ -876,11 +872,7 @@ impl Engine {
                 .await;
         };
         let policy = &run.policy_snapshot;
-        let env = FaultEnv {
-            id: fault.id.clone(),
-            app: fault.app.clone(),
-            kind: fault.kind.clone(),
-        };
+        let env = FaultEnv::of(&fault);
         let outcome = if policy.verify.supervised {
             let (within, interval) = (policy.verify.within, policy.verify.interval);
             let supervisor = &self.parts.supervisor;

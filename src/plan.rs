@@ -179,27 +179,32 @@ pub fn writable_target(path: &str, caps: &Capabilities, base: &Path) -> Option<P
         .then_some(target)
 }
 
-/// A URL is under a prefix when it starts with it and, past the prefix, has no path segment
-/// that could climb back out (`..`, or its percent-encoded forms) and no characters that a
-/// client might interpret differently (backslash, whitespace, control characters).
+/// A URL is under a prefix when, both parsed the way an HTTP client parses them (WHATWG: dot
+/// segments, also percent-encoded ones, resolved; scheme and host lower-cased), the URL starts
+/// with the prefix. Refused outright: user info (`http://allowed@elsewhere/`), encoded slashes
+/// or backslashes (`%2f`, `%5c`, which some servers decode into path separators), and
+/// whitespace, control characters or backslashes anywhere.
 fn url_under_prefix(url: &str, prefix: &str) -> bool {
-    let Some(rest) = url.strip_prefix(prefix) else {
-        return false;
-    };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return false;
-    }
     if url
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
     {
         return false;
     }
-    let lowered = rest.to_ascii_lowercase();
-    let path = lowered.split(['?', '#']).next().unwrap_or_default();
-    !path
-        .split('/')
-        .any(|segment| matches!(segment, ".." | "%2e%2e" | ".%2e" | "%2e."))
+    let (Ok(parsed), Ok(prefix)) = (reqwest::Url::parse(url), reqwest::Url::parse(prefix)) else {
+        return false;
+    };
+    if !matches!(parsed.scheme(), "http" | "https")
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+    {
+        return false;
+    }
+    let path = parsed.path().to_ascii_lowercase();
+    if path.contains("%2f") || path.contains("%5c") {
+        return false;
+    }
+    parsed.as_str().starts_with(prefix.as_str())
 }
 
 #[cfg(test)]
@@ -266,6 +271,22 @@ mod tests {
     }
 
     #[test]
+    fn urls_under_the_prefix_are_allowed_also_when_spelled_differently() {
+        for url in [
+            "http://127.0.0.1:9000/admin/restart",
+            "HTTP://127.0.0.1:9000/admin/restart?now=1",
+            "http://127.0.0.1:9000/admin/a/../b",
+            "http://127.0.0.1:9000/admin/./x",
+        ] {
+            assert_eq!(
+                check(&[http(url)], &caps(), Path::new("/")),
+                Ok(()),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
     fn urls_outside_the_prefix_are_denied() {
         for url in [
             "http://127.0.0.1:9000/other",
@@ -275,6 +296,17 @@ mod tests {
             "http://127.0.0.1:9000/admin/a\\..\\b",
             "http://127.0.0.1:90000/admin/x",
             "http://127.0.0.1:9000.evil.com/admin/x",
+            "http://127.0.0.1:9000/admin/x/../../secret",
+            "http://127.0.0.1:9000/admin/.%2e/secret",
+            "http://127.0.0.1:9000/admin/%2e./secret",
+            "http://127.0.0.1:9000/admin/..%2fsecret",
+            "http://127.0.0.1:9000/admin/%2F..%2Fsecret",
+            "http://127.0.0.1:9000/admin/%5c..%5csecret",
+            "http://127.0.0.1:9000@evil.example/admin/x",
+            "http://user:pw@127.0.0.1:9000/admin/x",
+            "ftp://127.0.0.1:9000/admin/x",
+            "http://127.0.0.1:9000/admin/ x",
+            "not a url",
         ] {
             assert!(
                 matches!(

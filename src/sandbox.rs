@@ -8,7 +8,10 @@
 //!   `out`, at most `out_cap` bytes; returns the field's full length, or -1 if it has no value.
 //! - `action(ptr, len) -> i32`: appends one action, as JSON (`{"kind":"exec","command":"x"}`), to
 //!   the plan; returns 0. A malformed action or one past the plan limits ends the run.
-//! - `log(ptr, len)`: a line for phoenix's log (the first 32 lines of a run).
+//! - `log(ptr, len)`: a line for phoenix's log (the first 32 lines of a run, 1 KiB each).
+//!
+//! Pointers and lengths must lie inside the module's memory (else `bad_pointer`), and each host
+//! call costs fuel: 100 units plus one per byte copied.
 //!
 //! The module must export `memory` and `heal: () -> i32` (0 means "plan ready"). Each run gets a
 //! fresh store with a fuel budget, a wall-clock deadline (epoch interruption), and memory and
@@ -243,15 +246,40 @@ fn fail(caller: &mut Caller<'_, HostState>, failure: RunError) -> wasmtime::Erro
     wasmtime::Error::msg(message)
 }
 
-fn read_bytes(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+/// Fuel a host call costs: a base plus one unit per byte it copies, so that a loop of cheap
+/// wasm instructions cannot make the host do unbounded work outside the fuel budget.
+const HOST_CALL_FUEL: u64 = 100;
+
+fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> wasmtime::Result<()> {
+    let cost = HOST_CALL_FUEL.saturating_add(bytes as u64);
+    let left = caller.get_fuel().unwrap_or(0);
+    if left < cost {
+        let _ = caller.set_fuel(0);
+        return Err(fail(caller, RunError::OutOfFuel));
+    }
+    caller.set_fuel(left - cost)?;
+    Ok(())
+}
+
+/// Copies out `len` bytes at `ptr` (at most `keep` of them); the whole range must be inside the
+/// module's memory.
+fn read_bytes(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    keep: usize,
+) -> wasmtime::Result<Vec<u8>> {
     let Some(memory) = memory_of(caller) else {
         return Err(fail(caller, RunError::BadPointer));
     };
     let data = memory.data(&*caller);
-    match bounds(data, ptr, len) {
-        Some(range) => Ok(data[range].to_vec()),
-        None => Err(fail(caller, RunError::BadPointer)),
-    }
+    let Some(range) = bounds(data, ptr, len) else {
+        return Err(fail(caller, RunError::BadPointer));
+    };
+    let end = range.end.min(range.start.saturating_add(keep));
+    let bytes = data[range.start..end].to_vec();
+    charge(caller, bytes.len())?;
+    Ok(bytes)
 }
 
 fn host_fault_get(
@@ -261,7 +289,7 @@ fn host_fault_get(
     out_ptr: i32,
     out_cap: i32,
 ) -> wasmtime::Result<i32> {
-    let key = read_bytes(&mut caller, key_ptr, key_len)?;
+    let key = read_bytes(&mut caller, key_ptr, key_len, usize::MAX)?;
     let key = String::from_utf8_lossy(&key);
     let Some(value) = caller.data().fault.get(key.as_ref()).cloned() else {
         return Ok(-1);
@@ -269,12 +297,15 @@ fn host_fault_get(
     let Some(memory) = memory_of(&mut caller) else {
         return Err(fail(&mut caller, RunError::BadPointer));
     };
-    let copy = value.len().min(usize::try_from(out_cap).unwrap_or(0));
+    // The whole output buffer the module declared must be its own memory, not just the part
+    // this value happens to fill.
     let data = memory.data_mut(&mut caller);
-    let Some(range) = bounds(data, out_ptr, i32::try_from(copy).unwrap_or(i32::MAX)) else {
+    let Some(range) = bounds(data, out_ptr, out_cap) else {
         return Err(fail(&mut caller, RunError::BadPointer));
     };
-    data[range].copy_from_slice(&value.as_bytes()[..copy]);
+    let copy = value.len().min(range.len());
+    data[range.start..range.start + copy].copy_from_slice(&value.as_bytes()[..copy]);
+    charge(&mut caller, copy)?;
     Ok(i32::try_from(value.len()).unwrap_or(i32::MAX))
 }
 
@@ -296,7 +327,7 @@ fn host_action(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtim
             },
         ));
     }
-    let bytes = read_bytes(&mut caller, ptr, len)?;
+    let bytes = read_bytes(&mut caller, ptr, len, usize::MAX)?;
     match serde_json::from_slice::<Action>(&bytes) {
         Ok(action) => {
             caller.data_mut().plan.push(action);
@@ -307,8 +338,8 @@ fn host_action(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtim
 }
 
 fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<()> {
-    let len = len.clamp(0, 1024);
-    let bytes = read_bytes(&mut caller, ptr, len)?;
+    // The line must lie in the module's memory; only its first KiB is kept.
+    let bytes = read_bytes(&mut caller, ptr, len, 1024)?;
     let state = caller.data_mut();
     state.log_lines += 1;
     if state.log_lines <= 32 {

@@ -447,3 +447,13 @@ pub fn states(fault: &Value) -> Vec<String> {
     }
     seen
 }
+
+/// Keeps `contents` as a test artifact in `target/test-artifacts/NAME` (CI prints or keeps them);
+/// returns its path.
+pub fn artifact(name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}

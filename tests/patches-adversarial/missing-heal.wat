@@ -1,0 +1,3 @@
+;; Exports no heal function.
+;; expect: patch_rejected heal
+(module (memory (export "memory") 1))

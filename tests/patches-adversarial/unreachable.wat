@@ -1,0 +1,7 @@
+;; Traps.
+;; expect: sandbox_error trap
+(module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+  (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
+  (import "phoenix" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "heal") (result i32) (unreachable)))

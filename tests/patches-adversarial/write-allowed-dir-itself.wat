@@ -1,0 +1,9 @@
+;; Targets the allowed directory itself, not a file under it.
+;; expect: capability_denied not under a writable directory
+(module
+  (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{\"kind\":\"write_file\",\"path\":\"allowed\",\"content\":\"x\"}")
+  (func (export "heal") (result i32)
+    (drop (call $action (i32.const 0) (i32.const 52)))
+    (i32.const 0)))
