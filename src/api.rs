@@ -114,6 +114,13 @@ impl From<StoreError> for ApiError {
                     error.to_string(),
                 )
             }
+            StoreError::DiskFull(detail) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                format!(
+                    "phoenix's data dir is out of space ({detail}); nothing was recorded: free space and retry"
+                ),
+            ),
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
@@ -1126,7 +1133,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    if state.store.is_healthy() {
+    let problem = state.store.problem();
+    if problem.is_none() {
         Json(serde_json::json!({
             "status": "ready",
             "policies": readiness.policies,
@@ -1139,7 +1147,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
-            "the store cannot be read",
+            format!(
+                "the store cannot take writes: {}",
+                problem.unwrap_or_default()
+            ),
         )
         .into_response()
     }

@@ -27,6 +27,7 @@ struct RawConfig {
     workers: usize,
     max_body_bytes: usize,
     store_cache_bytes: u64,
+    min_free_bytes: u64,
     sandbox: Limits,
     alertmanager: AlertmanagerConfig,
     probe: Vec<ProbeConfig>,
@@ -71,6 +72,7 @@ impl Default for RawConfig {
             workers: 16,
             max_body_bytes: 64 << 10,
             store_cache_bytes: 32 << 20,
+            min_free_bytes: 64 << 20,
             sandbox: Limits::default(),
             alertmanager: AlertmanagerConfig::default(),
             probe: Vec::new(),
@@ -107,6 +109,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// sled page cache size.
     pub store_cache_bytes: u64,
+    /// Below this much free space in the data dir, new reports are refused (507) so that the
+    /// store never runs into a full disk.
+    pub min_free_bytes: u64,
     pub sandbox: Limits,
     /// Which alert labels name a fault's app and kind.
     pub alertmanager: AlertmanagerConfig,
@@ -269,6 +274,7 @@ impl Config {
             workers: raw.workers,
             max_body_bytes: raw.max_body_bytes,
             store_cache_bytes: raw.store_cache_bytes,
+            min_free_bytes: raw.min_free_bytes,
             sandbox: raw.sandbox,
             alertmanager: raw.alertmanager,
             probes: raw.probe,

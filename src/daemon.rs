@@ -59,7 +59,15 @@ pub enum DaemonError {
         what: String,
         source: std::io::Error,
     },
+    /// phoenix stopped on purpose to be started again (e.g. to reopen its store once a full
+    /// disk has room again). Exit status 75 (EX_TEMPFAIL): systemd's `Restart=on-failure`
+    /// starts it again.
+    #[error("restart needed: {0}")]
+    RestartNeeded(String),
 }
+
+/// Exit status asking the service manager for a restart: sysexits' EX_TEMPFAIL.
+pub const EXIT_RESTART: u8 = 75;
 
 fn list<E: std::fmt::Display>(errors: &[E]) -> String {
     errors
@@ -76,6 +84,7 @@ impl DaemonError {
             DaemonError::Config(_) | DaemonError::Policies(_) | DaemonError::Patches(_) => {
                 EXIT_USAGE
             }
+            DaemonError::RestartNeeded(_) => EXIT_RESTART,
             _ => 1,
         }
     }
@@ -211,7 +220,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let store = Arc::new(
         Store::open(&store_path, config.store_cache_bytes)
             .map_err(store_error)?
-            .limit_open_faults(config.max_open_faults_per_app),
+            .limit_open_faults(config.max_open_faults_per_app)
+            .keep_free(config.min_free_bytes),
     );
     let sandbox = Arc::new(Sandbox::new(
         config.sandbox.clone(),
@@ -330,8 +340,21 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Some(interval) = crate::notify::watchdog_interval() {
         spawn_watchdog(interval, engine_watch, Arc::clone(&inputs.store));
     }
+    let (restart_tx, restart_rx) = tokio::sync::oneshot::channel::<String>();
+    spawn_full_disk_watch(Arc::clone(&inputs.store), restart_tx);
+    let restart = Arc::new(std::sync::Mutex::new(None::<String>));
+    let restart_reason = Arc::clone(&restart);
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            Ok(reason) = restart_rx => {
+                tracing::warn!(message = "Restarting.", %reason);
+                *restart_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            }
+        }
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .map_err(|source| DaemonError::Io {
             what: "HTTP server".into(),
@@ -341,7 +364,28 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!(message = "Stopping supervised programs.");
     supervisor.shutdown().await;
     tracing::info!(message = "phoenix stopped; open faults resume at the next start.");
-    Ok(())
+    match restart.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(reason) => Err(DaemonError::RestartNeeded(reason)),
+        None => Ok(()),
+    }
+}
+
+/// While the data dir is full, phoenix serves reads and refuses writes (507). Once it has room
+/// again the store must be reopened, which sled allows only in a new process: ask for a
+/// restart (see [`Store::recovered_from_full_disk`]).
+fn spawn_full_disk_watch(store: Arc<Store>, restart: tokio::sync::oneshot::Sender<String>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            ticker.tick().await;
+            if store.recovered_from_full_disk() {
+                let _ = restart.send(
+                    "the data dir has room again after it ran full; the store is reopened at the next start".into(),
+                );
+                return;
+            }
+        }
+    });
 }
 
 /// Starts the detection sources of the config (probes, log watches).
@@ -387,7 +431,7 @@ fn spawn_watchdog(
         let mut ticker = tokio::time::interval(interval);
         loop {
             ticker.tick().await;
-            if engine.alive(interval).await && store.is_healthy() {
+            if engine.alive(interval).await && store.is_readable() {
                 crate::notify::notify("WATCHDOG=1");
             } else {
                 tracing::error!(

@@ -20,8 +20,6 @@ use crate::supervisor::{Supervisor, signal_by_name};
 
 /// Output kept from a command, per stream.
 const OUTPUT_LIMIT: usize = 2048;
-/// Timeout of an `http` action.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an action failed.
 #[derive(Debug, thiserror::Error)]
@@ -172,17 +170,20 @@ impl Effects {
             } => {
                 let method = reqwest::Method::from_bytes(method.as_bytes())
                     .map_err(|e| EffectError::NotAllowed(format!("method {method}: {e}")))?;
-                let mut request = self.http.request(method, url).timeout(HTTP_TIMEOUT);
+                let mut request = self.http.request(method, url).timeout(caps.http_timeout);
                 for (name, value) in headers {
                     request = request.header(name, value);
                 }
                 if let Some(body) = body {
                     request = request.body(body.clone());
                 }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| EffectError::Http(e.to_string()))?;
+                let response = request.send().await.map_err(|e| {
+                    EffectError::Http(if e.is_timeout() {
+                        format!("{url}: timed out after {:?}", caps.http_timeout)
+                    } else {
+                        format!("{url}: {e}")
+                    })
+                })?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(format!("HTTP {}", status.as_u16()))
@@ -322,7 +323,14 @@ fn replace_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Res
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Runs `argv` in `work_dir` with stdin closed, killing it after `timeout`. Returns its trimmed,
+/// The variables of phoenix's environment that commands inherit; everything else is dropped.
+const COMMAND_ENV: [&str; 8] = [
+    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR",
+];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs `argv` in `work_dir` with stdin closed, killing it (its whole process group) after
+/// `timeout`. Returns its trimmed,
 /// truncated stdout (None when empty) on exit status 0.
 pub async fn run_command(
     argv: &[String],
@@ -338,7 +346,19 @@ pub async fn run_command(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        // Its own process group, so that a timeout stops everything it started.
+        .process_group(0)
+        .kill_on_drop(true)
+        // Not phoenix's environment (tokens, NOTIFY_SOCKET…): only the basics a command needs.
+        .env_clear()
+        .envs(
+            COMMAND_ENV
+                .iter()
+                .filter_map(|name| Some((*name, std::env::var_os(name)?))),
+        );
+    if std::env::var_os("PATH").is_none() {
+        command.env("PATH", DEFAULT_PATH);
+    }
     if let Some(fault) = fault {
         command
             .env("PHOENIX_FAULT_ID", &fault.id)
@@ -349,6 +369,9 @@ pub async fn run_command(
     let mut child = command
         .spawn()
         .map_err(|source| EffectError::Spawn { program, source })?;
+    let group = child
+        .id()
+        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let run = async {
@@ -358,8 +381,14 @@ pub async fn run_command(
     };
     let (out, err, status) = match tokio::time::timeout(timeout, run).await {
         Ok(result) => result,
-        // Dropping the future drops the child handle, whose kill_on_drop kills it.
-        Err(_) => return Err(EffectError::Timeout(timeout)),
+        Err(_) => {
+            // The whole group: a shell's children would otherwise live on. (Dropping the child
+            // handle also kills and reaps the direct child.)
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            return Err(EffectError::Timeout(timeout));
+        }
     };
     let status = status.map_err(|e| EffectError::Failed {
         status: "unknown".into(),

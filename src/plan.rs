@@ -226,7 +226,7 @@ mod tests {
             commands,
             http_prefixes: vec!["http://127.0.0.1:9000/admin/".into()],
             programs: vec!["web".into()],
-            writable_dirs: Vec::new(),
+            ..Capabilities::default()
         }
     }
 

@@ -134,7 +134,7 @@ pub struct PatchRef {
 }
 
 /// What a patch's plan may do under this policy. Anything not listed is denied.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// Named commands with a fixed argv; a plan refers to them by name only.
@@ -151,6 +151,25 @@ pub struct Capabilities {
     /// supervised program.
     #[serde(default)]
     pub programs: Vec<String>,
+    /// How long an `http` action may take, connecting included. Default 10s.
+    #[serde(default = "default_http_timeout", with = "duration")]
+    pub http_timeout: Duration,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Capabilities {
+    fn default() -> Capabilities {
+        Capabilities {
+            commands: BTreeMap::new(),
+            http_prefixes: Vec::new(),
+            writable_dirs: Vec::new(),
+            programs: Vec::new(),
+            http_timeout: default_http_timeout(),
+        }
+    }
 }
 
 impl Capabilities {

@@ -61,14 +61,36 @@ pub enum StoreError {
     /// The app already has as many open faults as allowed; the report was not stored.
     #[error("app `{app}` already has {limit} open faults")]
     TooManyOpen { app: String, limit: u64 },
+    /// The data dir's file system is full: the write was not made durable.
+    #[error("the data dir is out of space: {0}")]
+    DiskFull(String),
     /// The committer thread is gone (the daemon is shutting down).
     #[error("store is closed")]
     Closed,
 }
 
 fn io(error: sled::Error) -> StoreError {
-    StoreError::Io(error.to_string())
+    match &error {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded =>
+        {
+            StoreError::DiskFull(io.to_string())
+        }
+        _ => StoreError::Io(error.to_string()),
+    }
 }
+
+/// What the committer shares with readers: how many flushes it made, and why the last one
+/// failed (cleared by the next that succeeds).
+#[derive(Default)]
+struct Commits {
+    flushes: AtomicU64,
+    failure: std::sync::Mutex<Option<StoreError>>,
+}
+
+/// Free space the data dir needs before a store that hit a full disk is worth reopening.
+const REOPEN_FREE_BYTES: u64 = 4 << 20;
 
 /// What an idempotent request returned the first time; replayed for the same key and body.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -287,7 +309,9 @@ pub struct Store {
     max_open_per_app: u64,
     db: sled::Db,
     jobs: mpsc::Sender<Job>,
-    flushes: Arc<AtomicU64>,
+    commits: Arc<Commits>,
+    dir: std::path::PathBuf,
+    min_free_bytes: u64,
 }
 
 impl Store {
@@ -324,18 +348,47 @@ impl Store {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let tree: sled::Tree = (*db).clone();
         let flusher = db.clone();
-        let flushes = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&flushes);
+        let commits = Arc::new(Commits::default());
+        let shared = Arc::clone(&commits);
         thread::Builder::new()
             .name("phoenix-store-commit".into())
-            .spawn(move || commit_loop(&flusher, &tree, &receiver, &counter))
+            .spawn(move || commit_loop(&flusher, &tree, &receiver, &shared))
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
         Ok(Store {
             max_open_per_app: u64::MAX,
             db,
             jobs,
-            flushes,
+            commits,
+            dir: dir.to_owned(),
+            min_free_bytes: 0,
         })
+    }
+
+    /// Refuses new reports while the data dir has less than `bytes` free: a disk that fills up
+    /// then stops phoenix's intake, not its store (sled takes no writes at all after a flush
+    /// fails for lack of space). Healing runs in flight keep writing into the reserve.
+    pub fn keep_free(mut self, bytes: u64) -> Store {
+        self.min_free_bytes = bytes;
+        self
+    }
+
+    /// Err when the data dir has less free space than [`Store::keep_free`] asks for.
+    fn check_free_space(&self) -> Result<(), StoreError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let Ok(fs) = rustix::fs::statvfs(&self.dir) else {
+            return Ok(()); // Unknown: let the write itself tell.
+        };
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free < self.min_free_bytes {
+            return Err(StoreError::DiskFull(format!(
+                "{} KiB free, below min_free_bytes ({} KiB)",
+                free >> 10,
+                self.min_free_bytes >> 10
+            )));
+        }
+        Ok(())
     }
 
     /// Caps the open faults of each app (a flood of distinct reports cannot grow without bound).
@@ -381,6 +434,7 @@ impl Store {
         source: Source,
         idempotency: Option<(String, String)>,
     ) -> Result<Reported, StoreError> {
+        self.check_free_space()?;
         let db = self.db.clone();
         let max_open = self.max_open_per_app;
         self.commit(move |w| {
@@ -879,16 +933,51 @@ impl Store {
 
     /// How many group flushes the committer has made (each serves every write of its group).
     pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.commits.flushes.load(Ordering::Relaxed)
     }
 
-    /// True when the store can still be read (used by `/readyz`).
-    pub fn is_healthy(&self) -> bool {
+    /// True when the store can still be read (the watchdog's test: a full disk is not a reason
+    /// for systemd to restart phoenix, a store that cannot be read is).
+    pub fn is_readable(&self) -> bool {
         self.db.get(b"f/").is_ok()
+    }
+
+    /// Why the store cannot take writes now (the last flush failed, or it cannot be read), for
+    /// `/readyz`; None when it is healthy.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(failure) = &*self
+            .commits
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            return Some(failure.to_string());
+        }
+        if let Err(low) = self.check_free_space() {
+            return Some(format!("{low}; new reports are refused"));
+        }
+        self.db.get(b"f/").err().map(|e| io(e).to_string())
+    }
+
+    /// True when a flush failed for lack of space and the data dir has room again. sled fails
+    /// every write after such a failure until it is opened anew, and cannot be reopened inside
+    /// the process that hit it; so phoenix restarts (see `daemon::serve`): the store then
+    /// recovers to its last durable state, which holds everything acknowledged.
+    pub fn recovered_from_full_disk(&self) -> bool {
+        let full = matches!(
+            &*self
+                .commits
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            Some(StoreError::DiskFull(_))
+        );
+        full && rustix::fs::statvfs(&self.dir)
+            .is_ok_and(|fs| fs.f_bavail.saturating_mul(fs.f_frsize) >= REOPEN_FREE_BYTES)
     }
 }
 
-fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, flushes: &AtomicU64) {
+fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, commits: &Commits) {
     while let Ok(first) = jobs.recv() {
         let mut completions = vec![first(tree)];
         while completions.len() < MAX_GROUP {
@@ -903,10 +992,11 @@ fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, flu
             "phoenix_store_flush_seconds",
             started.elapsed().as_secs_f64(),
         );
-        flushes.fetch_add(1, Ordering::Relaxed);
+        commits.flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = &flushed {
             tracing::error!(message = "Store flush failed; writes not acknowledged.", %error);
         }
+        *commits.failure.lock().unwrap_or_else(|p| p.into_inner()) = flushed.clone().err();
         for complete in completions {
             complete(flushed.clone());
         }

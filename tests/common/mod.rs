@@ -323,6 +323,22 @@ impl Daemon {
         assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
     }
 
+    /// Waits (bounded) for phoenix to exit on its own; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "phoenix did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
