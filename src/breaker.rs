@@ -9,12 +9,12 @@
 //!
 //! Pure: the store runs these methods atomically on the persisted record.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::fault::Timestamp;
+use crate::window::WindowCounts;
 
 /// Breaker settings (`[breaker]` in a policy, and in the config for the global one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,8 +90,10 @@ pub struct Change {
 pub struct Breaker {
     pub name: String,
     pub position: Position,
-    /// Recent outcomes: (when, succeeded).
-    pub outcomes: VecDeque<(Timestamp, bool)>,
+    /// Attempts and failures in the window. (Records written before 0.1 kept an `outcomes`
+    /// list instead; it is ignored, and the counts start empty.)
+    #[serde(default)]
+    pub recent: WindowCounts,
     pub opened_at: Option<Timestamp>,
     /// The fault allowed through while half-open, and when.
     pub trial: Option<(String, Timestamp)>,
@@ -117,7 +119,7 @@ impl Breaker {
         Breaker {
             name: name.to_owned(),
             position: Position::Closed,
-            outcomes: VecDeque::new(),
+            recent: WindowCounts::default(),
             opened_at: None,
             trial: None,
             changes: Vec::new(),
@@ -134,13 +136,6 @@ impl Breaker {
         });
         if self.changes.len() > AUDIT_LEN {
             self.changes.remove(0);
-        }
-    }
-
-    fn prune(&mut self, now: Timestamp, config: &BreakerConfig) {
-        let horizon = now.0.saturating_sub(config.window.as_millis() as u64);
-        while self.outcomes.front().is_some_and(|(at, _)| at.0 < horizon) {
-            self.outcomes.pop_front();
         }
     }
 
@@ -190,7 +185,7 @@ impl Breaker {
         {
             self.trial = None;
             if succeeded {
-                self.outcomes.clear();
+                self.recent.clear();
                 self.opened_at = None;
                 self.change(
                     now,
@@ -209,14 +204,13 @@ impl Breaker {
             }
             return;
         }
-        self.outcomes.push_back((now, succeeded));
-        self.prune(now, config);
+        self.recent.add(now, config.window, succeeded);
         if self.position != Position::Closed {
             return;
         }
-        let total = self.outcomes.len();
-        let failures = self.outcomes.iter().filter(|(_, ok)| !ok).count();
-        if total >= config.min_attempts as usize
+        let total = self.recent.attempts();
+        let failures = self.recent.failures();
+        if total >= u64::from(config.min_attempts)
             && failures as f64 >= config.failure_rate * total as f64
         {
             self.opened_at = Some(now);
@@ -239,7 +233,7 @@ impl Breaker {
 
     /// An operator closes the breaker and forgets its outcomes.
     pub fn reset(&mut self, by: &str, reason: &str, now: Timestamp) {
-        self.outcomes.clear();
+        self.recent.clear();
         self.opened_at = None;
         self.trial = None;
         self.change(

@@ -230,18 +230,15 @@ impl Engine {
             .parts
             .store
             .update_app_runs(app, move |runs| {
-                let horizon = now.0.saturating_sub(limit.window.as_millis() as u64);
-                while runs.front().is_some_and(|t| t.0 < horizon) {
-                    runs.pop_front();
-                }
-                if runs.len() >= limit.runs_per_app as usize {
+                runs.prune(now, limit.window);
+                if runs.attempts() >= u64::from(limit.runs_per_app) {
                     return Some(format!(
                         "app `{app_name}` already had {} healing runs in the last {}",
-                        runs.len(),
+                        runs.attempts(),
                         humantime::format_duration(limit.window)
                     ));
                 }
-                runs.push_back(now);
+                runs.add(now, limit.window, true);
                 None
             })
             .await?;

@@ -28,3 +28,4 @@ pub mod store;
 pub mod supervisor;
 pub mod verify;
 pub mod watch;
+pub mod window;

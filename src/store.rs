@@ -737,14 +737,15 @@ impl Store {
         .await
     }
 
-    /// Runs `change` on the record of `app`'s recent healing runs (start times, oldest first)
-    /// atomically and stores it; for the per-app rate limit.
+    /// Runs `change` on the counts of `app`'s recent healing runs atomically and stores them;
+    /// for the per-app rate limit. (Key `rw/`: the `rl/` records of earlier versions, one entry
+    /// per run, are no longer read.)
     pub async fn update_app_runs<T, F>(&self, app: &str, change: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut std::collections::VecDeque<Timestamp>) -> T + Send + 'static,
+        F: FnOnce(&mut crate::window::WindowCounts) -> T + Send + 'static,
     {
-        let key = format!("rl/{app}").into_bytes();
+        let key = format!("rw/{app}").into_bytes();
         self.commit(move |w| {
             let mut runs = w.get(&key)?.unwrap_or_default();
             let result = change(&mut runs);
