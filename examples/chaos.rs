@@ -22,8 +22,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Nothing in a healthy run waits this long; a wait past it is a failure.
+/// Nothing in a healthy run waits this long without progress; a wait past it is a failure.
 const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The load: about this many reports a second over all reporters (at the default count), so
+/// that a long run's backlog stays within what phoenix heals while it is being killed.
+const REPORTS_PER_SECOND: f64 = 200.0;
+const REPORTERS_NOMINAL: f64 = 4.0;
 
 struct Options {
     phoenix: PathBuf,
@@ -178,7 +183,9 @@ struct Shared {
 async fn reporter(shared: Arc<Shared>, client: reqwest::Client, id: usize, seed: u64) {
     let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut n = 0u64;
+    let pause = Duration::from_secs_f64(1.0 / REPORTS_PER_SECOND * REPORTERS_NOMINAL);
     while !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(pause).await;
         n += 1;
         let key = format!("r{id}-{n}");
         // Mostly new faults; some repeat a recent fingerprint (dedup); one in five fails its probe.
@@ -379,7 +386,8 @@ async fn run(options: Options) -> i32 {
     let mut faults = HashMap::new();
     let mut unfinished = 0usize;
     if failed_restarts == 0 {
-        let started = Instant::now();
+        // The backlog left by the load drains at phoenix's healing rate: wait while it shrinks.
+        let mut progress = (usize::MAX, Instant::now());
         loop {
             match check(&client, &daemon.addr, &shared, &dir, &mut Vec::new()).await {
                 Ok(now) => faults = now,
@@ -391,7 +399,10 @@ async fn run(options: Options) -> i32 {
                     !["healed", "failed", "resolved"].contains(&f["state"].as_str().unwrap_or(""))
                 })
                 .count();
-            if unfinished == 0 || started.elapsed() > DEADLINE || !problems.is_empty() {
+            if unfinished < progress.0 {
+                progress = (unfinished, Instant::now());
+            }
+            if unfinished == 0 || progress.1.elapsed() > DEADLINE || !problems.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

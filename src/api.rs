@@ -228,6 +228,8 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
         .route("/v1/alertmanager", post(alertmanager_webhook))
         .route("/v1/programs", get(list_programs))
         .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}", get(show_approval))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/patches", post(upload_patch).get(list_patches))
         .route("/v1/patches/{name}", get(show_patch))
         .route("/v1/patches/{name}/rollback", post(rollback_patch))
@@ -249,6 +251,8 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
             tokens,
             crate::auth::authenticate,
         ))
+        // The console's static files: public (they hold no data), outside the auth layer.
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -446,6 +450,8 @@ struct ListQuery {
     app: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
+    /// `oldest` (default) or `newest` first.
+    order: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -483,12 +489,23 @@ async fn list_faults(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("unknown order `{other}`; one of oldest, newest"),
+            ));
+        }
+    };
     let filter = FaultFilter {
         state: query.state,
         app: query.app,
         apps: identity.apps.clone(),
         after: query.after,
         limit,
+        newest_first,
     };
     let faults = state.store.list_faults(&filter)?;
     let next = (faults.len() == limit)
@@ -589,6 +606,109 @@ async fn list_approvals(
     Ok(Json(serde_json::json!({ "approvals": approvals })))
 }
 
+/// One approval request with its fault's history and a shadow run: the same fault through the
+/// patch's active version (or, when the request already uses it, the newest other usable
+/// version), so a person sees what changes with this version.
+async fn show_approval(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let fault = state
+        .store
+        .fault(&id)?
+        .ok_or_else(|| ApiError::not_found(format!("no fault {id}")))?;
+    if fault.state != FaultState::AwaitingApproval {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_open_request",
+            format!(
+                "fault {id} is not awaiting approval (it is {}); its request was decided or has expired",
+                fault.state.name()
+            ),
+        ));
+    }
+    let history = state.store.history(&id)?;
+    let shadow = shadow_run(&state, &fault).await?;
+    let approval = approval_out(&state.store, fault.clone())?
+        .ok_or_else(|| ApiError::not_found(format!("fault {id} has no approval request")))?;
+    Ok(Json(serde_json::json!({
+        "approval": approval,
+        "fault": FaultOut::new(fault, Some(history)),
+        "shadow": shadow,
+    })))
+}
+
+/// Runs `fault` through the version its request is compared with (see [`show_approval`]).
+async fn shadow_run(state: &AppState, fault: &Fault) -> Result<serde_json::Value, ApiError> {
+    let Some(run) = &fault.run else {
+        return Ok(serde_json::Value::Null);
+    };
+    let active = state.store.active_patch_hash(&run.patch_name)?;
+    let other = match active.filter(|hash| *hash != run.patch_hash) {
+        Some(hash) => state
+            .store
+            .patch(&run.patch_name, &hash)?
+            .map(|record| (record, "active")),
+        None => state
+            .store
+            .patch_versions(&run.patch_name)?
+            .into_iter()
+            .filter(|r| r.hash != run.patch_hash && r.usable())
+            .max_by_key(|r| r.registered_at.0)
+            .map(|record| (record, "previous")),
+    };
+    let Some((record, role)) = other else {
+        return Ok(serde_json::Value::Null);
+    };
+    let Some(wasm) = state.store.patch_module(&record.hash)? else {
+        return Ok(serde_json::Value::Null);
+    };
+    let view = crate::patch::fault_view(
+        &fault.app,
+        &fault.kind,
+        &fault.labels,
+        fault.message.as_deref(),
+        fault.severity,
+        fault.occurrences,
+        &fault.fingerprint,
+    );
+    let sandbox = Arc::clone(&state.sandbox);
+    let (name, hash) = (record.name.clone(), record.hash.clone());
+    let outcome = tokio::task::spawn_blocking(move || sandbox.run(&name, &hash, &wasm, view))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("shadow run: {e}"),
+            )
+        })?;
+    let mut out = serde_json::json!({
+        "against": { "version": record.version, "hash": record.hash, "role": role },
+    });
+    match outcome {
+        Ok(plan) => {
+            out["same"] = serde_json::json!(plan == run.plan);
+            out["plan"] = serde_json::json!(plan);
+        }
+        Err(error) => {
+            out["same"] = serde_json::json!(false);
+            out["error"] = serde_json::json!(error.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Who the caller is, as far as phoenix can tell (the console asks, to show what it may do).
+async fn whoami(Extension(identity): Extension<Identity>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": identity.name,
+        "role": identity.role,
+        "apps": identity.apps,
+        "authenticated": identity.authenticated,
+    }))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DecisionIn {
@@ -666,6 +786,12 @@ async fn decide(
         .unwrap_or_default();
     state.store.audit(&actor, verb, &fault.id, comment).await?;
     state.engine.enqueue(fault.id.clone());
+    // Other consoles showing this request learn at once that it was decided.
+    state.events.publish(
+        "approval_decided",
+        format!("{actor} {verb}d the plan for {} ({})", fault.app, fault.id),
+        serde_json::json!({ "fault_id": fault.id, "by": actor, "approve": approve }),
+    );
     let out = approval_out(&state.store, fault)?;
     Ok(Json(serde_json::json!({ "approval": out })))
 }

@@ -204,7 +204,7 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     match (method, path) {
         (_, "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json") => None,
         (&Method::POST, "/v1/faults" | "/v1/alertmanager") => Some(Role::Reporter),
-        (&Method::GET, "/v1/faults" | "/v1/faults/{id}") => Some(Role::Reporter),
+        (&Method::GET, "/v1/faults" | "/v1/faults/{id}" | "/v1/whoami") => Some(Role::Reporter),
         (&Method::POST, "/v1/approvals/{id}/approve" | "/v1/approvals/{id}/reject") => {
             Some(Role::Approver)
         }

@@ -20,7 +20,7 @@ const BACKLOG: usize = 1024;
 /// One announcement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushEvent {
-    /// `approval_requested`, `breaker_changed` or `fault_closed`.
+    /// `approval_requested`, `approval_decided`, `breaker_changed` or `fault_closed`.
     pub kind: String,
     pub at: Timestamp,
     /// One human line (what a chat message shows).
@@ -90,7 +90,12 @@ fn default_format() -> WebhookFormat {
     WebhookFormat::Slack
 }
 
-pub const EVENT_KINDS: [&str; 3] = ["approval_requested", "breaker_changed", "fault_closed"];
+pub const EVENT_KINDS: [&str; 4] = [
+    "approval_requested",
+    "approval_decided",
+    "breaker_changed",
+    "fault_closed",
+];
 
 impl WebhookConfig {
     pub fn validate(&self) -> Result<(), String> {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backup;
 pub mod breaker;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod effects;
 pub mod engine;

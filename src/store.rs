@@ -145,9 +145,11 @@ pub struct FaultFilter {
     pub app: Option<String>,
     /// Only these apps (a reporter's scope); None: all.
     pub apps: Option<Vec<String>>,
-    /// Only ids strictly after this one (the previous page's `next`).
+    /// Only ids strictly after this one in the listing order (the previous page's `next`).
     pub after: Option<String>,
     pub limit: usize,
+    /// Newest first (ids descending) instead of oldest first.
+    pub newest_first: bool,
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -794,17 +796,22 @@ impl Store {
 
     /// Faults in id (= creation) order, filtered, one page at a time.
     pub fn list_faults(&self, filter: &FaultFilter) -> Result<Vec<Fault>, StoreError> {
-        let start = match &filter.after {
-            // The first key after `f/{after}`: append a zero byte.
-            Some(after) => {
-                let mut key = fault_key(after);
-                key.push(0);
-                key
-            }
-            None => b"f/".to_vec(),
-        };
+        let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            match (&filter.after, filter.newest_first) {
+                // The first key after `f/{after}`: append a zero byte.
+                (Some(after), false) => {
+                    let mut start = fault_key(after);
+                    start.push(0);
+                    Box::new(self.db.range(start..b"f0".to_vec()))
+                }
+                (None, false) => Box::new(self.db.range(b"f/".to_vec()..b"f0".to_vec())),
+                (Some(after), true) => {
+                    Box::new(self.db.range(b"f/".to_vec()..fault_key(after)).rev())
+                }
+                (None, true) => Box::new(self.db.range(b"f/".to_vec()..b"f0".to_vec()).rev()),
+            };
         let mut faults = Vec::new();
-        for item in self.db.range(start..b"f0".to_vec()) {
+        for item in items {
             let (key, value) = item.map_err(io)?;
             let fault: Fault = decode(&key, &value)?;
             if filter
@@ -1327,5 +1334,28 @@ mod tests {
             ..Default::default()
         };
         assert!(store.list_faults(&by_state).unwrap().is_empty());
+        let newest = FaultFilter {
+            limit: 3,
+            newest_first: true,
+            ..Default::default()
+        };
+        let page = store.list_faults(&newest).unwrap();
+        assert_eq!(
+            page.iter().map(|f| f.app.as_str()).collect::<Vec<_>>(),
+            ["d", "c", "b"]
+        );
+        let older = FaultFilter {
+            after: Some(page[2].id.clone()),
+            ..newest
+        };
+        assert_eq!(
+            store
+                .list_faults(&older)
+                .unwrap()
+                .iter()
+                .map(|f| f.app.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 }
