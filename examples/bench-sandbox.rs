@@ -2,7 +2,8 @@
 //! deadline, limits, instantiate, `heal`, plan collected and parsed) against the floor, a bare
 //! wasmtime instantiate + call of an empty function with a default engine, in the same process.
 //!
-//! Prints `P4 patch_us floor_us` (means over the best of several rounds).
+//! Prints `P4 patch_us floor_us empty_us` (means over the best of several rounds; `empty_us` is
+//! the sandbox running a patch that does nothing).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -47,6 +48,20 @@ fn main() {
         assert_eq!(plan.len(), 1);
     });
 
+    // The sandbox's own cost with nothing to do (empty heal, empty plan): what the isolation
+    // (fresh store, fuel, deadline, limiter, pooled memory) costs before any patch logic.
+    let empty = phoenix::sandbox::wat_to_wasm(
+        br#"(module (memory (export "memory") 1) (func (export "heal") (result i32) (i32.const 0)))"#,
+    )
+    .expect("valid");
+    let empty_hash = blake3::hash(&empty).to_hex().to_string();
+    let empty_us = best_mean(|| {
+        let plan = sandbox
+            .run("empty", &empty_hash, &empty, BTreeMap::new())
+            .expect("runs");
+        assert!(plan.is_empty());
+    });
+
     let engine = wasmtime::Engine::default();
     let module = wasmtime::Module::new(&engine, r#"(module (func (export "f")))"#).expect("floor");
     let floor_us = best_mean(|| {
@@ -57,5 +72,5 @@ fn main() {
             .expect("export");
         f.call(&mut store, ()).expect("call");
     });
-    println!("P4 {patch_us:.2} {floor_us:.2}");
+    println!("P4 {patch_us:.2} {floor_us:.2} {empty_us:.2}");
 }

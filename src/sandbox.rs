@@ -24,8 +24,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use wasmtime::{
-    Caller, Config, Engine, ExternType, Instance, Linker, Memory, Module, ResourceLimiter, Store,
-    Trap, ValType,
+    Caller, Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    Module, PoolingAllocationConfig, ResourceLimiter, Store, Trap, ValType,
 };
 
 use crate::plan::Action;
@@ -221,7 +221,47 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     limits: Limits,
     cache_dir: PathBuf,
-    modules: Mutex<HashMap<String, Module>>,
+    /// Compiled modules with their imports already resolved, by content hash.
+    modules: Mutex<HashMap<String, InstancePre<HostState>>>,
+    /// Runs at once, at most the pool's size (a run past it would fail to instantiate).
+    slots: Slots,
+}
+
+/// Instances (each with one memory and one table) the pooling allocator keeps ready. Runs beyond
+/// it wait for a free slot: they are short (fuel and deadline bound them).
+const POOL_SLOTS: u32 = 64;
+
+/// A counting semaphore for blocking threads (runs happen on tokio's blocking pool).
+struct Slots {
+    free: Mutex<u32>,
+    freed: std::sync::Condvar,
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(count: u32) -> Slots {
+        Slots {
+            free: Mutex::new(count),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// Epoch tick length: the deadline's resolution.
@@ -367,11 +407,27 @@ impl Sandbox {
     /// Builds the engine and starts its epoch ticker. `cache_dir` holds compiled modules.
     pub fn new(limits: Limits, cache_dir: PathBuf) -> Result<Sandbox, SandboxError> {
         let engine_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
+        // The pooling allocator keeps memories and tables ready for reuse, so a run does not
+        // map and unmap memory (the bulk of an on-demand instantiation). Each slot is sized by
+        // the limits; the limiter below still decides, and names, a cap that is hit.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(POOL_SLOTS)
+            .total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .max_memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements)
+            // Reset small memories by memset rather than madvise: cheaper for typical patches.
+            .linear_memory_keep_resident(4 << 10)
+            .table_keep_resident(16 << 10)
+            .decommit_batch_size(16);
         let mut config = Config::new();
         config
             .consume_fuel(true)
             .epoch_interruption(true)
-            .max_wasm_stack(512 << 10);
+            .max_wasm_stack(512 << 10)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(engine_error)?;
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -405,6 +461,7 @@ impl Sandbox {
             limits,
             cache_dir,
             modules: Mutex::new(HashMap::new()),
+            slots: Slots::new(POOL_SLOTS),
         })
     }
 
@@ -427,7 +484,23 @@ impl Sandbox {
         let module = match Module::from_binary(&self.engine, wasm) {
             Ok(module) => module,
             Err(error) => {
-                problems.push(format!("module does not compile: {error:#}"));
+                // The pool is sized by the caps, so a module declaring more memory or table
+                // than they allow is refused here, before it ever runs: name the cap.
+                let text = format!("{error:#}");
+                let problem = if text.contains("memory index") && text.contains("pooling") {
+                    format!(
+                        "memory_limit: the module declares more memory than the {}-byte cap: {text}",
+                        self.limits.memory_bytes
+                    )
+                } else if text.contains("table index") && text.contains("pooling") {
+                    format!(
+                        "table_limit: the module declares a table larger than the {}-element cap: {text}",
+                        self.limits.table_elements
+                    )
+                } else {
+                    format!("module does not compile: {text}")
+                };
+                problems.push(problem);
                 return problems;
             }
         };
@@ -466,9 +539,9 @@ impl Sandbox {
         problems
     }
 
-    /// The compiled module for `hash`: from memory, else from the disk cache, else compiled (and
-    /// written to the cache).
-    fn module(&self, hash: &str, wasm: &[u8]) -> Result<Module, RunError> {
+    /// The compiled module for `hash`, imports resolved: from memory, else from the disk cache,
+    /// else compiled (and written to the cache).
+    fn module(&self, hash: &str, wasm: &[u8]) -> Result<InstancePre<HostState>, RunError> {
         if let Some(module) = self.lock_modules().get(hash) {
             return Ok(module.clone());
         }
@@ -482,11 +555,15 @@ impl Sandbox {
                 module
             }
         };
+        let module = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| RunError::Instantiate(format!("{e:#}")))?;
         self.lock_modules().insert(hash.to_owned(), module.clone());
         Ok(module)
     }
 
-    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, Module>> {
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, InstancePre<HostState>>> {
         // A panic while holding this lock cannot leave the map inconsistent: recover it.
         self.modules
             .lock()
@@ -561,17 +638,18 @@ impl Sandbox {
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
 
-        let outcome = self
-            .linker
-            .instantiate(&mut store, &module)
-            .and_then(|instance: Instance| instance.get_typed_func::<(), i32>(&mut store, "heal"))
+        let slot = self.slots.take();
+        let outcome = module
+            .instantiate(&mut store)
+            .and_then(|instance| instance.get_typed_func::<(), i32>(&mut store, "heal"))
             .and_then(|heal| heal.call(&mut store, ()));
         // Fuel left tells how much the run used (also for runs that failed).
         if let Ok(left) = store.get_fuel() {
             let used = self.limits.fuel.saturating_sub(left) as f64;
             crate::metrics::metrics().add("phoenix_sandbox_fuel_used_total", &[], used);
         }
-        let state = store.into_data();
+        let state = store.into_data(); // the instance goes back to the pool here
+        drop(slot);
         if let Some(failure) = state.failure {
             return Err(failure);
         }

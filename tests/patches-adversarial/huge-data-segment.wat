@@ -1,5 +1,5 @@
 ;; A data segment placed at 3 GiB, so the memory must be at least that large.
-;; expect: sandbox_error memory_limit
+;; expect: patch_rejected memory_limit
 (module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
   (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
   (import "phoenix" "log" (func $log (param i32 i32)))

@@ -1,5 +1,5 @@
-;; Asks for 4 GiB of memory up front: refused at instantiation by the memory cap.
-;; expect: sandbox_error memory_limit
+;; Asks for 4 GiB of memory up front: refused at registration (the declared minimum exceeds the memory cap).
+;; expect: patch_rejected memory_limit
 (module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
   (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
   (import "phoenix" "log" (func $log (param i32 i32)))
