@@ -71,7 +71,7 @@ impl Default for RawConfig {
             patches_dir: PathBuf::from("patches"),
             workers: 16,
             max_body_bytes: 64 << 10,
-            store_cache_bytes: 32 << 20,
+            store_cache_bytes: 8 << 20,
             min_free_bytes: 64 << 20,
             sandbox: Limits::default(),
             alertmanager: AlertmanagerConfig::default(),
