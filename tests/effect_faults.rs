@@ -135,20 +135,28 @@ struct SmallDisk(std::path::PathBuf);
 impl SmallDisk {
     fn mount(path: std::path::PathBuf, size: &str) -> Option<SmallDisk> {
         std::fs::create_dir_all(&path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status();
-        status.is_ok_and(|s| s.success()).then_some(SmallDisk(path))
+        let options = format!("size={size},mode=0777");
+        let mounted = as_root(&["mount", "-t", "tmpfs", "-o", &options, "tmpfs"], &path);
+        mounted.then_some(SmallDisk(path))
     }
+}
+
+/// Runs `argv path` as root: directly, or through password-less sudo.
+fn as_root(argv: &[&str], path: &std::path::Path) -> bool {
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    run(argv[0], &argv[1..]) || run("sudo", &[&["-n"], argv].concat())
 }
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
+        as_root(&["umount", "-l"], &self.0);
     }
 }
 
