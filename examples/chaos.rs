@@ -175,7 +175,7 @@ struct Shared {
     acked: Mutex<BTreeMap<String, String>>,
     sent: AtomicU64,
     retried: AtomicU64,
-    mismatched: AtomicU64,
+    refused: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -232,7 +232,7 @@ async fn reporter(shared: Arc<Shared>, client: reqwest::Client, id: usize, seed:
             } else {
                 // A refusal is an answer too (never expected here); count it and move on.
                 eprintln!("chaos: report {key} refused with {status}: {answer}");
-                shared.mismatched.fetch_add(1, Ordering::Relaxed);
+                shared.refused.fetch_add(1, Ordering::Relaxed);
             }
             break;
         }
@@ -455,7 +455,7 @@ async fn run(options: Options) -> i32 {
         options.seed,
         shared.sent.load(Ordering::Relaxed),
         shared.retried.load(Ordering::Relaxed),
-        shared.mismatched.load(Ordering::Relaxed),
+        shared.refused.load(Ordering::Relaxed),
         faults.len(),
         twice.len(),
     );

@@ -276,28 +276,29 @@ impl Engine {
         Ok(None)
     }
 
-    /// Feeds one attempt's outcome to the global and the policy's breaker; logs a change.
+    /// Feeds one attempt's outcome to the global and the policy's breaker (one write); logs and
+    /// announces a change.
     async fn record_outcome(&self, fault: &Fault, policy: &Policy, succeeded: bool) {
         let now = Timestamp::now();
-        let updates = [
-            ("global".to_string(), self.parts.global_breaker.clone()),
-            (format!("policy:{}", policy.name), policy.breaker.clone()),
-        ];
-        for (name, config) in updates {
-            let id = fault.id.clone();
-            let changed = self
-                .parts
-                .store
-                .update_breaker(&name, move |b| {
-                    let before = b.position;
-                    b.record(&id, succeeded, now, &config);
-                    (before != b.position)
-                        .then(|| b.changes.last().cloned())
-                        .flatten()
-                })
-                .await;
-            match changed {
-                Ok(Some(change)) => {
+        let global = self.parts.global_breaker.clone();
+        let own = policy.breaker.clone();
+        let names = vec!["global".to_string(), format!("policy:{}", policy.name)];
+        let id = fault.id.clone();
+        let changed = self
+            .parts
+            .store
+            .update_breakers(names, move |name, b| {
+                let config = if name == "global" { &global } else { &own };
+                let before = b.position;
+                b.record(&id, succeeded, now, config);
+                (before != b.position)
+                    .then(|| b.changes.last().cloned().map(|c| (name.to_owned(), c)))
+                    .flatten()
+            })
+            .await;
+        match changed {
+            Ok(changes) => {
+                for (name, change) in changes.into_iter().flatten() {
                     tracing::warn!(message = "Circuit breaker changed.", breaker = %name, to = ?change.to, reason = %change.reason);
                     let summary = format!(
                         "phoenix: breaker `{name}` is now {:?}: {}",
@@ -306,10 +307,9 @@ impl Engine {
                     let data = serde_json::json!({ "breaker": name, "change": change });
                     self.parts.events.publish("breaker_changed", summary, data);
                 }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::error!(message = "Cannot record a breaker outcome.", breaker = %name, %error)
-                }
+            }
+            Err(error) => {
+                tracing::error!(message = "Cannot record a breaker outcome.", fault = %fault.id, %error)
             }
         }
     }

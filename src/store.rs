@@ -776,6 +776,32 @@ impl Store {
         .await
     }
 
+    /// Runs `change` on each breaker of `names` (created closed if new), all in one atomic write;
+    /// returns each result, in order. (One write where a healing run feeds several breakers.)
+    pub async fn update_breakers<T, F>(
+        &self,
+        names: Vec<String>,
+        mut change: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&str, &mut Breaker) -> T + Send + 'static,
+    {
+        self.commit(move |w| {
+            let mut results = Vec::with_capacity(names.len());
+            for name in &names {
+                let key = format!("br/{name}").into_bytes();
+                let mut breaker = w
+                    .get::<Breaker>(&key)?
+                    .unwrap_or_else(|| Breaker::new(name));
+                results.push(change(name, &mut breaker));
+                w.put(&key, &breaker)?;
+            }
+            Ok(results)
+        })
+        .await
+    }
+
     /// The breaker `name`, if it has recorded anything.
     pub fn breaker(&self, name: &str) -> Result<Option<Breaker>, StoreError> {
         get(&self.db, format!("br/{name}").as_bytes())
