@@ -21,7 +21,7 @@ use crate::breaker::{Admission, BreakerConfig, Position, WhenOpen};
 use crate::effects::{Effects, FaultEnv};
 use crate::fault::{ApprovalRequest, FailReason, Fault, FaultState, Rollback, Run, Timestamp};
 use crate::machine::{self, Event, IllegalTransition};
-use crate::patch::fault_view;
+use crate::patch::view_of;
 use crate::plan;
 use crate::policy::Policy;
 use crate::policy::PolicySet;
@@ -552,15 +552,7 @@ impl Engine {
                 .await;
         };
 
-        let view = fault_view(
-            &fault.app,
-            &fault.kind,
-            &fault.labels,
-            fault.message.as_deref(),
-            fault.severity,
-            fault.occurrences,
-            &fault.fingerprint,
-        );
+        let view = view_of(&fault);
         let sandbox = Arc::clone(&self.parts.sandbox);
         let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
         let started = std::time::Instant::now();

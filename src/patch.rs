@@ -72,6 +72,19 @@ fn one() -> u64 {
 
 /// Builds what a patch can read about a fault. Shared by real runs and contract tests so that
 /// both see exactly the same fields.
+/// What a patch sees of a stored fault (see [`fault_view`]).
+pub fn view_of(fault: &crate::fault::Fault) -> FaultView {
+    fault_view(
+        &fault.app,
+        &fault.kind,
+        &fault.labels,
+        fault.message.as_deref(),
+        fault.severity,
+        fault.occurrences,
+        &fault.fingerprint,
+    )
+}
+
 pub fn fault_view(
     app: &str,
     kind: &str,
