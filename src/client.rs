@@ -178,12 +178,13 @@ struct Client {
 }
 
 impl Client {
-    async fn call(
+    /// Sends one request; returns the status and the body as text, whatever the status.
+    async fn exchange(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, Failure> {
+    ) -> Result<(u16, String), Failure> {
         let url = format!("{}{path}", self.connection.addr.trim_end_matches('/'));
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.connection.token {
@@ -201,6 +202,16 @@ impl Client {
             .text()
             .await
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
+        Ok((status, text))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let (status, text) = self.exchange(method, path, body).await?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
             let message = match (&value["code"], &value["message"]) {
@@ -511,20 +522,10 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             (answer, format!("{name} tripped\n"))
         }
         ClientCommand::Backup { out } => {
-            let url = format!("{}/v1/backup", client.connection.addr.trim_end_matches('/'));
-            let mut request = client.http.get(&url);
-            if let Some(token) = &client.connection.token {
-                request = request.bearer_auth(token);
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
-            let status = response.status().as_u16();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| Failure::Unreachable(e.to_string()))?;
+            // JSON lines, not one JSON document: kept as text.
+            let (status, text) = client
+                .exchange(reqwest::Method::GET, "/v1/backup", None)
+                .await?;
             if status >= 400 {
                 return Err(Failure::Refused(status, text));
             }
