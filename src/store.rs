@@ -5,10 +5,11 @@
 //!
 //! Every write goes through one committer thread. A write is a closure run there, alone, so it
 //! can read and then write without racing another writer (that is how the compare-and-swap on a
-//! fault's sequence number and the fingerprint dedup stay correct). Its writes are applied as one
-//! atomic sled batch. The committer then runs the other writes that queued up meanwhile and
-//! flushes once for the whole group (group commit): every caller is answered only after that
-//! flush, so an acknowledged write is on disk, and N concurrent writers cost one fsync, not N.
+//! fault's sequence number and the fingerprint dedup stay correct). The committer then runs the
+//! other writes that queued up meanwhile, each seeing the ones before it, applies the whole group
+//! as one atomic sled batch and flushes once (group commit): every caller is answered only after
+//! that flush, so an acknowledged write is on disk, and N concurrent writers cost one batch and
+//! one fsync, not N. A write that fails leaves nothing in its group.
 //!
 //! Key layout (one tree, so that one batch can touch several kinds of record atomically):
 //! - `f/{id}` → [`Fault`]; `h/{id}/{seq: u64 BE}` → [`HistoryEntry`]
@@ -16,6 +17,7 @@
 //! - `ik/{scope}/{key}` → [`IdempotencyRecord`]
 //! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -153,17 +155,29 @@ pub struct FaultFilter {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&sled::Tree) -> Completion + Send>;
+type Job = Box<dyn FnOnce(&sled::Tree, &mut Pending) -> Completion + Send>;
 
-/// A write in progress: reads see the tree as committed so far; writes go to one atomic batch.
+/// Writes not yet in sled, by key (`None`: removed). sled seals and writes out its log buffer at
+/// every `apply_batch` (two buffer writes on its I/O thread pool, which wakes all its threads),
+/// so a group applies its writes as one batch, not one per job.
+type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A write in progress: reads see the store as committed so far, including the writes of the
+/// jobs before it in its group; its own writes are kept apart until it succeeds, so a job that
+/// fails leaves nothing behind.
 pub struct Writer<'a> {
     tree: &'a sled::Tree,
-    batch: sled::Batch,
+    group: &'a mut Pending,
+    own: Pending,
 }
 
 impl Writer<'_> {
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        get(self.tree, key)
+        match self.own.get(key).or_else(|| self.group.get(key)) {
+            Some(Some(bytes)) => decode(key, bytes).map(Some),
+            Some(None) => Ok(None),
+            None => get(self.tree, key),
+        }
     }
 
     fn put<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StoreError> {
@@ -171,17 +185,39 @@ impl Writer<'_> {
             key: String::from_utf8_lossy(key).into(),
             message: e.to_string(),
         })?;
-        self.batch.insert(key, bytes);
+        self.own.insert(key.to_vec(), Some(bytes));
         Ok(())
     }
 
     fn put_raw(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.insert(key, value);
+        self.own.insert(key.to_vec(), Some(value.to_vec()));
     }
 
     fn remove(&mut self, key: &[u8]) {
-        self.batch.remove(key);
+        self.own.insert(key.to_vec(), None);
     }
+
+    /// The tree itself, for scans: first applies the group's earlier writes so that the tree
+    /// shows them (this job's own writes stay apart).
+    fn settled_tree(&mut self) -> Result<&sled::Tree, StoreError> {
+        apply(self.tree, self.group)?;
+        Ok(self.tree)
+    }
+}
+
+/// Applies `pending` to `tree` as one atomic batch and empties it.
+fn apply(tree: &sled::Tree, pending: &mut Pending) -> Result<(), StoreError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for (key, value) in std::mem::take(pending) {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    tree.apply_batch(batch).map_err(io)
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
@@ -348,14 +384,19 @@ impl Store {
             }
         };
         let (jobs, receiver) = mpsc::channel::<Job>();
+        let (applied, to_flush) = mpsc::channel::<Vec<Completion>>();
         let tree: sled::Tree = (*db).clone();
-        let flusher = db.clone();
+        let flushed_db = db.clone();
         let commits = Arc::new(Commits::default());
         let shared = Arc::clone(&commits);
         thread::Builder::new()
             .name("phoenix-store-commit".into())
-            .spawn(move || commit_loop(&flusher, &tree, &receiver, &shared))
+            .spawn(move || commit_loop(&tree, &receiver, &applied))
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
+        thread::Builder::new()
+            .name("phoenix-store-flush".into())
+            .spawn(move || flush_loop(&flushed_db, &to_flush, &shared))
+            .map_err(|e| StoreError::Io(format!("cannot start the store flusher: {e}")))?;
         Ok(Store {
             max_open_per_app: u64::MAX,
             db,
@@ -412,15 +453,19 @@ impl Store {
         F: FnOnce(&mut Writer<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |tree: &sled::Tree| {
+        let job: Job = Box::new(move |tree: &sled::Tree, group: &mut Pending| {
             let mut writer = Writer {
                 tree,
-                batch: sled::Batch::default(),
+                group,
+                own: Pending::new(),
             };
-            let result = work(&mut writer)
-                .and_then(|value| tree.apply_batch(writer.batch).map(|()| value).map_err(io));
-            Box::new(move |flushed: Result<(), StoreError>| {
-                let _ = reply.send(result.and_then(|value| flushed.map(|()| value)));
+            let result = work(&mut writer);
+            if result.is_ok() {
+                let own = std::mem::take(&mut writer.own);
+                group.extend(own);
+            }
+            Box::new(move |stored: Result<(), StoreError>| {
+                let _ = reply.send(result.and_then(|value| stored.map(|()| value)));
             })
         });
         self.jobs.send(job).map_err(|_| StoreError::Closed)?;
@@ -687,7 +732,7 @@ impl Store {
     /// consistent snapshot of the store while the daemon runs.
     pub async fn snapshot(&self) -> Result<crate::backup::Entries, StoreError> {
         self.commit(|w| {
-            w.tree
+            w.settled_tree()?
                 .iter()
                 .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
                 .collect()
@@ -699,8 +744,13 @@ impl Store {
     /// daemon stopped.
     pub async fn restore(&self, entries: crate::backup::Entries) -> Result<usize, StoreError> {
         self.commit(move |w| {
-            for item in w.tree.iter() {
-                let (key, _) = item.map_err(io)?;
+            let keys: Vec<sled::IVec> = w
+                .settled_tree()?
+                .iter()
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            for key in keys {
                 w.remove(&key);
             }
             let count = entries.len();
@@ -717,13 +767,14 @@ impl Store {
     pub async fn compact(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.commit(move |w| {
             let mut removed = 0;
-            for item in w.tree.scan_prefix(b"f/") {
+            let tree = w.settled_tree()?.clone();
+            for item in tree.scan_prefix(b"f/") {
                 let (key, value) = item.map_err(io)?;
                 let fault: Fault = decode(&key, &value)?;
                 if fault.closed_at.is_none_or(|closed| closed >= before) {
                     continue;
                 }
-                for entry in w.tree.scan_prefix(history_prefix(&fault.id)) {
+                for entry in tree.scan_prefix(history_prefix(&fault.id)) {
                     let (history_key, _) = entry.map_err(io)?;
                     w.remove(&history_key);
                 }
@@ -1011,14 +1062,45 @@ impl Store {
     }
 }
 
-fn commit_loop(db: &sled::Db, tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, commits: &Commits) {
+/// The first stage of group commit: runs the jobs that queued up, applies their writes as one
+/// batch, and hands the group to [`flush_loop`]. It goes on with the next group while that one
+/// is being flushed, so the disk's sync time no longer stops the writers.
+fn commit_loop(
+    tree: &sled::Tree,
+    jobs: &mpsc::Receiver<Job>,
+    applied: &mpsc::Sender<Vec<Completion>>,
+) {
+    let mut pending = Pending::new();
     while let Ok(first) = jobs.recv() {
-        let mut completions = vec![first(tree)];
+        let mut completions = vec![first(tree, &mut pending)];
         while completions.len() < MAX_GROUP {
             match jobs.try_recv() {
-                Ok(job) => completions.push(job(tree)),
+                Ok(job) => completions.push(job(tree, &mut pending)),
                 Err(_) => break,
             }
+        }
+        let outcome = apply(tree, &mut pending);
+        if let Err(error) = outcome {
+            // Refused by sled: nothing of the group is in the tree; answer at once.
+            tracing::error!(message = "Store write failed; writes not acknowledged.", %error);
+            for complete in completions {
+                complete(Err(error.clone()));
+            }
+            continue;
+        }
+        if applied.send(completions).is_err() {
+            return;
+        }
+    }
+}
+
+/// The second stage: one flush for every group applied so far, then their answers. Groups are
+/// answered in the order they were applied, and a group is answered only after a flush that
+/// began after it was applied, so an acknowledged write is on disk.
+fn flush_loop(db: &sled::Db, groups: &mpsc::Receiver<Vec<Completion>>, commits: &Commits) {
+    while let Ok(mut completions) = groups.recv() {
+        while let Ok(more) = groups.try_recv() {
+            completions.extend(more);
         }
         let started = std::time::Instant::now();
         let flushed = db.flush().map(|_| ()).map_err(io);
