@@ -118,7 +118,8 @@ mod tests {
             patch_version: "1".into(),
             patch_hash: "h".into(),
             plan: vec![],
-            policy_snapshot: policy,
+            policy_hash: String::new(),
+            policy_snapshot: Some(policy),
             approval: Some(ApprovalRequest {
                 reason: "production".into(),
                 requested_at: Timestamp(0),

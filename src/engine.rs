@@ -9,7 +9,7 @@
 //! - One fault is driven by at most one task at a time (the in-flight set); at most `workers`
 //!   faults are driven at once (a semaphore).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -101,6 +101,8 @@ struct Engine {
     queue: mpsc::UnboundedSender<Work>,
     in_flight: Mutex<HashSet<String>>,
     workers: Arc<Semaphore>,
+    /// Policy snapshots known to be in the store, by hash (see [`Engine::keep_policy`]).
+    policies: Mutex<HashMap<String, Arc<Policy>>>,
 }
 
 /// Starts the engine's dispatcher and enqueues every open fault (crash recovery).
@@ -112,6 +114,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
         workers: Arc::new(Semaphore::new(parts.workers)),
         parts,
         in_flight: Mutex::new(HashSet::new()),
+        policies: Mutex::new(HashMap::new()),
     });
     if !open.is_empty() {
         tracing::info!(message = "Resuming open faults.", count = open.len());
@@ -150,6 +153,53 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
 }
 
 impl Engine {
+    /// Stores `policy` under its hash, once per policy version (content-addressed), for the run
+    /// about to start with it; returns the hash.
+    async fn keep_policy(&self, policy: &Policy) -> Result<String, EngineError> {
+        let json = serde_json::to_vec(policy)
+            .map_err(|e| StoreError::Io(format!("cannot encode policy `{}`: {e}", policy.name)))?;
+        let hash = blake3::hash(&json).to_hex().to_string();
+        if self.lock_policies().contains_key(&hash) {
+            return Ok(hash);
+        }
+        self.parts.store.put_policy_snapshot(&hash, json).await?;
+        self.lock_policies()
+            .insert(hash.clone(), Arc::new(policy.clone()));
+        Ok(hash)
+    }
+
+    /// The policy `run` started with: inline in runs recorded before policies were stored by
+    /// hash, else the stored snapshot (kept in memory after the first read). None if missing.
+    fn policy_of(&self, run: &Run) -> Result<Option<Arc<Policy>>, EngineError> {
+        if let Some(inline) = &run.policy_snapshot {
+            return Ok(Some(Arc::new(inline.clone())));
+        }
+        if let Some(known) = self.lock_policies().get(&run.policy_hash) {
+            return Ok(Some(Arc::clone(known)));
+        }
+        let Some(stored) = self.parts.store.policy_snapshot(&run.policy_hash)? else {
+            return Ok(None);
+        };
+        let stored = Arc::new(stored);
+        self.lock_policies()
+            .insert(run.policy_hash.clone(), Arc::clone(&stored));
+        Ok(Some(stored))
+    }
+
+    async fn policy_missing(&self, fault: &Fault, run: &Run) -> Result<Fault, EngineError> {
+        let detail = format!(
+            "the snapshot of policy `{}` this run started with ({}) is missing from the store",
+            run.policy, run.policy_hash
+        );
+        self.fail(fault, FailReason::Interrupted, detail).await
+    }
+
+    fn lock_policies(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Policy>>> {
+        self.policies
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // The set stays consistent even if a holder panicked: recover it.
         self.in_flight
@@ -161,14 +211,19 @@ impl Engine {
     /// with backoff for a while; after that the fault is left for the next start.
     async fn drive(&self, id: &str) {
         let mut failures = 0u32;
+        // The fault as the last transition stored it; read again after anything else.
+        let mut known: Option<Fault> = None;
         loop {
-            let fault = match self.parts.store.fault(id) {
-                Ok(Some(fault)) => fault,
-                Ok(None) => return,
-                Err(error) => {
-                    tracing::error!(message = "Cannot read fault.", %error);
-                    return;
-                }
+            let fault = match known.take() {
+                Some(fault) => fault,
+                None => match self.parts.store.fault(id) {
+                    Ok(Some(fault)) => fault,
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::error!(message = "Cannot read fault.", %error);
+                        return;
+                    }
+                },
             };
             if fault.state.is_terminal() {
                 return;
@@ -186,7 +241,7 @@ impl Engine {
                     .transition(&fault, Event::ResolvedExternally, detail.into(), |_| {})
                     .await
                 {
-                    Ok(()) | Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                    Ok(_) | Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
                     Err(error) => {
                         tracing::error!(message = "Cannot close resolved fault.", %error);
                         return;
@@ -205,7 +260,10 @@ impl Engine {
                 }
             }
             match self.step(fault).await {
-                Ok(()) => failures = 0,
+                Ok(next) => {
+                    failures = 0;
+                    known = Some(next);
+                }
                 Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
                 Err(error) => {
                     failures += 1;
@@ -363,41 +421,52 @@ impl Engine {
     }
 
     /// One step: the I/O the current state calls for, then the transition it leads to.
-    async fn step(&self, fault: Fault) -> Result<(), EngineError> {
+    async fn step(&self, fault: Fault) -> Result<Fault, EngineError> {
         match fault.state {
-            FaultState::Detected => {
-                self.transition(&fault, Event::Begin, "picked up".into(), |_| {})
-                    .await
-            }
-            FaultState::Analyzing => self.analyze(fault).await,
+            FaultState::Detected | FaultState::Analyzing => self.analyze(fault).await,
             FaultState::Patching => self.apply(fault).await,
             FaultState::Testing => self.test(fault).await,
             FaultState::AwaitingApproval
             | FaultState::Healed
             | FaultState::Failed(_)
-            | FaultState::Resolved => Ok(()),
+            | FaultState::Resolved => Ok(fault),
         }
     }
 
+    /// Writes the transition `event` of `fault` (compare-and-swap on its sequence) and returns
+    /// the fault as stored. A fault still in `detected` is being analyzed: its `analyzing` entry
+    /// ("picked up") is written in the same write as the analysis' outcome, since analysis has
+    /// no side effect to guard.
     async fn transition<F>(
         &self,
         fault: &Fault,
         event: Event,
         detail: String,
         change: F,
-    ) -> Result<(), EngineError>
+    ) -> Result<Fault, EngineError>
     where
         F: FnOnce(&mut Fault) + Send + 'static,
     {
-        let to = machine::next(fault.state, event)?;
-        tracing::info!(message = "Fault transition.", from = fault.state.name(), to = to.name(), %detail);
+        let mut steps = Vec::with_capacity(2);
+        let mut from = fault.state;
+        if from == FaultState::Detected && event != Event::ResolvedExternally {
+            let analyzing = machine::next(from, Event::Begin)?;
+            steps.push((analyzing, "picked up".to_string()));
+            from = analyzing;
+        }
+        let to = machine::next(from, event)?;
+        tracing::info!(message = "Fault transition.", from = from.name(), to = to.name(), %detail);
+        steps.push((to, detail.clone()));
+        for (state, _) in &steps[..steps.len() - 1] {
+            crate::metrics::metrics().inc("phoenix_transitions_total", &[("to", state.name())]);
+        }
         let fault = self
             .parts
             .store
-            .append(&fault.id, fault.seq, to, detail.clone(), change)
+            .append_steps(&fault.id, fault.seq, steps, change)
             .await?;
         self.announce(&fault, &detail);
-        Ok(())
+        Ok(fault)
     }
 
     /// Pushes the transitions people wait for: an approval request, and a fault's end; and
@@ -478,13 +547,13 @@ impl Engine {
         fault: &Fault,
         reason: FailReason,
         detail: String,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Fault, EngineError> {
         self.transition(fault, Event::Fail(reason), detail, |_| {})
             .await
     }
 
     /// Analyzing: find the policy and patch, run the patch in the sandbox, check the plan.
-    async fn analyze(&self, fault: Fault) -> Result<(), EngineError> {
+    async fn analyze(&self, fault: Fault) -> Result<Fault, EngineError> {
         let policy = {
             let policies = self
                 .parts
@@ -636,6 +705,7 @@ impl Engine {
             summary.join(", ")
         );
         let needs_approval = approval.is_some();
+        let policy_hash = self.keep_policy(&policy).await?;
         let run = Run {
             attempt,
             policy: policy.name.clone(),
@@ -643,7 +713,8 @@ impl Engine {
             patch_version: record.version.clone(),
             patch_hash: record.hash.clone(),
             plan,
-            policy_snapshot: policy,
+            policy_hash,
+            policy_snapshot: None,
             approval,
             actions_started: 0,
             actions_done: 0,
@@ -664,7 +735,7 @@ impl Engine {
     /// Patching: apply the remaining actions. Before each one, its undo (e.g. a backup of the
     /// file it replaces) is prepared and recorded with the "started" entry; after it, "done".
     /// A failed action rolls back everything this attempt started.
-    async fn apply(&self, fault: Fault) -> Result<(), EngineError> {
+    async fn apply(&self, fault: Fault) -> Result<Fault, EngineError> {
         let Some(run) = fault.run.clone() else {
             return self
                 .fail(
@@ -684,8 +755,11 @@ impl Engine {
                 .transition(&fault, Event::Applied, detail, |_| {})
                 .await;
         }
+        let Some(policy) = self.policy_of(&run)? else {
+            return self.policy_missing(&fault, &run).await;
+        };
         let env = FaultEnv::of(&fault);
-        let caps = &run.policy_snapshot.capabilities;
+        let caps = &policy.capabilities;
         let mut fault = fault;
         for index in run.actions_done as usize..total {
             let action = &run.plan[index];
@@ -758,8 +832,7 @@ impl Engine {
                         .await?;
                 }
                 Err(error) => {
-                    self.record_outcome(&fault, &run.policy_snapshot, false)
-                        .await;
+                    self.record_outcome(&fault, &policy, false).await;
                     let detail = format!(
                         "action {number}/{total} ({}) failed: {error}",
                         action.describe()
@@ -834,7 +907,7 @@ impl Engine {
         fault: &Fault,
         reason: FailReason,
         detail: String,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Fault, EngineError> {
         let (outcome, account) = self.roll_back(fault).await;
         let label = match outcome {
             Some(Rollback::RolledBack) => "rolled_back",
@@ -850,7 +923,7 @@ impl Engine {
 
     /// Testing: probe until healthy or the deadline. On failure the attempt's changes are rolled
     /// back, then the patch is retried if the policy allows, else the fault fails.
-    async fn test(&self, fault: Fault) -> Result<(), EngineError> {
+    async fn test(&self, fault: Fault) -> Result<Fault, EngineError> {
         let Some(run) = fault.run.clone() else {
             return self
                 .fail(
@@ -860,7 +933,10 @@ impl Engine {
                 )
                 .await;
         };
-        let policy = &run.policy_snapshot;
+        let Some(policy) = self.policy_of(&run)? else {
+            return self.policy_missing(&fault, &run).await;
+        };
+        let policy = &*policy;
         let env = FaultEnv::of(&fault);
         let outcome = if policy.verify.supervised {
             let (within, interval) = (policy.verify.within, policy.verify.interval);
@@ -885,10 +961,13 @@ impl Engine {
         };
         match outcome {
             Ok(probes) => {
-                self.record_outcome(&fault, policy, true).await;
                 let detail = format!("verification passed after {probes} probe(s)");
-                self.transition(&fault, Event::Verified, detail, |_| {})
-                    .await
+                // Independent writes: issued together, they share one group commit.
+                let ((), healed) = tokio::join!(
+                    self.record_outcome(&fault, policy, true),
+                    self.transition(&fault, Event::Verified, detail, |_| {})
+                );
+                healed
             }
             Err(unhealthy) if fault.attempts < policy.max_attempts => {
                 self.record_outcome(&fault, policy, false).await;

@@ -309,8 +309,13 @@ pub struct Run {
     pub patch_version: String,
     pub patch_hash: String,
     pub plan: Vec<Action>,
-    /// The policy as it was when the run started: a reload does not change a run in flight.
-    pub policy_snapshot: crate::policy::Policy,
+    /// The policy as it was when the run started (a reload does not change a run in flight):
+    /// blake3 of its JSON, stored once under that hash and shared by every run that uses it.
+    #[serde(default)]
+    pub policy_hash: String,
+    /// Runs recorded before policies were stored by hash carry the policy itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_snapshot: Option<crate::policy::Policy>,
     /// Actions whose execution has begun (durably recorded before starting each one).
     pub actions_started: u32,
     /// Actions that finished successfully.

@@ -16,6 +16,7 @@
 //! - `fp/{fingerprint}` → id of the *open* fault with that fingerprint (removed when it ends)
 //! - `ik/{scope}/{key}` → [`IdempotencyRecord`]
 //! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
+//! - `ps/{hash}` → the [`Policy`] a run was started with (blake3 of its JSON), shared by runs
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,6 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::breaker::Breaker;
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source, Timestamp, sortable_id};
+use crate::policy::Policy;
 use crate::registry::PatchRecord;
 
 /// How long `open` waits for another process to release the store's lock.
@@ -283,6 +285,10 @@ fn count_open(w: &mut Writer<'_>, app: &str, delta: i64) -> Result<u64, StoreErr
 }
 
 /// The last fault with this fingerprint that ended (for reopening a recurrence).
+fn policy_snapshot_key(hash: &str) -> Vec<u8> {
+    format!("ps/{hash}").into_bytes()
+}
+
 fn last_closed_key(fingerprint: &str) -> Vec<u8> {
     format!("fl/{fingerprint}").into_bytes()
 }
@@ -586,6 +592,22 @@ impl Store {
     where
         F: FnOnce(&mut Fault) + Send + 'static,
     {
+        self.append_steps(id, expected_seq, vec![(state, detail)], change)
+            .await
+    }
+
+    /// [`Store::append`] of several entries in one atomic write: each `(state, detail)` in
+    /// order; the last state is the fault's.
+    pub async fn append_steps<F>(
+        &self,
+        id: &str,
+        expected_seq: u64,
+        steps: Vec<(FaultState, String)>,
+        change: F,
+    ) -> Result<Fault, StoreError>
+    where
+        F: FnOnce(&mut Fault) + Send + 'static,
+    {
         let id = id.to_owned();
         self.commit(move |w| {
             let key = fault_key(&id);
@@ -598,18 +620,21 @@ impl Store {
                 });
             }
             change(&mut fault);
-            fault.seq += 1;
-            fault.state = state;
-            let entry = HistoryEntry {
-                seq: fault.seq,
-                state,
-                at: Timestamp::now(),
-                detail,
-            };
-            w.put(&history_key(&id, fault.seq), &entry)?;
-            if state.is_terminal() {
+            let at = Timestamp::now();
+            for (state, detail) in steps {
+                fault.seq += 1;
+                fault.state = state;
+                let entry = HistoryEntry {
+                    seq: fault.seq,
+                    state,
+                    at,
+                    detail,
+                };
+                w.put(&history_key(&id, fault.seq), &entry)?;
+            }
+            if fault.state.is_terminal() {
                 count_open(w, &fault.app, -1)?;
-                fault.closed_at = Some(entry.at);
+                fault.closed_at = Some(at);
                 let fp_key = fingerprint_key(&fault.fingerprint);
                 if w.get::<String>(&fp_key)?.as_deref() == Some(id.as_str()) {
                     w.remove(&fp_key);
@@ -984,6 +1009,22 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// Stores a run's policy under its hash (content-addressed: writing it again changes
+    /// nothing).
+    pub async fn put_policy_snapshot(&self, hash: &str, json: Vec<u8>) -> Result<(), StoreError> {
+        let key = policy_snapshot_key(hash);
+        self.commit(move |w| {
+            w.put_raw(&key, &json);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The policy stored under `hash` by [`Store::put_policy_snapshot`].
+    pub fn policy_snapshot(&self, hash: &str) -> Result<Option<Policy>, StoreError> {
+        get(&self.db, &policy_snapshot_key(hash))
     }
 
     /// Names of every registered patch, sorted.
