@@ -390,7 +390,9 @@ impl Store {
             }
         };
         let (jobs, receiver) = mpsc::channel::<Job>();
-        let (applied, to_flush) = mpsc::channel::<Vec<Completion>>();
+        // A rendezvous: the committer hands a group over only when the flusher is free, so jobs
+        // that arrive during a flush form one group (one batch), not many small ones.
+        let (applied, to_flush) = mpsc::sync_channel::<Vec<Completion>>(0);
         let tree: sled::Tree = (*db).clone();
         let flushed_db = db.clone();
         let commits = Arc::new(Commits::default());
@@ -1104,12 +1106,13 @@ impl Store {
 }
 
 /// The first stage of group commit: runs the jobs that queued up, applies their writes as one
-/// batch, and hands the group to [`flush_loop`]. It goes on with the next group while that one
-/// is being flushed, so the disk's sync time no longer stops the writers.
+/// batch, and hands the group to [`flush_loop`] as soon as that is free. So one group is applied
+/// while the one before it is being flushed, and jobs that arrive meanwhile wait to form the
+/// next group.
 fn commit_loop(
     tree: &sled::Tree,
     jobs: &mpsc::Receiver<Job>,
-    applied: &mpsc::Sender<Vec<Completion>>,
+    applied: &mpsc::SyncSender<Vec<Completion>>,
 ) {
     let mut pending = Pending::new();
     while let Ok(first) = jobs.recv() {
@@ -1135,14 +1138,11 @@ fn commit_loop(
     }
 }
 
-/// The second stage: one flush for every group applied so far, then their answers. Groups are
-/// answered in the order they were applied, and a group is answered only after a flush that
-/// began after it was applied, so an acknowledged write is on disk.
+/// The second stage: one flush per group, then its answers. Groups are answered in the order
+/// they were applied, each only after a flush that began after it was applied, so an
+/// acknowledged write is on disk.
 fn flush_loop(db: &sled::Db, groups: &mpsc::Receiver<Vec<Completion>>, commits: &Commits) {
-    while let Ok(mut completions) = groups.recv() {
-        while let Ok(more) = groups.try_recv() {
-            completions.extend(more);
-        }
+    while let Ok(completions) = groups.recv() {
         let started = std::time::Instant::now();
         let flushed = db.flush().map(|_| ()).map_err(io);
         crate::metrics::metrics().observe(
