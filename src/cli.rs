@@ -58,6 +58,13 @@ enum Command {
     },
     #[command(flatten)]
     Client(crate::client::ClientCommand),
+    /// Internal: the daemon's patch compiler child (module on stdin, artifact on stdout).
+    #[command(hide = true)]
+    CompilePatch {
+        /// The sandbox limits, as JSON.
+        #[arg(long)]
+        limits: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +107,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token { command } => report(token(command)),
         Command::Restore { config, from } => report(restore(config.as_deref(), &from)),
         Command::Client(command) => crate::client::run(cli.connection, command),
+        Command::CompilePatch { limits } => phoenix::sandbox::compile_child(&limits),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::intake::Intake;
 use crate::patch::{PatchError, PatchSource};
 use crate::policy::{PolicyError, PolicySet};
 use crate::registry;
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::{Compiler, Sandbox, SandboxError};
 use crate::sources::{logwatch, probe};
 use crate::store::{Store, StoreError};
 use crate::supervisor::Supervisor;
@@ -223,10 +223,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             .limit_open_faults(config.max_open_faults_per_app)
             .keep_free(config.min_free_bytes),
     );
-    let sandbox = Arc::new(Sandbox::new(
-        config.sandbox.clone(),
-        config.data_dir.join("modules"),
-    )?);
+    let sandbox = Arc::new(
+        Sandbox::new(config.sandbox.clone(), config.data_dir.join("modules"))?
+            .compile_with(Compiler::Subprocess("/proc/self/exe".into())),
+    );
     let inputs = Arc::new(Inputs {
         config: config.clone(),
         store: Arc::clone(&store),

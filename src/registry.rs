@@ -84,7 +84,7 @@ impl PatchRecord {
 
 /// Runs the static checks and, if they pass, every contract test of `patch`.
 pub fn evaluate(sandbox: &Sandbox, patch: &PatchSource) -> (Vec<String>, Vec<TestResult>) {
-    let problems = sandbox.static_check(&patch.wasm);
+    let problems = sandbox.static_check(&patch.hash, &patch.wasm);
     if !problems.is_empty() {
         return (problems, Vec::new());
     }

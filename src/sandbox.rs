@@ -17,11 +17,17 @@
 //! fresh store with a fuel budget, a wall-clock deadline (epoch interruption), and memory and
 //! table caps; any excess, trap or bad host call fails that run with a precise [`RunError`] and
 //! leaves the daemon untouched. Compiled modules are cached on disk by content hash.
+//!
+//! The daemon compiles patches in a short-lived child (`phoenix compile-patch`, the same binary,
+//! see [`Compiler`]): a module that crashes or exhausts the compiler cannot take the daemon down,
+//! and the compiler's code and memory never become part of the daemon's resident set.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::{
     Caller, Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Memory,
@@ -221,11 +227,29 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     limits: Limits,
     cache_dir: PathBuf,
+    compiler: Compiler,
     /// Compiled modules with their imports already resolved, by content hash.
     modules: Mutex<HashMap<String, InstancePre<HostState>>>,
     /// Runs at once, at most the pool's size (a run past it would fail to instantiate).
     slots: Slots,
 }
+
+/// Where patches are compiled (a run never compiles twice: see the on-disk cache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compiler {
+    /// In this process: the offline CLI checks and the tests.
+    InProcess,
+    /// In a child running `EXE compile-patch` (the daemon: `/proc/self/exe`, the very binary that
+    /// runs, even if a newer one was installed since, so that artifacts always match the
+    /// engine). If the child cannot be started at all, the module is compiled in process.
+    Subprocess(PathBuf),
+}
+
+/// Longest a compiler child may take before it is stopped (and the module refused).
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Exit status of a compiler child that refused the module (its reason on standard output).
+const COMPILE_REFUSED: u8 = 65;
 
 /// Instances (each with one memory and one table) the pooling allocator keeps ready. Runs beyond
 /// it wait for a free slot: they are short (fuel and deadline bound them).
@@ -407,28 +431,7 @@ impl Sandbox {
     /// Builds the engine and starts its epoch ticker. `cache_dir` holds compiled modules.
     pub fn new(limits: Limits, cache_dir: PathBuf) -> Result<Sandbox, SandboxError> {
         let engine_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
-        // The pooling allocator keeps memories and tables ready for reuse, so a run does not
-        // map and unmap memory (the bulk of an on-demand instantiation). Each slot is sized by
-        // the limits; the limiter below still decides, and names, a cap that is hit.
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(POOL_SLOTS)
-            .total_memories(POOL_SLOTS)
-            .total_tables(POOL_SLOTS)
-            .max_memories_per_module(1)
-            .max_tables_per_module(1)
-            .max_memory_size(limits.memory_bytes)
-            .table_elements(limits.table_elements)
-            // Reset small memories by memset rather than madvise: cheaper for typical patches.
-            .linear_memory_keep_resident(4 << 10)
-            .table_keep_resident(16 << 10)
-            .decommit_batch_size(16);
-        let mut config = Config::new();
-        config
-            .consume_fuel(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(512 << 10)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(engine_error)?;
+        let engine = Engine::new(&engine_config(&limits)).map_err(engine_error)?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("phoenix-sandbox-epoch".into())
@@ -460,18 +463,26 @@ impl Sandbox {
             linker,
             limits,
             cache_dir,
+            compiler: Compiler::InProcess,
             modules: Mutex::new(HashMap::new()),
             slots: Slots::new(POOL_SLOTS),
         })
+    }
+
+    /// Compiles patches with `compiler` from now on.
+    pub fn compile_with(mut self, compiler: Compiler) -> Sandbox {
+        self.compiler = compiler;
+        self
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Registration-time checks: size, validity, imports only from the allow-list (so no WASI),
-    /// and the required exports. Returns every problem found, or none.
-    pub fn static_check(&self, wasm: &[u8]) -> Vec<String> {
+    /// Registration-time checks of the module with content hash `hash`: size, validity, imports
+    /// only from the allow-list (so no WASI), and the required exports. Returns every problem
+    /// found, or none. The compiled module is kept for the runs that follow.
+    pub fn static_check(&self, hash: &str, wasm: &[u8]) -> Vec<String> {
         let mut problems = Vec::new();
         if wasm.len() > self.limits.max_module_bytes {
             problems.push(format!(
@@ -481,12 +492,11 @@ impl Sandbox {
             ));
             return problems;
         }
-        let module = match Module::from_binary(&self.engine, wasm) {
+        let module = match self.compiled(hash, wasm) {
             Ok(module) => module,
-            Err(error) => {
+            Err(text) => {
                 // The pool is sized by the caps, so a module declaring more memory or table
                 // than they allow is refused here, before it ever runs: name the cap.
-                let text = format!("{error:#}");
                 let problem = if text.contains("memory index") && text.contains("pooling") {
                     format!(
                         "memory_limit: the module declares more memory than the {}-byte cap: {text}",
@@ -545,22 +555,42 @@ impl Sandbox {
         if let Some(module) = self.lock_modules().get(hash) {
             return Ok(module.clone());
         }
-        let path = self.cache_dir.join(format!("{hash}.cwasm"));
-        let module = match self.load_cached(&path) {
-            Some(module) => module,
-            None => {
-                let module = Module::from_binary(&self.engine, wasm)
-                    .map_err(|e| RunError::Instantiate(format!("{e:#}")))?;
-                self.store_cached(&path, &module);
-                module
-            }
-        };
+        let module = self.compiled(hash, wasm).map_err(RunError::Instantiate)?;
         let module = self
             .linker
             .instantiate_pre(&module)
             .map_err(|e| RunError::Instantiate(format!("{e:#}")))?;
         self.lock_modules().insert(hash.to_owned(), module.clone());
         Ok(module)
+    }
+
+    /// The module `hash` compiled: from the disk cache, else compiled (see [`Compiler`]) and
+    /// written to the cache. Err: why the compiler refused it.
+    fn compiled(&self, hash: &str, wasm: &[u8]) -> Result<Module, String> {
+        let path = self.cache_dir.join(format!("{hash}.cwasm"));
+        if let Some(module) = self.load_cached(&path) {
+            return Ok(module);
+        }
+        let artifact = match &self.compiler {
+            Compiler::InProcess => None,
+            Compiler::Subprocess(exe) => match compile_in_child(exe, &self.limits, wasm) {
+                Ok(outcome) => Some(outcome?),
+                Err(error) => {
+                    tracing::warn!(message = "Cannot start the patch compiler; compiling in process.", exe = %exe.display(), %error);
+                    None
+                }
+            },
+        };
+        let artifact = match artifact {
+            Some(artifact) => artifact,
+            None => Module::from_binary(&self.engine, wasm)
+                .and_then(|module| module.serialize())
+                .map_err(|e| format!("{e:#}"))?,
+        };
+        self.store_cached(&path, &artifact);
+        self.load_cached(&path)
+            .or_else(|| self.trusted_artifact(&artifact))
+            .ok_or_else(|| "the compiled module does not load into this engine".to_string())
     }
 
     fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, InstancePre<HostState>>> {
@@ -571,12 +601,9 @@ impl Sandbox {
     }
 
     /// Cache file layout: 32 bytes of blake3 over the artifact, then the artifact.
-    fn store_cached(&self, path: &std::path::Path, module: &Module) {
-        let Ok(artifact) = module.serialize() else {
-            return;
-        };
-        let mut bytes = blake3::hash(&artifact).as_bytes().to_vec();
-        bytes.extend_from_slice(&artifact);
+    fn store_cached(&self, path: &Path, artifact: &[u8]) {
+        let mut bytes = blake3::hash(artifact).as_bytes().to_vec();
+        bytes.extend_from_slice(artifact);
         let temp = path.with_extension("cwasm.tmp");
         if std::fs::write(&temp, &bytes)
             .and_then(|()| std::fs::rename(&temp, path))
@@ -586,18 +613,25 @@ impl Sandbox {
         }
     }
 
-    #[allow(unsafe_code)]
-    fn load_cached(&self, path: &std::path::Path) -> Option<Module> {
+    fn load_cached(&self, path: &Path) -> Option<Module> {
         let bytes = std::fs::read(path).ok()?;
         let (digest, artifact) = bytes.split_at_checked(32)?;
         if blake3::hash(artifact).as_bytes() != digest {
             tracing::warn!(message = "Compiled-module cache entry is corrupt; recompiling.", path = %path.display());
             return None;
         }
-        // SAFETY: `Module::deserialize` trusts its input to be an artifact wasmtime produced. This
-        // file lives in phoenix's own data directory, was written by `store_cached` above from
-        // `Module::serialize`, and its blake3 digest (checked just above) matches, so it is not
-        // truncated or corrupted. wasmtime itself rejects artifacts from another version or config.
+        self.trusted_artifact(artifact)
+    }
+
+    /// Loads an artifact that phoenix's own compiler produced: read back from the cache file
+    /// `store_cached` wrote (its blake3 digest checked), or just returned by a compiler child
+    /// (this same binary, over a pipe).
+    #[allow(unsafe_code)]
+    fn trusted_artifact(&self, artifact: &[u8]) -> Option<Module> {
+        // SAFETY: `Module::deserialize` trusts its input to be an artifact wasmtime produced. Both
+        // callers hand it bytes that `Module::serialize` of this very binary produced, intact
+        // (digest-checked from disk, or straight from the child's pipe). wasmtime itself rejects
+        // artifacts from another version or config.
         unsafe { Module::deserialize(&self.engine, artifact) }.ok()
     }
 
@@ -667,6 +701,128 @@ impl Sandbox {
     }
 }
 
+/// The engine settings for `limits`: the daemon's runs and a compiler child must agree on them
+/// (wasmtime refuses an artifact compiled under other settings).
+fn engine_config(limits: &Limits) -> Config {
+    // The pooling allocator keeps memories and tables ready for reuse, so a run does not map
+    // and unmap memory (the bulk of an on-demand instantiation). Each slot is sized by the
+    // limits; the limiter still decides, and names, a cap that is hit.
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(POOL_SLOTS)
+        .total_memories(POOL_SLOTS)
+        .total_tables(POOL_SLOTS)
+        .max_memories_per_module(1)
+        .max_tables_per_module(1)
+        .max_memory_size(limits.memory_bytes)
+        .table_elements(limits.table_elements)
+        // Reset small memories by memset rather than madvise: cheaper for typical patches.
+        .linear_memory_keep_resident(4 << 10)
+        .table_keep_resident(16 << 10)
+        .decommit_batch_size(16);
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(512 << 10)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Compiles `wasm` in a child `EXE compile-patch`. Outer Err: the child could not be started;
+/// inner Err: why the module was refused (by the compiler, or because the child failed).
+fn compile_in_child(
+    exe: &Path,
+    limits: &Limits,
+    wasm: &[u8],
+) -> std::io::Result<Result<Vec<u8>, String>> {
+    let limits = serde_json::to_string(limits).map_err(std::io::Error::other)?;
+    let mut child = Command::new(exe)
+        .args(["compile-patch", "--limits", &limits])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(std::io::Error::other("the compiler's pipes are missing"));
+    };
+    // Feed and drain on threads, so that a child stuck anywhere is still stopped in time.
+    let input = wasm.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).map(|_| out)
+    });
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.take(16 << 10).read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > COMPILE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Err(format!(
+                "compiling took longer than {COMPILE_TIMEOUT:?}; the compiler was stopped"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = feeder.join();
+    let out = reader
+        .join()
+        .map_err(|_| std::io::Error::other("the compiler's reader panicked"))??;
+    let errors = errors.join().unwrap_or_default();
+    Ok(match status.code() {
+        Some(0) => Ok(out),
+        Some(code) if code == i32::from(COMPILE_REFUSED) => {
+            Err(String::from_utf8_lossy(&out).into_owned())
+        }
+        _ => Err(format!(
+            "the patch compiler failed ({status}): {}",
+            errors.trim()
+        )),
+    })
+}
+
+/// `phoenix compile-patch --limits JSON`, the child side of [`Compiler::Subprocess`]: reads a
+/// module from standard input and writes the compiled artifact to standard output (status 0),
+/// or the compiler's reason for refusing it (status 65).
+pub fn compile_child(limits: &str) -> ExitCode {
+    let limits: Limits = match serde_json::from_str(limits) {
+        Ok(limits) => limits,
+        Err(error) => {
+            eprintln!("compile-patch: bad --limits: {error}");
+            return ExitCode::from(64);
+        }
+    };
+    let mut wasm = Vec::new();
+    if let Err(error) = std::io::stdin().read_to_end(&mut wasm) {
+        eprintln!("compile-patch: cannot read the module: {error}");
+        return ExitCode::from(66);
+    }
+    let compiled = Engine::new(&engine_config(&limits))
+        .and_then(|engine| Module::from_binary(&engine, &wasm))
+        .and_then(|module| module.serialize());
+    let (bytes, status) = match compiled {
+        Ok(artifact) => (artifact, ExitCode::SUCCESS),
+        Err(error) => (
+            format!("{error:#}").into_bytes(),
+            ExitCode::from(COMPILE_REFUSED),
+        ),
+    };
+    match std::io::stdout().lock().write_all(&bytes) {
+        Ok(()) => status,
+        Err(_) => ExitCode::from(74),
+    }
+}
+
 /// Compiles WebAssembly text to binary (a `.wasm` file's bytes pass through unchanged).
 pub fn wat_to_wasm(bytes: &[u8]) -> Result<Vec<u8>, String> {
     wat::parse_bytes(bytes)
@@ -692,6 +848,10 @@ mod tests {
         wat_to_wasm(text.as_bytes()).unwrap()
     }
 
+    fn hash(wasm: &[u8]) -> String {
+        blake3::hash(wasm).to_hex().to_string()
+    }
+
     fn sandbox(limits: Limits) -> (tempfile::TempDir, Sandbox) {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = Sandbox::new(limits, dir.path().join("modules")).unwrap();
@@ -711,9 +871,9 @@ mod tests {
     fn check(limits: Limits, wasm: Vec<u8>, expect: Result<Vec<Action>, &str>) {
         let (_dir, sandbox) = sandbox(limits);
         assert!(
-            sandbox.static_check(&wasm).is_empty(),
+            sandbox.static_check(&hash(&wasm), &wasm).is_empty(),
             "{:?}",
-            sandbox.static_check(&wasm)
+            sandbox.static_check(&hash(&wasm), &wasm)
         );
         let got = run(&sandbox, &wasm);
         match expect {
@@ -732,6 +892,36 @@ mod tests {
             Ok(vec![Action::Exec {
                 command: "cleanup".into(),
             }]),
+        );
+    }
+
+    #[test]
+    fn a_compiler_child_that_cannot_start_leaves_compiling_to_this_process() {
+        let (_dir, sandbox) = sandbox(Limits::default());
+        let sandbox = sandbox.compile_with(Compiler::Subprocess("/nonexistent/phoenix".into()));
+        let wasm = module("", "", "(i32.const 0)");
+        assert_eq!(
+            sandbox.static_check(&hash(&wasm), &wasm),
+            Vec::<String>::new()
+        );
+        assert_eq!(run(&sandbox, &wasm), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_compiler_child_that_fails_refuses_the_module() {
+        let (_dir, sandbox) = sandbox(Limits::default());
+        let sandbox = sandbox.compile_with(Compiler::Subprocess("/bin/false".into()));
+        let wasm = module("", "", "(i32.const 0)");
+        let problems = sandbox.static_check(&hash(&wasm), &wasm);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with("module does not compile: the patch compiler failed (exit status: 1)"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            run(&sandbox, &wasm).map_err(|e| e.code()),
+            Err("instantiate")
         );
     }
 
@@ -808,7 +998,7 @@ mod tests {
             "",
             "(i32.const 0)",
         );
-        let problems = sandbox.static_check(&wasi);
+        let problems = sandbox.static_check(&hash(&wasi), &wasi);
         assert!(
             problems.iter().any(|p| p.contains("WASI is not available")),
             "{problems:?}"
@@ -820,18 +1010,18 @@ mod tests {
         );
         assert!(
             sandbox
-                .static_check(&unknown)
+                .static_check(&hash(&unknown), &unknown)
                 .iter()
                 .any(|p| p.contains("phoenix.exec_now is not allowed"))
         );
         let no_heal = wat_to_wasm(br#"(module (memory (export "memory") 1))"#).unwrap();
         assert_eq!(
-            sandbox.static_check(&no_heal),
+            sandbox.static_check(&hash(&no_heal), &no_heal),
             vec!["module must export `heal: () -> i32`".to_string()]
         );
         assert!(
             sandbox
-                .static_check(b"\0asm garbage")
+                .static_check("garbage", b"\0asm garbage")
                 .iter()
                 .any(|p| p.contains("does not compile"))
         );
