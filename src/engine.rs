@@ -434,9 +434,7 @@ impl Engine {
     }
 
     /// Writes the transition `event` of `fault` (compare-and-swap on its sequence) and returns
-    /// the fault as stored. A fault still in `detected` is being analyzed: its `analyzing` entry
-    /// ("picked up") is written in the same write as the analysis' outcome, since analysis has
-    /// no side effect to guard.
+    /// the fault as stored.
     async fn transition<F>(
         &self,
         fault: &Fault,
@@ -447,19 +445,39 @@ impl Engine {
     where
         F: FnOnce(&mut Fault) + Send + 'static,
     {
-        let mut steps = Vec::with_capacity(2);
+        self.transitions(fault, vec![(event, detail)], change).await
+    }
+
+    /// Writes consecutive transitions that no side effect separates in one write (each still
+    /// gets its history entry). A fault still in `detected` is being analyzed: its `analyzing`
+    /// entry ("picked up") goes first, since analysis has no side effect to guard.
+    async fn transitions<F>(
+        &self,
+        fault: &Fault,
+        events: Vec<(Event, String)>,
+        change: F,
+    ) -> Result<Fault, EngineError>
+    where
+        F: FnOnce(&mut Fault) + Send + 'static,
+    {
+        let mut steps = Vec::with_capacity(events.len() + 1);
         let mut from = fault.state;
-        if from == FaultState::Detected && event != Event::ResolvedExternally {
+        let resolving = events.first().map(|(e, _)| *e) == Some(Event::ResolvedExternally);
+        if from == FaultState::Detected && !resolving {
             let analyzing = machine::next(from, Event::Begin)?;
             steps.push((analyzing, "picked up".to_string()));
             from = analyzing;
         }
-        let to = machine::next(from, event)?;
-        tracing::info!(message = "Fault transition.", from = from.name(), to = to.name(), %detail);
-        steps.push((to, detail.clone()));
+        for (event, detail) in events {
+            let to = machine::next(from, event)?;
+            tracing::info!(message = "Fault transition.", from = from.name(), to = to.name(), %detail);
+            steps.push((to, detail));
+            from = to;
+        }
         for (state, _) in &steps[..steps.len() - 1] {
             crate::metrics::metrics().inc("phoenix_transitions_total", &[("to", state.name())]);
         }
+        let detail = steps.last().map(|(_, d)| d.clone()).unwrap_or_default();
         let fault = self
             .parts
             .store
@@ -720,15 +738,15 @@ impl Engine {
             actions_done: 0,
             undo: Vec::new(),
         };
-        self.transition(
-            &fault,
-            Event::PlanReady { needs_approval },
-            detail,
-            move |f| {
-                f.attempts = attempt;
-                f.run = Some(run);
-            },
-        )
+        let mut events = vec![(Event::PlanReady { needs_approval }, detail)];
+        if !needs_approval && run.plan.is_empty() {
+            // Nothing to apply: no side effect separates patching from testing.
+            events.push((Event::Applied, "plan applied (0 of 0 actions)".into()));
+        }
+        self.transitions(&fault, events, move |f| {
+            f.attempts = attempt;
+            f.run = Some(run);
+        })
         .await
     }
 

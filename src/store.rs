@@ -93,6 +93,9 @@ struct Commits {
     failure: std::sync::Mutex<Option<StoreError>>,
 }
 
+/// How long a disk with plenty of room is trusted to still have it.
+const FREE_SPACE_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Free space the data dir needs before a store that hit a full disk is worth reopening.
 const REOPEN_FREE_BYTES: u64 = 4 << 20;
 
@@ -356,6 +359,9 @@ pub struct Store {
     commits: Arc<Commits>,
     dir: std::path::PathBuf,
     min_free_bytes: u64,
+    opened: std::time::Instant,
+    /// Until when (ms after `opened`) the disk is known to have room (see `check_free_space`).
+    plenty_until: AtomicU64,
 }
 
 impl Store {
@@ -412,6 +418,8 @@ impl Store {
             commits,
             dir: dir.to_owned(),
             min_free_bytes: 0,
+            opened: std::time::Instant::now(),
+            plenty_until: AtomicU64::new(0),
         })
     }
 
@@ -424,14 +432,24 @@ impl Store {
     }
 
     /// Err when the data dir has less free space than [`Store::keep_free`] asks for.
+    /// While the disk has at least twice the reserve free, it is looked at again only every
+    /// [`FREE_SPACE_RECHECK`], not at every report.
     fn check_free_space(&self) -> Result<(), StoreError> {
         if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let now = self.opened.elapsed().as_millis() as u64;
+        if now < self.plenty_until.load(Ordering::Relaxed) {
             return Ok(());
         }
         let Ok(fs) = rustix::fs::statvfs(&self.dir) else {
             return Ok(()); // Unknown: let the write itself tell.
         };
         let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        if free >= self.min_free_bytes.saturating_mul(2) {
+            let until = now + FREE_SPACE_RECHECK.as_millis() as u64;
+            self.plenty_until.store(until, Ordering::Relaxed);
+        }
         if free < self.min_free_bytes {
             return Err(StoreError::DiskFull(format!(
                 "{} KiB free, below min_free_bytes ({} KiB)",
