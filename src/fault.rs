@@ -526,6 +526,29 @@ pub fn sortable_id(at: Timestamp, counter: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_run_recorded_before_policies_were_stored_by_hash_keeps_its_inline_policy() {
+        let policy = r#"{"name":"p","match":{"app":"web"},"patch":{"name":"x"},"verify":{"command":["true"]}}"#;
+        let old = format!(
+            r#"{{"attempt":1,"policy":"p","patch_name":"x","patch_version":"1","patch_hash":"h","plan":[],"policy_snapshot":{policy},"actions_started":0,"actions_done":0}}"#
+        );
+        let run: Run = serde_json::from_str(&old).unwrap();
+        assert_eq!(run.policy_hash, "");
+        assert_eq!(
+            run.policy_snapshot.as_ref().map(|p| p.name.as_str()),
+            Some("p")
+        );
+
+        let new = Run {
+            policy_hash: "abc".into(),
+            policy_snapshot: None,
+            ..run
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["policy_hash"], "abc");
+        assert!(json.get("policy_snapshot").is_none(), "{json}");
+    }
+
     use super::*;
 
     fn report(app: &str, kind: &str, labels: &[(&str, &str)]) -> Report {

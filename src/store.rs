@@ -1446,6 +1446,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_that_fails_leaves_nothing_while_its_group_commits() {
+        let (_dir, store) = open();
+        let store = Arc::new(store);
+        // Many at once, so that failing and succeeding writes share groups.
+        let tasks: Vec<_> = (0..200u32)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = format!("t/{i}").into_bytes();
+                    store
+                        .commit(move |w| {
+                            let seen: Option<u32> = w.get(b"t/shared")?;
+                            w.put(b"t/shared", &(seen.unwrap_or(0) + 1))?;
+                            w.put(&key, &i)?;
+                            if i % 2 == 1 {
+                                return Err(StoreError::NotFound(format!("refused {i}")));
+                            }
+                            Ok(())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap().is_ok(), i % 2 == 0);
+        }
+        for i in 0..200u32 {
+            let stored: Option<u32> = get(&store.db, format!("t/{i}").as_bytes()).unwrap();
+            assert_eq!(stored, (i % 2 == 0).then_some(i), "t/{i}");
+        }
+        // Each successful write saw every successful write before it, in and across groups.
+        assert_eq!(get::<u32>(&store.db, b"t/shared").unwrap(), Some(100));
+    }
+
+    #[tokio::test]
     async fn data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let id = {

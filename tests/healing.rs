@@ -59,6 +59,33 @@ async fn the_shipped_demo_heals_a_disk_full_fault_through_every_state() {
 }
 
 #[tokio::test]
+async fn an_empty_plan_still_passes_through_every_state_and_is_verified() {
+    let env = Env::new();
+    env.patch("nothing", &planner(&[]), "");
+    // Healthy only once the marker exists: verification must really run.
+    env.simple_policy("web", "nothing", "", r#"["test", "-e", "healthy"]"#);
+    std::fs::write(env.path("healthy"), "").unwrap();
+    let daemon = env.start();
+
+    let id = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
+    let fault = daemon.wait_terminal(&id).await;
+
+    assert_eq!(fault["state"], "healed", "{fault:#}");
+    assert_eq!(
+        states(&fault),
+        ["detected", "analyzing", "patching", "testing", "healed"]
+    );
+    let details: Vec<&str> = fault["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(details[3], "plan applied (0 of 0 actions)", "{details:?}");
+    assert!(details[4].starts_with("verification passed"), "{details:?}");
+}
+
+#[tokio::test]
 async fn a_failed_verification_fails_the_fault_after_the_effect_ran() {
     let env = Env::new();
     env.patch("record", &planner(&[RECORD]), "");
