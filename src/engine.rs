@@ -152,6 +152,92 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     Ok(EngineHandle { queue })
 }
 
+/// The history entries `events` add to a fault in state `from`. A fault still in `detected` is
+/// being analyzed: its `analyzing` entry ("picked up") goes first, written with the analysis'
+/// outcome, since analysis has no side effect to guard.
+fn steps(
+    mut from: FaultState,
+    events: Vec<(Event, String)>,
+) -> Result<Vec<(FaultState, String)>, IllegalTransition> {
+    let mut steps = Vec::with_capacity(events.len() + 1);
+    let resolving = events.first().map(|(e, _)| *e) == Some(Event::ResolvedExternally);
+    if from == FaultState::Detected && !resolving {
+        let analyzing = machine::next(from, Event::Begin)?;
+        steps.push((analyzing, "picked up".to_string()));
+        from = analyzing;
+    }
+    for (event, detail) in events {
+        from = machine::next(from, event)?;
+        steps.push((from, detail));
+    }
+    Ok(steps)
+}
+
+/// What `analyzing` decided, short of whether a person must approve it first.
+struct Proposal {
+    attempt: u32,
+    /// The history detail of the plan (policy, patch, plan).
+    detail: String,
+    requested_at: Timestamp,
+    expires_at: Timestamp,
+    quorum: u32,
+    author_may_approve: bool,
+    patch_author: String,
+    patch_confidence: f64,
+    /// The run, without an approval request.
+    run: Run,
+}
+
+impl Proposal {
+    /// The transitions, and the change that records the run, when it must wait for a person
+    /// because of `reason` (None: it goes ahead).
+    fn outcome(self, reason: Option<String>) -> (Vec<(Event, String)>, impl FnOnce(&mut Fault)) {
+        let mut run = self.run;
+        let events = match reason {
+            Some(reason) => {
+                let detail = format!("{}; awaiting approval: {reason}", self.detail);
+                run.approval = Some(ApprovalRequest {
+                    reason,
+                    requested_at: self.requested_at,
+                    expires_at: self.expires_at,
+                    quorum: self.quorum,
+                    patch_author: self.patch_author,
+                    author_may_approve: self.author_may_approve,
+                    patch_confidence: self.patch_confidence,
+                    decisions: Vec::new(),
+                });
+                vec![(
+                    Event::PlanReady {
+                        needs_approval: true,
+                    },
+                    detail,
+                )]
+            }
+            None if run.plan.is_empty() => vec![
+                (
+                    Event::PlanReady {
+                        needs_approval: false,
+                    },
+                    self.detail,
+                ),
+                // Nothing to apply: no side effect separates patching from testing.
+                (Event::Applied, "plan applied (0 of 0 actions)".into()),
+            ],
+            None => vec![(
+                Event::PlanReady {
+                    needs_approval: false,
+                },
+                self.detail,
+            )],
+        };
+        let attempt = self.attempt;
+        (events, move |f: &mut Fault| {
+            f.attempts = attempt;
+            f.run = Some(run);
+        })
+    }
+}
+
 impl Engine {
     /// Stores `policy` under its hash, once per policy version (content-addressed), for the run
     /// about to start with it; returns the hash.
@@ -276,31 +362,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Counts a healing run of `app` against the per-app rate limit; returns why it must wait
-    /// for a person when the limit is reached (that run is then not counted).
-    async fn count_run(&self, app: &str) -> Result<Option<String>, EngineError> {
-        let limit = self.parts.rate_limit.clone();
-        let now = Timestamp::now();
-        let app_name = app.to_owned();
-        let over = self
-            .parts
-            .store
-            .update_app_runs(app, move |runs| {
-                runs.prune(now, limit.window);
-                if runs.attempts() >= u64::from(limit.runs_per_app) {
-                    return Some(format!(
-                        "app `{app_name}` already had {} healing runs in the last {}",
-                        runs.attempts(),
-                        humantime::format_duration(limit.window)
-                    ));
-                }
-                runs.add(now, limit.window, true);
-                None
-            })
-            .await?;
-        Ok(over)
     }
 
     /// Asks the global breaker, then the policy's, whether `fault` may be healed now. Returns
@@ -449,8 +510,7 @@ impl Engine {
     }
 
     /// Writes consecutive transitions that no side effect separates in one write (each still
-    /// gets its history entry). A fault still in `detected` is being analyzed: its `analyzing`
-    /// entry ("picked up") goes first, since analysis has no side effect to guard.
+    /// gets its history entry; see [`steps`]).
     async fn transitions<F>(
         &self,
         fault: &Fault,
@@ -460,31 +520,28 @@ impl Engine {
     where
         F: FnOnce(&mut Fault) + Send + 'static,
     {
-        let mut steps = Vec::with_capacity(events.len() + 1);
-        let mut from = fault.state;
-        let resolving = events.first().map(|(e, _)| *e) == Some(Event::ResolvedExternally);
-        if from == FaultState::Detected && !resolving {
-            let analyzing = machine::next(from, Event::Begin)?;
-            steps.push((analyzing, "picked up".to_string()));
-            from = analyzing;
-        }
-        for (event, detail) in events {
-            let to = machine::next(from, event)?;
-            tracing::info!(message = "Fault transition.", from = from.name(), to = to.name(), %detail);
-            steps.push((to, detail));
-            from = to;
-        }
-        for (state, _) in &steps[..steps.len() - 1] {
-            crate::metrics::metrics().inc("phoenix_transitions_total", &[("to", state.name())]);
-        }
-        let detail = steps.last().map(|(_, d)| d.clone()).unwrap_or_default();
+        let steps = steps(fault.state, events)?;
         let fault = self
             .parts
             .store
-            .append_steps(&fault.id, fault.seq, steps, change)
+            .append_steps(&fault.id, fault.seq, steps.clone(), change)
             .await?;
-        self.announce(&fault, &detail);
+        self.announce_steps(&fault, &steps);
         Ok(fault)
+    }
+
+    /// Logs and counts every step written, and announces where the fault ended up.
+    fn announce_steps(&self, fault: &Fault, steps: &[(FaultState, String)]) {
+        let Some(((_, detail), passed)) = steps.split_last() else {
+            return;
+        };
+        for (state, detail) in steps {
+            tracing::info!(message = "Fault transition.", to = state.name(), %detail);
+        }
+        for (state, _) in passed {
+            crate::metrics::metrics().inc("phoenix_transitions_total", &[("to", state.name())]);
+        }
+        self.announce(fault, detail);
     }
 
     /// Pushes the transitions people wait for: an approval request, and a fault's end; and
@@ -697,57 +754,73 @@ impl Engine {
                 WhenOpen::Approval => reason = Some(refusal),
             }
         }
-        // Only runs that go ahead without a person count against the per-app limit.
-        if reason.is_none() {
-            reason = self.count_run(&fault.app).await?;
-        }
-        let approval = reason.map(|reason| ApprovalRequest {
-            reason,
+        let proposal = Proposal {
+            attempt,
+            detail: format!(
+                "attempt {attempt}: policy `{}`, patch {name}@{} ({}), plan: [{}]",
+                policy.name,
+                record.version,
+                &record.hash[..12],
+                summary.join(", ")
+            ),
             requested_at: now,
             expires_at: Timestamp(now.0 + policy.approval.expires.as_millis() as u64),
             quorum: policy.approval.quorum,
-            patch_author: record.author.clone(),
             author_may_approve: policy.approval.author_may_approve,
+            patch_author: record.author.clone(),
             patch_confidence: record.confidence,
-            decisions: Vec::new(),
-        });
-        let waiting = match &approval {
-            Some(request) => format!("; awaiting approval: {}", request.reason),
-            None => String::new(),
+            run: Run {
+                attempt,
+                policy: policy.name.clone(),
+                patch_name: record.name.clone(),
+                patch_version: record.version.clone(),
+                patch_hash: record.hash.clone(),
+                plan,
+                policy_hash: self.keep_policy(&policy).await?,
+                policy_snapshot: None,
+                approval: None,
+                actions_started: 0,
+                actions_done: 0,
+                undo: Vec::new(),
+            },
         };
-        let detail = format!(
-            "attempt {attempt}: policy `{}`, patch {name}@{} ({}), plan: [{}]{waiting}",
-            policy.name,
-            record.version,
-            &record.hash[..12],
-            summary.join(", ")
-        );
-        let needs_approval = approval.is_some();
-        let policy_hash = self.keep_policy(&policy).await?;
-        let run = Run {
-            attempt,
-            policy: policy.name.clone(),
-            patch_name: record.name.clone(),
-            patch_version: record.version.clone(),
-            patch_hash: record.hash.clone(),
-            plan,
-            policy_hash,
-            policy_snapshot: None,
-            approval,
-            actions_started: 0,
-            actions_done: 0,
-            undo: Vec::new(),
-        };
-        let mut events = vec![(Event::PlanReady { needs_approval }, detail)];
-        if !needs_approval && run.plan.is_empty() {
-            // Nothing to apply: no side effect separates patching from testing.
-            events.push((Event::Applied, "plan applied (0 of 0 actions)".into()));
+        if reason.is_some() {
+            let (events, change) = proposal.outcome(reason);
+            return self.transitions(&fault, events, change).await;
         }
-        self.transitions(&fault, events, move |f| {
-            f.attempts = attempt;
-            f.run = Some(run);
-        })
-        .await
+        // Only runs that go ahead without a person count against the per-app limit; the count
+        // and the transition are one write.
+        let limit = self.parts.rate_limit.clone();
+        let app = fault.app.clone();
+        let count = move |runs: &mut crate::window::WindowCounts| {
+            let now = Timestamp::now();
+            runs.prune(now, limit.window);
+            if runs.attempts() >= u64::from(limit.runs_per_app) {
+                return Some(format!(
+                    "app `{app}` already had {} healing runs in the last {}",
+                    runs.attempts(),
+                    humantime::format_duration(limit.window)
+                ));
+            }
+            runs.add(now, limit.window, true);
+            None
+        };
+        let (from, id) = (fault.state, fault.id.clone());
+        let decide = move |wait: Option<String>| {
+            let (events, change) = proposal.outcome(wait);
+            let steps = steps(from, events).map_err(|illegal| StoreError::Corrupt {
+                key: id,
+                message: illegal.to_string(),
+            })?;
+            Ok((steps, change))
+        };
+        let (stored, steps) = self
+            .parts
+            .store
+            .append_counting_run(&fault.id, fault.seq, &fault.app, count, decide)
+            .await?;
+        self.announce_steps(&stored, &steps);
+        Ok(stored)
     }
 
     /// Patching: apply the remaining actions. Before each one, its undo (e.g. a backup of the

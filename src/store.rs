@@ -288,6 +288,57 @@ fn count_open(w: &mut Writer<'_>, app: &str, delta: i64) -> Result<u64, StoreErr
 }
 
 /// The last fault with this fingerprint that ended (for reopening a recurrence).
+fn app_runs_key(app: &str) -> Vec<u8> {
+    format!("rw/{app}").into_bytes()
+}
+
+/// Appends `steps` to fault `id` if its sequence is still `expected_seq` (see
+/// [`Store::append_steps`]).
+fn append_in<F>(
+    w: &mut Writer<'_>,
+    id: &str,
+    expected_seq: u64,
+    steps: Vec<(FaultState, String)>,
+    change: F,
+) -> Result<Fault, StoreError>
+where
+    F: FnOnce(&mut Fault),
+{
+    let key = fault_key(id);
+    let mut fault = existing_fault(w, &key, id)?;
+    if fault.seq != expected_seq {
+        return Err(StoreError::Conflict {
+            id: id.to_owned(),
+            expected: expected_seq,
+            actual: fault.seq,
+        });
+    }
+    change(&mut fault);
+    let at = Timestamp::now();
+    for (state, detail) in steps {
+        fault.seq += 1;
+        fault.state = state;
+        let entry = HistoryEntry {
+            seq: fault.seq,
+            state,
+            at,
+            detail,
+        };
+        w.put(&history_key(id, fault.seq), &entry)?;
+    }
+    if fault.state.is_terminal() {
+        count_open(w, &fault.app, -1)?;
+        fault.closed_at = Some(at);
+        let fp_key = fingerprint_key(&fault.fingerprint);
+        if w.get::<String>(&fp_key)?.as_deref() == Some(id) {
+            w.remove(&fp_key);
+        }
+        w.put(&last_closed_key(&fault.fingerprint), &id)?;
+    }
+    w.put(&key, &fault)?;
+    Ok(fault)
+}
+
 fn policy_snapshot_key(hash: &str) -> Vec<u8> {
     format!("ps/{hash}").into_bytes()
 }
@@ -629,40 +680,38 @@ impl Store {
         F: FnOnce(&mut Fault) + Send + 'static,
     {
         let id = id.to_owned();
+        self.commit(move |w| append_in(w, &id, expected_seq, steps, change))
+            .await
+    }
+
+    /// [`Store::append_steps`] decided in the same atomic write as a count of the runs of
+    /// `app` (for the per-app rate limit, key `rw/{app}`; the `rl/` records of earlier versions,
+    /// one entry per run, are no longer read): `count` updates the counts and says
+    /// why the run must wait for a person (None: it goes ahead); `decide` turns that answer into
+    /// the entries and the change. Returns the fault and the entries written.
+    pub async fn append_counting_run<C, D, F>(
+        &self,
+        id: &str,
+        expected_seq: u64,
+        app: &str,
+        count: C,
+        decide: D,
+    ) -> Result<(Fault, Vec<(FaultState, String)>), StoreError>
+    where
+        C: FnOnce(&mut crate::window::WindowCounts) -> Option<String> + Send + 'static,
+        D: FnOnce(Option<String>) -> Result<(Vec<(FaultState, String)>, F), StoreError>
+            + Send
+            + 'static,
+        F: FnOnce(&mut Fault),
+    {
+        let (id, key) = (id.to_owned(), app_runs_key(app));
         self.commit(move |w| {
-            let key = fault_key(&id);
-            let mut fault = existing_fault(w, &key, &id)?;
-            if fault.seq != expected_seq {
-                return Err(StoreError::Conflict {
-                    id,
-                    expected: expected_seq,
-                    actual: fault.seq,
-                });
-            }
-            change(&mut fault);
-            let at = Timestamp::now();
-            for (state, detail) in steps {
-                fault.seq += 1;
-                fault.state = state;
-                let entry = HistoryEntry {
-                    seq: fault.seq,
-                    state,
-                    at,
-                    detail,
-                };
-                w.put(&history_key(&id, fault.seq), &entry)?;
-            }
-            if fault.state.is_terminal() {
-                count_open(w, &fault.app, -1)?;
-                fault.closed_at = Some(at);
-                let fp_key = fingerprint_key(&fault.fingerprint);
-                if w.get::<String>(&fp_key)?.as_deref() == Some(id.as_str()) {
-                    w.remove(&fp_key);
-                }
-                w.put(&last_closed_key(&fault.fingerprint), &id)?;
-            }
-            w.put(&key, &fault)?;
-            Ok(fault)
+            let mut runs = w.get(&key)?.unwrap_or_default();
+            let wait = count(&mut runs);
+            w.put(&key, &runs)?;
+            let (steps, change) = decide(wait)?;
+            let fault = append_in(w, &id, expected_seq, steps.clone(), change)?;
+            Ok((fault, steps))
         })
         .await
     }
@@ -831,24 +880,6 @@ impl Store {
                 removed += 1;
             }
             Ok(removed)
-        })
-        .await
-    }
-
-    /// Runs `change` on the counts of `app`'s recent healing runs atomically and stores them;
-    /// for the per-app rate limit. (Key `rw/`: the `rl/` records of earlier versions, one entry
-    /// per run, are no longer read.)
-    pub async fn update_app_runs<T, F>(&self, app: &str, change: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut crate::window::WindowCounts) -> T + Send + 'static,
-    {
-        let key = format!("rw/{app}").into_bytes();
-        self.commit(move |w| {
-            let mut runs = w.get(&key)?.unwrap_or_default();
-            let result = change(&mut runs);
-            w.put(&key, &runs)?;
-            Ok(result)
         })
         .await
     }
