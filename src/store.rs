@@ -856,8 +856,8 @@ impl Store {
         .await
     }
 
-    /// Deletes faults that ended before `before` (with their history and indexes); returns how
-    /// many. Open faults are never touched.
+    /// Deletes faults that ended before `before` (with their history, indexes and idempotency
+    /// keys); returns how many. Open faults are never touched.
     pub async fn compact(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.commit(move |w| {
             let mut removed = 0;
@@ -878,6 +878,15 @@ impl Store {
                 }
                 w.remove(&key);
                 removed += 1;
+            }
+            // An idempotency key outlives its fault only to answer with a fault that is gone.
+            for item in tree.scan_prefix(b"ik/") {
+                let (key, value) = item.map_err(io)?;
+                let record: IdempotencyRecord = decode(&key, &value)?;
+                let fault = fault_key(&record.fault.id);
+                if w.get::<serde::de::IgnoredAny>(&fault)?.is_none() {
+                    w.remove(&key);
+                }
             }
             Ok(removed)
         })
@@ -1423,6 +1432,49 @@ mod tests {
             store.fault(&first.fault.id).unwrap().unwrap().occurrences,
             1
         );
+    }
+
+    #[tokio::test]
+    async fn compaction_deletes_ended_faults_with_their_idempotency_keys() {
+        let (_dir, store) = open();
+        let key = |k: &str| Some((k.to_string(), format!("hash-{k}")));
+        let ended = store
+            .report(report("a"), Source::Api, key("k1"))
+            .await
+            .unwrap();
+        let open = store
+            .report(report("b"), Source::Api, key("k2"))
+            .await
+            .unwrap();
+        let failed = FaultState::Failed(FailReason::NoPolicy);
+        store
+            .append(&ended.fault.id, 1, failed, "over".into(), |_| {})
+            .await
+            .unwrap();
+
+        let removed = store.compact(Timestamp(u64::MAX)).await.unwrap();
+
+        assert_eq!(removed, 1);
+        assert!(store.fault(&ended.fault.id).unwrap().is_none());
+        assert!(store.history(&ended.fault.id).unwrap().is_empty());
+        assert!(
+            get::<IdempotencyRecord>(&store.db, b"ik/faults/k1")
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.fault(&open.fault.id).unwrap().is_some());
+        assert!(
+            get::<IdempotencyRecord>(&store.db, b"ik/faults/k2")
+                .unwrap()
+                .is_some()
+        );
+        // The key is free again: the same request now opens a new fault.
+        let again = store
+            .report(report("a"), Source::Api, key("k1"))
+            .await
+            .unwrap();
+        assert!(again.created && !again.replayed);
+        assert_ne!(again.fault.id, ended.fault.id);
     }
 
     #[tokio::test]
