@@ -28,6 +28,7 @@ struct RawConfig {
     max_body_bytes: usize,
     store_cache_bytes: u64,
     min_free_bytes: u64,
+    store_fsync: bool,
     sandbox: Limits,
     alertmanager: AlertmanagerConfig,
     probe: Vec<ProbeConfig>,
@@ -73,6 +74,7 @@ impl Default for RawConfig {
             max_body_bytes: 64 << 10,
             store_cache_bytes: 8 << 20,
             min_free_bytes: 64 << 20,
+            store_fsync: true,
             sandbox: Limits::default(),
             alertmanager: AlertmanagerConfig::default(),
             probe: Vec::new(),
@@ -112,6 +114,8 @@ pub struct Config {
     /// Below this much free space in the data dir, new reports are refused (507) so that the
     /// store never runs into a full disk.
     pub min_free_bytes: u64,
+    /// Also fdatasync the store's log after each group flush (see `Store::fsync_each_flush`).
+    pub store_fsync: bool,
     pub sandbox: Limits,
     /// Which alert labels name a fault's app and kind.
     pub alertmanager: AlertmanagerConfig,
@@ -275,6 +279,7 @@ impl Config {
             max_body_bytes: raw.max_body_bytes,
             store_cache_bytes: raw.store_cache_bytes,
             min_free_bytes: raw.min_free_bytes,
+            store_fsync: raw.store_fsync,
             sandbox: raw.sandbox,
             alertmanager: raw.alertmanager,
             probes: raw.probe,

@@ -217,12 +217,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         path: store_path.display().to_string(),
         source,
     };
-    let store = Arc::new(
-        Store::open(&store_path, config.store_cache_bytes)
-            .map_err(store_error)?
-            .limit_open_faults(config.max_open_faults_per_app)
-            .keep_free(config.min_free_bytes),
-    );
+    let mut store = Store::open(&store_path, config.store_cache_bytes)
+        .map_err(store_error)?
+        .limit_open_faults(config.max_open_faults_per_app)
+        .keep_free(config.min_free_bytes);
+    if config.store_fsync {
+        store = store.fsync_each_flush().map_err(store_error)?;
+    }
+    let store = Arc::new(store);
     let sandbox = Arc::new(
         Sandbox::new(config.sandbox.clone(), config.data_dir.join("modules"))?
             .compile_with(Compiler::Subprocess("/proc/self/exe".into())),
