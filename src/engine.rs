@@ -178,12 +178,8 @@ struct Proposal {
     attempt: u32,
     /// The history detail of the plan (policy, patch, plan).
     detail: String,
-    requested_at: Timestamp,
-    expires_at: Timestamp,
-    quorum: u32,
-    author_may_approve: bool,
-    patch_author: String,
-    patch_confidence: f64,
+    /// The approval request to make if the run must wait, but for its reason.
+    request: ApprovalRequest,
     /// The run, without an approval request.
     run: Run,
 }
@@ -198,13 +194,7 @@ impl Proposal {
                 let detail = format!("{}; awaiting approval: {reason}", self.detail);
                 run.approval = Some(ApprovalRequest {
                     reason,
-                    requested_at: self.requested_at,
-                    expires_at: self.expires_at,
-                    quorum: self.quorum,
-                    patch_author: self.patch_author,
-                    author_may_approve: self.author_may_approve,
-                    patch_confidence: self.patch_confidence,
-                    decisions: Vec::new(),
+                    ..self.request
                 });
                 vec![(
                     Event::PlanReady {
@@ -763,12 +753,16 @@ impl Engine {
                 &record.hash[..12],
                 summary.join(", ")
             ),
-            requested_at: now,
-            expires_at: Timestamp(now.0 + policy.approval.expires.as_millis() as u64),
-            quorum: policy.approval.quorum,
-            author_may_approve: policy.approval.author_may_approve,
-            patch_author: record.author.clone(),
-            patch_confidence: record.confidence,
+            request: ApprovalRequest {
+                reason: String::new(),
+                requested_at: now,
+                expires_at: Timestamp(now.0 + policy.approval.expires.as_millis() as u64),
+                quorum: policy.approval.quorum,
+                patch_author: record.author.clone(),
+                author_may_approve: policy.approval.author_may_approve,
+                patch_confidence: record.confidence,
+                decisions: Vec::new(),
+            },
             run: Run {
                 attempt,
                 policy: policy.name.clone(),

@@ -588,8 +588,7 @@ impl Sandbox {
                 .map_err(|e| format!("{e:#}"))?,
         };
         self.store_cached(&path, &artifact);
-        self.load_cached(&path)
-            .or_else(|| self.trusted_artifact(&artifact))
+        self.trusted_artifact(&artifact)
             .ok_or_else(|| "the compiled module does not load into this engine".to_string())
     }
 
