@@ -97,7 +97,7 @@ pub fn parse() -> Cli {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config, log_format } => {
-            init_logging(log_format);
+            phoenix::logging::init(matches!(log_format, LogFormat::Json));
             serve(config.as_deref())
         }
         Command::Check { config } => report(check(config.as_deref())),
@@ -108,21 +108,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Restore { config, from } => report(restore(config.as_deref(), &from)),
         Command::Client(command) => crate::client::run(cli.connection, command),
         Command::CompilePatch { limits } => phoenix::sandbox::compile_child(&limits),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal, never in journald or a log file.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -250,11 +250,15 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         what: "HTTP client".into(),
         source: std::io::Error::other(e),
     })?;
+    let action_http = crate::effects::action_http_client().map_err(|e| DaemonError::Io {
+        what: "HTTP client".into(),
+        source: std::io::Error::other(e),
+    })?;
     let engine = engine::start(EngineParts {
         store: Arc::clone(&store),
         sandbox,
         policies: Arc::clone(&inputs.policies),
-        effects: Effects::new(http.clone(), config.base_dir.clone(), supervisor.clone()),
+        effects: Effects::new(action_http, config.base_dir.clone(), supervisor.clone()),
         http,
         work_dir: config.base_dir.clone(),
         workers: config.workers,

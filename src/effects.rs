@@ -51,11 +51,22 @@ pub enum EffectError {
     Http(String),
 }
 
-/// The HTTP client for effects and probes: rustls with the ring provider (installed here, once
-/// per process, because reqwest is built without a default provider).
+/// The HTTP client for probes and webhooks (URLs the operator wrote): rustls with the ring
+/// provider (installed here, once per process, because reqwest is built without a default
+/// provider).
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build()
+}
+
+/// The HTTP client for a plan's `http` actions. It never follows a redirect: the policy allowed
+/// the URL the patch named, not wherever its target points next (a 307 would even resend the
+/// method and body there). A redirect answer fails the action instead.
+pub fn action_http_client() -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
 }
 
 /// Facts about the fault passed to commands as environment variables (never as argv, which the
@@ -187,6 +198,15 @@ impl Effects {
                 let status = response.status();
                 if status.is_success() {
                     Ok(format!("HTTP {}", status.as_u16()))
+                } else if status.is_redirection() {
+                    let location = response
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    Err(EffectError::Http(format!(
+                        "{url} answered {status} to `{location}`: redirects are not followed (only the URL the policy allows is called)"
+                    )))
                 } else {
                     Err(EffectError::Http(format!("{url} answered {status}")))
                 }
@@ -456,7 +476,7 @@ mod tests {
 
     fn effects() -> Effects {
         Effects::new(
-            http_client().unwrap(),
+            action_http_client().unwrap(),
             std::env::temp_dir(),
             Supervisor::default(),
         )

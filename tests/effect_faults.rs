@@ -129,6 +129,63 @@ async fn an_http_target_or_webhook_that_never_answers_times_out_and_blocks_nothi
     assert_eq!(status, 200);
 }
 
+/// A server under the allowed prefix that answers every request with a redirect to `location`.
+async fn redirector(status: &'static str, location: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = [0u8; 4096];
+            let _ = socket.read(&mut buffer).await;
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_http_target_cannot_redirect_an_action_outside_its_prefix() {
+    // The allowed target answers 307 (method and body kept) or 302 pointing elsewhere: the
+    // request must not follow it there, whatever the target says.
+    let (outside, seen) = common::recording_server().await;
+    let keep = redirector("307 Temporary Redirect", format!("{outside}/admin/delete")).await;
+    let change = redirector("302 Found", format!("{outside}/admin/delete")).await;
+    let env = Env::new();
+    for (app, target) in [("keep", &keep), ("change", &change)] {
+        env.patch(
+            app,
+            &planner(&[&format!(
+                r#"{{"kind":"http","method":"POST","url":"http://{target}/allowed/x","body":"secret"}}"#
+            )]),
+            "",
+        );
+        env.policy(
+            app,
+            &format!(
+                "[match]\napp = \"{app}\"\n\n[patch]\nname = \"{app}\"\n\n[capabilities]\nhttp_prefixes = [\"http://{target}/allowed/\"]\n\n[verify]\ncommand = [\"true\"]\nwithin = \"5s\"\n"
+            ),
+        );
+    }
+    let daemon = env.start();
+    for app in ["keep", "change"] {
+        let id = daemon
+            .report_id(&format!(r#"{{"app":"{app}","kind":"down"}}"#))
+            .await;
+        let fault = daemon.wait_terminal(&id).await;
+        assert_eq!(fault["reason"], "apply_failed", "{fault:#}");
+        assert!(history(&fault).contains("redirect"), "{}", history(&fault));
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a redirect took an action outside its prefix: {:?}",
+        seen.lock().unwrap()
+    );
+}
+
 /// A small tmpfs mounted on the data dir (needs root; CI runs as root). Unmounted on drop.
 struct SmallDisk(std::path::PathBuf);
 

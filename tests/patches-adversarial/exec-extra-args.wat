@@ -1,0 +1,8 @@
+;; Tries to pass arguments to a declared command.
+;; expect: sandbox_error bad_action
+(module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+  (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
+  (import "phoenix" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{\"kind\":\"exec\",\"command\":\"ok\",\"args\":[\"-rf\",\"/\"]}")
+  (func (export "heal") (result i32) (drop (call $action (i32.const 0) (i32.const 49))) (i32.const 0)))

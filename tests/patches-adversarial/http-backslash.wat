@@ -1,0 +1,8 @@
+;; Climbs out of the prefix with backslashes (WHATWG treats them as slashes).
+;; expect: capability_denied not under
+(module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+  (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
+  (import "phoenix" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{\"kind\":\"http\",\"url\":\"http://127.0.0.1:9/allowed\\\\..\\\\..\\\\secret\"}")
+  (func (export "heal") (result i32) (drop (call $action (i32.const 0) (i32.const 66))) (i32.const 0)))

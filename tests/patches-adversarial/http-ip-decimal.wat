@@ -1,0 +1,8 @@
+;; The prefix host spelled as one decimal number points at the same host; port 10 is outside.
+;; expect: capability_denied not under
+(module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+  (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
+  (import "phoenix" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{\"kind\":\"http\",\"url\":\"http://2130706433:10/allowed/x\"}")
+  (func (export "heal") (result i32) (drop (call $action (i32.const 0) (i32.const 54))) (i32.const 0)))
