@@ -260,17 +260,15 @@ impl Effects {
         let target = self.checked_target(path, caps)?;
         let file_error =
             |e: std::io::Error| EffectError::File(format!("backing up {}: {e}", target.display()));
-        match std::fs::read(&target) {
-            Ok(bytes) => {
-                let mode = std::fs::metadata(&target)
-                    .map_err(file_error)?
-                    .permissions()
-                    .mode()
-                    & 0o7777;
+        match std::fs::metadata(&target) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o7777;
                 if let Some(dir) = backup.parent() {
                     std::fs::create_dir_all(dir).map_err(file_error)?;
                 }
-                replace_file(backup, &bytes, 0o600).map_err(file_error)?;
+                // Copied by the kernel, not read into memory: the file may be a large log a
+                // patch empties.
+                copy_file(&target, backup, 0o600).map_err(file_error)?;
                 Ok(Some(Undo::RestoreFile {
                     path: target,
                     backup: Some(backup.to_owned()),
@@ -296,10 +294,13 @@ impl Effects {
                 backup: Some(backup),
                 mode,
             } => {
-                let bytes = std::fs::read(backup).map_err(|e| {
-                    EffectError::File(format!("reading backup {}: {e}", backup.display()))
-                })?;
-                replace_file(path, &bytes, mode.unwrap_or(NEW_FILE_MODE))
+                if let Err(error) = std::fs::metadata(backup) {
+                    return Err(EffectError::File(format!(
+                        "reading backup {}: {error}",
+                        backup.display()
+                    )));
+                }
+                copy_file(backup, path, mode.unwrap_or(NEW_FILE_MODE))
                     .map_err(|e| EffectError::File(format!("restoring {}: {e}", path.display())))?;
                 Ok(format!("restored {}", path.display()))
             }
@@ -325,7 +326,25 @@ impl Effects {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, given
 /// `mode`, renamed over `path`, and the directory flushed so the rename survives a crash.
 fn replace_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
+    replace_with(path, mode, |file| std::io::Write::write_all(file, bytes))
+}
+
+/// Replaces `to` with a copy of the file `from`, atomically and durably, as [`replace_file`]
+/// does, without reading it into memory.
+fn copy_file(from: &std::path::Path, to: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    let mut source = std::fs::File::open(from)?;
+    replace_with(to, mode, |file| {
+        std::io::copy(&mut source, file).map(|_| ())
+    })
+}
+
+/// Writes a temporary file beside `path` with `fill`, gives it `mode`, flushes it, and renames it
+/// over `path` (then flushes the directory): readers see the old file or the new one, never half.
+fn replace_with(
+    path: &std::path::Path,
+    mode: u32,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("no parent directory"))?;
@@ -335,7 +354,7 @@ fn replace_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Res
     let temp = dir.join(format!(".{}.phoenix-tmp", name.to_string_lossy()));
     {
         let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
+        fill(&mut file)?;
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.sync_all()?;
     }
