@@ -30,8 +30,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Caller, Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Memory,
-    Module, PoolingAllocationConfig, ResourceLimiter, Store, Trap, ValType,
+    Caller, Config, Engine, Extern, ExternType, InstanceAllocationStrategy, InstancePre, Linker,
+    Memory, Module, ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, Trap, ValType,
 };
 
 use crate::plan::Action;
@@ -170,6 +170,8 @@ struct HostState {
     fault: FaultView,
     plan: Vec<Action>,
     limits: Limits,
+    /// The instance's exported memory, once instantiated.
+    memory: Option<Memory>,
     failure: Option<RunError>,
     log_lines: u32,
     patch: String,
@@ -229,9 +231,18 @@ pub struct Sandbox {
     cache_dir: PathBuf,
     compiler: Compiler,
     /// Compiled modules with their imports already resolved, by content hash.
-    modules: Mutex<HashMap<String, InstancePre<HostState>>>,
+    modules: Mutex<HashMap<String, Prepared>>,
     /// Runs at once, at most the pool's size (a run past it would fail to instantiate).
     slots: Slots,
+}
+
+/// A module ready to run: imports resolved, and its exports looked up once (by index, not by
+/// name, at every run).
+#[derive(Clone)]
+struct Prepared {
+    pre: InstancePre<HostState>,
+    heal: Option<ModuleExport>,
+    memory: Option<ModuleExport>,
 }
 
 /// Where patches are compiled (a run never compiles twice: see the on-disk cache).
@@ -255,10 +266,16 @@ const COMPILE_REFUSED: u8 = 65;
 /// it wait for a free slot: they are short (fuel and deadline bound them).
 const POOL_SLOTS: u32 = 64;
 
-/// A counting semaphore for blocking threads (runs happen on tokio's blocking pool).
+/// A counting semaphore for blocking threads (runs happen on tokio's blocking pool). A slot
+/// given back wakes a thread only if one waits (a condvar notify is a syscall even with none).
 struct Slots {
-    free: Mutex<u32>,
+    count: Mutex<SlotCount>,
     freed: std::sync::Condvar,
+}
+
+struct SlotCount {
+    free: u32,
+    waiting: u32,
 }
 
 struct Slot<'a>(&'a Slots);
@@ -266,25 +283,33 @@ struct Slot<'a>(&'a Slots);
 impl Slots {
     fn new(count: u32) -> Slots {
         Slots {
-            free: Mutex::new(count),
+            count: Mutex::new(SlotCount {
+                free: count,
+                waiting: 0,
+            }),
             freed: std::sync::Condvar::new(),
         }
     }
 
     fn take(&self) -> Slot<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while count.free == 0 {
+            count.waiting += 1;
+            count = self.freed.wait(count).unwrap_or_else(|p| p.into_inner());
+            count.waiting -= 1;
         }
-        *free -= 1;
+        count.free -= 1;
         Slot(self)
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.freed.notify_one();
+        let mut count = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
+        count.free += 1;
+        if count.waiting > 0 {
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -298,6 +323,10 @@ fn bounds(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
 }
 
 fn memory_of(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
+    // Known once `heal` runs; a start function's host calls look it up by name.
+    if let Some(memory) = caller.data().memory {
+        return Some(memory);
+    }
     caller
         .get_export("memory")
         .and_then(|export| export.into_memory())
@@ -325,25 +354,23 @@ fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> wasmtime::Result<
     Ok(())
 }
 
-/// Copies out `len` bytes at `ptr` (at most `keep` of them); the whole range must be inside the
-/// module's memory.
-fn read_bytes(
+/// The module's memory and the range of `len` bytes at `ptr` in it (at most `keep` of them),
+/// charged by length; the whole range must be inside the memory.
+fn checked_range(
     caller: &mut Caller<'_, HostState>,
     ptr: i32,
     len: i32,
     keep: usize,
-) -> wasmtime::Result<Vec<u8>> {
+) -> wasmtime::Result<(Memory, std::ops::Range<usize>)> {
     let Some(memory) = memory_of(caller) else {
         return Err(fail(caller, RunError::BadPointer));
     };
-    let data = memory.data(&*caller);
-    let Some(range) = bounds(data, ptr, len) else {
+    let Some(range) = bounds(memory.data(&*caller), ptr, len) else {
         return Err(fail(caller, RunError::BadPointer));
     };
-    let end = range.end.min(range.start.saturating_add(keep));
-    let bytes = data[range.start..end].to_vec();
-    charge(caller, bytes.len())?;
-    Ok(bytes)
+    let range = range.start..range.end.min(range.start.saturating_add(keep));
+    charge(caller, range.len())?;
+    Ok((memory, range))
 }
 
 fn host_fault_get(
@@ -353,48 +380,50 @@ fn host_fault_get(
     out_ptr: i32,
     out_cap: i32,
 ) -> wasmtime::Result<i32> {
-    let key = read_bytes(&mut caller, key_ptr, key_len, usize::MAX)?;
-    let key = String::from_utf8_lossy(&key);
-    let Some(value) = caller.data().fault.get(key.as_ref()).cloned() else {
+    let (memory, key) = checked_range(&mut caller, key_ptr, key_len, usize::MAX)?;
+    // Key and value are used where they lie (the module's memory, the fault view): no copies.
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let Some(value) = state
+        .fault
+        .get(String::from_utf8_lossy(&data[key]).as_ref())
+    else {
         return Ok(-1);
-    };
-    let Some(memory) = memory_of(&mut caller) else {
-        return Err(fail(&mut caller, RunError::BadPointer));
     };
     // The whole output buffer the module declared must be its own memory, not just the part
     // this value happens to fill.
-    let data = memory.data_mut(&mut caller);
-    let Some(range) = bounds(data, out_ptr, out_cap) else {
+    let Some(out) = bounds(data, out_ptr, out_cap) else {
         return Err(fail(&mut caller, RunError::BadPointer));
     };
-    let copy = value.len().min(range.len());
-    data[range.start..range.start + copy].copy_from_slice(&value.as_bytes()[..copy]);
+    let copy = value.len().min(out.len());
+    data[out.start..out.start + copy].copy_from_slice(&value.as_bytes()[..copy]);
+    let length = i32::try_from(value.len()).unwrap_or(i32::MAX);
     charge(&mut caller, copy)?;
-    Ok(i32::try_from(value.len()).unwrap_or(i32::MAX))
+    Ok(length)
 }
 
 fn host_action(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
-    let limits = caller.data().limits.clone();
-    if caller.data().plan.len() >= limits.max_actions {
-        return Err(fail(
-            &mut caller,
-            RunError::PlanTooLarge(limits.max_actions),
-        ));
+    let (max_actions, max_action_bytes) = {
+        let limits = &caller.data().limits;
+        (limits.max_actions, limits.max_action_bytes)
+    };
+    if caller.data().plan.len() >= max_actions {
+        return Err(fail(&mut caller, RunError::PlanTooLarge(max_actions)));
     }
     let size = usize::try_from(len).unwrap_or(usize::MAX);
-    if size > limits.max_action_bytes {
+    if size > max_action_bytes {
         return Err(fail(
             &mut caller,
             RunError::ActionTooLarge {
                 size,
-                max: limits.max_action_bytes,
+                max: max_action_bytes,
             },
         ));
     }
-    let bytes = read_bytes(&mut caller, ptr, len, usize::MAX)?;
-    match serde_json::from_slice::<Action>(&bytes) {
+    let (memory, range) = checked_range(&mut caller, ptr, len, usize::MAX)?;
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    match serde_json::from_slice::<Action>(&data[range]) {
         Ok(action) => {
-            caller.data_mut().plan.push(action);
+            state.plan.push(action);
             Ok(0)
         }
         Err(error) => Err(fail(&mut caller, RunError::BadAction(error.to_string()))),
@@ -403,11 +432,11 @@ fn host_action(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtim
 
 fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<()> {
     // The line must lie in the module's memory; only its first KiB is kept.
-    let bytes = read_bytes(&mut caller, ptr, len, 1024)?;
-    let state = caller.data_mut();
+    let (memory, range) = checked_range(&mut caller, ptr, len, 1024)?;
+    let (data, state) = memory.data_and_store_mut(&mut caller);
     state.log_lines += 1;
     if state.log_lines <= 32 {
-        tracing::info!(message = "Patch log.", patch = %state.patch, line = %String::from_utf8_lossy(&bytes));
+        tracing::info!(message = "Patch log.", patch = %state.patch, line = %String::from_utf8_lossy(&data[range]));
     }
     Ok(())
 }
@@ -551,17 +580,22 @@ impl Sandbox {
 
     /// The compiled module for `hash`, imports resolved: from memory, else from the disk cache,
     /// else compiled (and written to the cache).
-    fn module(&self, hash: &str, wasm: &[u8]) -> Result<InstancePre<HostState>, RunError> {
+    fn module(&self, hash: &str, wasm: &[u8]) -> Result<Prepared, RunError> {
         if let Some(module) = self.lock_modules().get(hash) {
             return Ok(module.clone());
         }
         let module = self.compiled(hash, wasm).map_err(RunError::Instantiate)?;
-        let module = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| RunError::Instantiate(format!("{e:#}")))?;
-        self.lock_modules().insert(hash.to_owned(), module.clone());
-        Ok(module)
+        let prepared = Prepared {
+            heal: module.get_export_index("heal"),
+            memory: module.get_export_index("memory"),
+            pre: self
+                .linker
+                .instantiate_pre(&module)
+                .map_err(|e| RunError::Instantiate(format!("{e:#}")))?,
+        };
+        self.lock_modules()
+            .insert(hash.to_owned(), prepared.clone());
+        Ok(prepared)
     }
 
     /// The module `hash` compiled: from the disk cache, else compiled (see [`Compiler`]) and
@@ -592,7 +626,7 @@ impl Sandbox {
             .ok_or_else(|| "the compiled module does not load into this engine".to_string())
     }
 
-    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, InstancePre<HostState>>> {
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, Prepared>> {
         // A panic while holding this lock cannot leave the map inconsistent: recover it.
         self.modules
             .lock()
@@ -653,6 +687,7 @@ impl Sandbox {
             fault,
             plan: Vec::new(),
             limits: self.limits.clone(),
+            memory: None,
             failure: None,
             log_lines: 0,
             patch: patch.to_owned(),
@@ -672,10 +707,20 @@ impl Sandbox {
         store.epoch_deadline_trap();
 
         let slot = self.slots.take();
-        let outcome = module
-            .instantiate(&mut store)
-            .and_then(|instance| instance.get_typed_func::<(), i32>(&mut store, "heal"))
-            .and_then(|heal| heal.call(&mut store, ()));
+        let outcome = module.pre.instantiate(&mut store).and_then(|instance| {
+            let export = |store: &mut Store<HostState>, index: &Option<ModuleExport>| {
+                index
+                    .as_ref()
+                    .and_then(|index| instance.get_module_export(&mut *store, index))
+            };
+            store.data_mut().memory =
+                export(&mut store, &module.memory).and_then(Extern::into_memory);
+            export(&mut store, &module.heal)
+                .and_then(Extern::into_func)
+                .ok_or_else(|| wasmtime::Error::msg("the module exports no function `heal`"))?
+                .typed::<(), i32>(&store)?
+                .call(&mut store, ())
+        });
         // Fuel left tells how much the run used (also for runs that failed).
         if let Ok(left) = store.get_fuel() {
             let used = self.limits.fuel.saturating_sub(left) as f64;
