@@ -229,18 +229,16 @@ impl Proposal {
 }
 
 impl Engine {
-    /// Stores `policy` under its hash, once per policy version (content-addressed), for the run
+    /// Stores `policy` under `hash` (its `content_hash`), once per policy version, for the run
     /// about to start with it; returns the hash.
-    async fn keep_policy(&self, policy: &Policy) -> Result<String, EngineError> {
-        let json = serde_json::to_vec(policy)
-            .map_err(|e| StoreError::Io(format!("cannot encode policy `{}`: {e}", policy.name)))?;
-        let hash = blake3::hash(&json).to_hex().to_string();
-        if self.lock_policies().contains_key(&hash) {
-            return Ok(hash);
+    async fn keep_policy(&self, policy: &Arc<Policy>, hash: &str) -> Result<String, EngineError> {
+        if self.lock_policies().contains_key(hash) {
+            return Ok(hash.to_owned());
         }
+        let (hash, json) = crate::policy::content_hash(policy);
         self.parts.store.put_policy_snapshot(&hash, json).await?;
         self.lock_policies()
-            .insert(hash.clone(), Arc::new(policy.clone()));
+            .insert(hash.clone(), Arc::clone(policy));
         Ok(hash)
     }
 
@@ -625,9 +623,11 @@ impl Engine {
                 .policies
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
-            policies.find(&fault).cloned()
+            policies
+                .find_versioned(&fault)
+                .map(|(policy, hash)| (Arc::clone(policy), hash.to_owned()))
         };
-        let Some(policy) = policy else {
+        let Some((policy, policy_hash)) = policy else {
             let detail = format!(
                 "no policy matches app `{}` kind `{}`",
                 fault.app, fault.kind
@@ -770,7 +770,7 @@ impl Engine {
                 patch_version: record.version.clone(),
                 patch_hash: record.hash.clone(),
                 plan,
-                policy_hash: self.keep_policy(&policy).await?,
+                policy_hash: self.keep_policy(&policy, &policy_hash).await?,
                 policy_snapshot: None,
                 approval: None,
                 actions_started: 0,

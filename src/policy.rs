@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -368,7 +369,18 @@ impl Policy {
 /// All loaded policies, in a deterministic order (by name).
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
-    policies: Vec<Policy>,
+    policies: Vec<Arc<Policy>>,
+    /// `content_hash` of each policy, computed once per load (a run records the version of its
+    /// policy by this hash).
+    hashes: Vec<String>,
+}
+
+/// A policy's version: the blake3 hash of its canonical JSON, and that JSON (what a run's
+/// snapshot stores under the hash).
+pub fn content_hash(policy: &Policy) -> (String, Vec<u8>) {
+    // Serializing plain data (strings, numbers, maps with string keys) cannot fail.
+    let json = serde_json::to_vec(policy).unwrap_or_default();
+    (blake3::hash(&json).to_hex().to_string(), json)
 }
 
 impl PolicySet {
@@ -413,22 +425,34 @@ impl PolicySet {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut policies: Vec<Policy> = loaded.into_iter().map(|(_, p)| p).collect();
-        policies.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(PolicySet { policies })
+        Ok(PolicySet::from_policies(
+            loaded.into_iter().map(|(_, p)| p).collect(),
+        ))
     }
 
     pub fn from_policies(mut policies: Vec<Policy>) -> PolicySet {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        PolicySet { policies }
+        let hashes = policies.iter().map(|p| content_hash(p).0).collect();
+        PolicySet {
+            policies: policies.into_iter().map(Arc::new).collect(),
+            hashes,
+        }
     }
 
     /// The most specific matching policy; ties go to the first by name.
     pub fn find(&self, fault: &Fault) -> Option<&Policy> {
-        let mut best: Option<&Policy> = None;
-        for policy in self.policies.iter().filter(|p| p.matcher.matches(fault)) {
-            if best.is_none_or(|b| policy.matcher.specificity() > b.matcher.specificity()) {
-                best = Some(policy);
+        self.find_versioned(fault).map(|(policy, _)| &**policy)
+    }
+
+    /// [`PolicySet::find`], with the policy shared and its `content_hash`.
+    pub fn find_versioned(&self, fault: &Fault) -> Option<(&Arc<Policy>, &str)> {
+        let mut best: Option<(&Arc<Policy>, &str)> = None;
+        for (policy, hash) in self.policies.iter().zip(&self.hashes) {
+            if !policy.matcher.matches(fault) {
+                continue;
+            }
+            if best.is_none_or(|(b, _)| policy.matcher.specificity() > b.matcher.specificity()) {
+                best = Some((policy, hash));
             }
         }
         best
@@ -443,7 +467,7 @@ impl PolicySet {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Policy> {
-        self.policies.iter()
+        self.policies.iter().map(|p| &**p)
     }
 }
 
