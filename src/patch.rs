@@ -164,6 +164,10 @@ pub enum PatchError {
 
 const MAX_NAME_LEN: usize = 64;
 
+/// Most contract tests one patch may have. Each runs in the sandbox at registration, up to the
+/// run deadline: without a cap one upload could keep the sandbox busy for hours.
+pub const MAX_TESTS: usize = 64;
+
 impl Manifest {
     pub fn parse(path: &Path, text: &str) -> Result<Manifest, PatchError> {
         let invalid = |message: String| PatchError::Manifest {
@@ -184,7 +188,16 @@ impl Manifest {
             )));
         }
         if manifest.version.is_empty() || manifest.version.len() > MAX_NAME_LEN {
-            return Err(invalid("`version` must not be empty".into()));
+            return Err(invalid(format!(
+                "`version` must be 1-{MAX_NAME_LEN} characters (got {})",
+                manifest.version.len()
+            )));
+        }
+        if manifest.tests.len() > MAX_TESTS {
+            return Err(invalid(format!(
+                "{} contract tests; a patch may have at most {MAX_TESTS}",
+                manifest.tests.len()
+            )));
         }
         if !(0.0..=1.0).contains(&manifest.confidence) {
             return Err(invalid(format!(
@@ -362,6 +375,14 @@ mod tests {
             err(&MANIFEST.replace("0.9", "1.5")).contains("`confidence` must be between 0 and 1")
         );
         assert!(err(&MANIFEST.replace("disk-cleanup", "../x")).contains("`name` must be"));
+        assert!(err(&MANIFEST.replace("1.0.0", "")).contains("`version` must be 1-64"));
+        let test = MANIFEST.split_once("[[test]]").unwrap().1;
+        let many = format!("{MANIFEST}{}", format!("[[test]]{test}").repeat(MAX_TESTS));
+        assert!(
+            err(&many).contains("65 contract tests; a patch may have at most 64"),
+            "{}",
+            err(&many)
+        );
         let unknown = err(&format!("owner = \"x\"\n{MANIFEST}"));
         assert!(
             unknown.contains("unknown field `owner`") && unknown.contains("line 1"),
