@@ -139,21 +139,27 @@ pub fn metrics() -> &'static Metrics {
 }
 
 fn render_labels(labels: &[(&str, &str)]) -> String {
-    if labels.is_empty() {
-        return String::new();
+    // On every counter update (transitions, HTTP requests): built in one string, without
+    // `format!` or intermediate strings.
+    let mut out = String::new();
+    for (i, (key, value)) in labels.iter().enumerate() {
+        out.push_str(if i == 0 { "{" } else { "," });
+        out.push_str(key);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
-    let parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n")
-            )
-        })
-        .collect();
-    format!("{{{}}}", parts.join(","))
+    if !labels.is_empty() {
+        out.push('}');
+    }
+    out
 }
 
 impl Metrics {
@@ -290,5 +296,10 @@ mod tests {
             render_labels(&[("route", "a\"b\\c")]),
             "{route=\"a\\\"b\\\\c\"}"
         );
+        assert_eq!(
+            render_labels(&[("a", "x\ny"), ("b", "z")]),
+            "{a=\"x\\ny\",b=\"z\"}"
+        );
+        assert_eq!(render_labels(&[]), "");
     }
 }
