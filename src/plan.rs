@@ -83,9 +83,48 @@ pub enum Denied {
     /// The HTTP method is not one phoenix sends.
     #[error("action {index}: HTTP method `{method}` is not allowed")]
     MethodNotAllowed { index: usize, method: String },
+    /// A header phoenix does not let a patch set: one that frames or routes the request
+    /// (`Content-Length`, `Transfer-Encoding`, `Host`, `Connection`…), or a name or value that is
+    /// not a plain header (line breaks, control characters).
+    #[error("action {index}: HTTP header `{name}` is not allowed ({why})")]
+    HeaderNotAllowed {
+        index: usize,
+        name: String,
+        why: &'static str,
+    },
 }
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Headers that frame, route or upgrade a request: set by a patch they could smuggle a second
+/// request (to a path outside the prefix) past the URL check. phoenix sets them itself.
+const FRAMING_HEADERS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+];
+
+/// Why a patch may not send the header `name: value`, if it may not.
+fn header_problem(name: &str, value: &str) -> Option<&'static str> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Some("not a header name");
+    }
+    let lower = name.to_ascii_lowercase();
+    if FRAMING_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
+        return Some("phoenix frames and routes the request itself");
+    }
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Some("its value holds a line break or control character");
+    }
+    None
+}
 
 /// Checks every action of `plan` against `caps`. All or nothing: one denied action denies the
 /// plan, so nothing of it runs.
@@ -130,12 +169,26 @@ pub fn check(plan: &[Action], caps: &Capabilities, base: &Path) -> Result<(), De
                     });
                 }
             }
-            Action::Http { method, url, .. } => {
+            Action::Http {
+                method,
+                url,
+                headers,
+                ..
+            } => {
                 if !METHODS.contains(&method.as_str()) {
                     return Err(Denied::MethodNotAllowed {
                         index,
                         method: method.clone(),
                     });
+                }
+                for (name, value) in headers {
+                    if let Some(why) = header_problem(name, value) {
+                        return Err(Denied::HeaderNotAllowed {
+                            index,
+                            name: name.clone(),
+                            why,
+                        });
+                    }
                 }
                 if !caps
                     .http_prefixes
@@ -393,6 +446,37 @@ mod tests {
             check(&[action], &caps(), Path::new("/")),
             Err(Denied::MethodNotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn headers_that_frame_or_route_a_request_are_denied() {
+        let with = |name: &str, value: &str| Action::Http {
+            method: "POST".into(),
+            url: "http://127.0.0.1:9000/admin/x".into(),
+            body: Some("GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n".into()),
+            headers: BTreeMap::from([(name.to_owned(), value.to_owned())]),
+        };
+        let denied = |name: &str, value: &str| {
+            check(&[with(name, value)], &caps(), Path::new("/"))
+                .unwrap_err()
+                .to_string()
+        };
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "HOST",
+            "Connection",
+            "Proxy-Authorization",
+        ] {
+            assert!(denied(name, "0").contains("frames and routes"), "{name}");
+        }
+        assert!(denied("X-A", "1\r\nX-Evil: 1").contains("line break"));
+        assert!(denied("X A", "1").contains("not a header name"));
+        assert!(denied("", "1").contains("not a header name"));
+        assert_eq!(
+            check(&[with("X-Request-Id", "abc\tdef")], &caps(), Path::new("/")),
+            Ok(())
+        );
     }
 
     #[test]

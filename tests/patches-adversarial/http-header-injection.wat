@@ -1,5 +1,5 @@
 ;; Smuggles a second header through a header value.
-;; expect: apply_failed header
+;; expect: capability_denied line break
 (module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
   (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
   (import "phoenix" "log" (func $log (param i32 i32)))
