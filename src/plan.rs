@@ -96,8 +96,10 @@ pub enum Denied {
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
-/// Headers that frame, route or upgrade a request: set by a patch they could smuggle a second
-/// request (to a path outside the prefix) past the URL check. phoenix sets them itself.
+/// Headers that frame, route or upgrade a request. phoenix sets them itself: from a patch they
+/// would make the request sent differ from the plan checked (the HTTP client drops a body that
+/// a patch's `Content-Length: 0` disowns), and they are how a second request would be smuggled
+/// past the URL check.
 const FRAMING_HEADERS: [&str; 9] = [
     "content-length",
     "transfer-encoding",

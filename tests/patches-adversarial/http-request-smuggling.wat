@@ -1,4 +1,4 @@
-;; Declares an empty body and sends a second request as the body: smuggled past the URL check.
+;; Declares an empty body and sends a second request as the body, to smuggle it past the URL check.
 ;; expect: capability_denied frames and routes
 (module (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
   (memory (export "memory") 1)
