@@ -246,14 +246,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         &config.base_dir,
     )?;
 
-    let http = crate::effects::http_client().map_err(|e| DaemonError::Io {
-        what: "HTTP client".into(),
-        source: std::io::Error::other(e),
-    })?;
-    let action_http = crate::effects::action_http_client().map_err(|e| DaemonError::Io {
-        what: "HTTP client".into(),
-        source: std::io::Error::other(e),
-    })?;
+    let http = crate::effects::http_client().map_err(http_client_error)?;
+    let action_http = crate::effects::action_http_client().map_err(http_client_error)?;
     let engine = engine::start(EngineParts {
         store: Arc::clone(&store),
         sandbox,
@@ -284,10 +278,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     });
 
-    let http_for_webhooks = crate::effects::http_client().map_err(|e| DaemonError::Io {
-        what: "HTTP client".into(),
-        source: std::io::Error::other(e),
-    })?;
+    let http_for_webhooks = crate::effects::http_client().map_err(http_client_error)?;
     let intake = Intake::new(Arc::clone(&store), engine);
     let engine_handle = intake.engine().clone();
     let engine_watch = engine_handle.clone();
@@ -394,12 +385,17 @@ fn spawn_full_disk_watch(store: Arc<Store>, restart: tokio::sync::oneshot::Sende
     });
 }
 
+/// Why an HTTP client could not be built (its TLS set-up failed).
+fn http_client_error(error: reqwest::Error) -> DaemonError {
+    DaemonError::Io {
+        what: "HTTP client".into(),
+        source: std::io::Error::other(error),
+    }
+}
+
 /// Starts the detection sources of the config (probes, log watches).
 fn start_sources(config: &Config, intake: &Intake) -> Result<(), DaemonError> {
-    let http = crate::effects::http_client().map_err(|e| DaemonError::Io {
-        what: "HTTP client".into(),
-        source: std::io::Error::other(e),
-    })?;
+    let http = crate::effects::http_client().map_err(http_client_error)?;
     for probe in &config.probes {
         tracing::info!(message = "Probe started.", probe = %probe.name, interval = ?probe.interval);
         probe::spawn(

@@ -235,11 +235,11 @@ impl Engine {
         if self.lock_policies().contains_key(hash) {
             return Ok(hash.to_owned());
         }
-        let (hash, json) = crate::policy::content_hash(policy);
-        self.parts.store.put_policy_snapshot(&hash, json).await?;
+        let (_, json) = crate::policy::content_hash(policy);
+        self.parts.store.put_policy_snapshot(hash, json).await?;
         self.lock_policies()
-            .insert(hash.clone(), Arc::clone(policy));
-        Ok(hash)
+            .insert(hash.to_owned(), Arc::clone(policy));
+        Ok(hash.to_owned())
     }
 
     /// The policy `run` started with: inline in runs recorded before policies were stored by

@@ -369,10 +369,9 @@ impl Policy {
 /// All loaded policies, in a deterministic order (by name).
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
-    policies: Vec<Arc<Policy>>,
-    /// `content_hash` of each policy, computed once per load (a run records the version of its
-    /// policy by this hash).
-    hashes: Vec<String>,
+    /// Each policy with its `content_hash`, computed once per load (a run records the version
+    /// of its policy by this hash).
+    policies: Vec<(Arc<Policy>, String)>,
 }
 
 /// A policy's version: the blake3 hash of its canonical JSON, and that JSON (what a run's
@@ -432,10 +431,14 @@ impl PolicySet {
 
     pub fn from_policies(mut policies: Vec<Policy>) -> PolicySet {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        let hashes = policies.iter().map(|p| content_hash(p).0).collect();
         PolicySet {
-            policies: policies.into_iter().map(Arc::new).collect(),
-            hashes,
+            policies: policies
+                .into_iter()
+                .map(|policy| {
+                    let hash = content_hash(&policy).0;
+                    (Arc::new(policy), hash)
+                })
+                .collect(),
         }
     }
 
@@ -447,7 +450,7 @@ impl PolicySet {
     /// [`PolicySet::find`], with the policy shared and its `content_hash`.
     pub fn find_versioned(&self, fault: &Fault) -> Option<(&Arc<Policy>, &str)> {
         let mut best: Option<(&Arc<Policy>, &str)> = None;
-        for (policy, hash) in self.policies.iter().zip(&self.hashes) {
+        for (policy, hash) in &self.policies {
             if !policy.matcher.matches(fault) {
                 continue;
             }
@@ -467,7 +470,7 @@ impl PolicySet {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Policy> {
-        self.policies.iter().map(|p| &**p)
+        self.policies.iter().map(|(policy, _)| &**policy)
     }
 }
 
