@@ -28,7 +28,7 @@ use crate::policy::PolicySet;
 use crate::registry::Provenance;
 use crate::sandbox::Sandbox;
 use crate::store::{Store, StoreError};
-use crate::verify::verify;
+use crate::verify::{HttpProbes, verify};
 
 /// Why driving a fault stopped before a terminal state. The fault stays resumable.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,8 @@ struct Engine {
     workers: Arc<Semaphore>,
     /// Policy snapshots known to be in the store, by hash (see [`Engine::keep_policy`]).
     policies: Mutex<HashMap<String, Arc<Policy>>>,
+    /// HTTP verification probes, shared by faults verifying the same URL at once.
+    probes: HttpProbes,
 }
 
 /// Starts the engine's dispatcher and enqueues every open fault (crash recovery).
@@ -112,6 +114,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     let engine = Arc::new(Engine {
         queue: queue.clone(),
         workers: Arc::new(Semaphore::new(parts.workers)),
+        probes: HttpProbes::new(parts.http.clone()),
         parts,
         in_flight: Mutex::new(HashSet::new()),
         policies: Mutex::new(HashMap::new()),
@@ -1038,7 +1041,7 @@ impl Engine {
         } else {
             verify(
                 &policy.verify,
-                &self.parts.http,
+                &self.probes,
                 &self.parts.work_dir,
                 Some(&env),
             )
