@@ -167,29 +167,109 @@ pub struct FaultFilter {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&sled::Tree, &mut Pending) -> Completion + Send>;
+type Job = Box<dyn FnOnce(&sled::Tree, &mut Group) -> Completion + Send>;
 
 /// Writes not yet in sled, by key (`None`: removed). sled seals and writes out its log buffer at
 /// every `apply_batch` (two buffer writes on its I/O thread pool, which wakes all its threads),
 /// so a group applies its writes as one batch, not one per job.
 type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// The writes of the jobs run so far in this group, and the cache of faults as the tree holds
+/// them (the committer's own, see [`FaultCache`]).
+#[derive(Default)]
+struct Group {
+    pending: Pending,
+    /// Fault records written by this group's jobs, in order: the fault written, or `None`
+    /// when written in a form the cache cannot follow (raw bytes, a removal).
+    faults: Vec<(Vec<u8>, Option<Fault>)>,
+    cache: FaultCache,
+}
+
+/// Open faults as the tree holds them, decoded: a transition reads its fault here instead of
+/// looking it up in sled and parsing its JSON (a third of the committer's time went there).
+/// Only the committer touches it, and it learns every write of a fault record when that write
+/// is applied, so it never disagrees with the tree. Bounded: cleared when full; ended faults
+/// are not kept (they are rarely written again).
+#[derive(Default)]
+struct FaultCache(std::collections::HashMap<Vec<u8>, Fault>);
+
+/// Most faults the committer keeps decoded (about 1 KiB each).
+const FAULT_CACHE_ENTRIES: usize = 1024;
+
+impl FaultCache {
+    fn keep(&mut self, key: Vec<u8>, fault: Fault) {
+        if fault.state.is_terminal() {
+            self.0.remove(&key);
+            return;
+        }
+        if self.0.len() >= FAULT_CACHE_ENTRIES && !self.0.contains_key(&key) {
+            self.0.clear();
+        }
+        self.0.insert(key, fault);
+    }
+
+    /// Learns the faults a group wrote, now that they are in the tree.
+    fn learn(&mut self, written: Vec<(Vec<u8>, Option<Fault>)>) {
+        for (key, fault) in written {
+            match fault {
+                Some(fault) => self.keep(key, fault),
+                None => {
+                    self.0.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+fn is_fault_key(key: &[u8]) -> bool {
+    key.starts_with(b"f/")
+}
+
 /// A write in progress: reads see the store as committed so far, including the writes of the
 /// jobs before it in its group; its own writes are kept apart until it succeeds, so a job that
 /// fails leaves nothing behind.
 pub struct Writer<'a> {
     tree: &'a sled::Tree,
-    group: &'a mut Pending,
+    group: &'a mut Group,
     own: Pending,
+    /// This job's fault writes, for the cache (see [`Group::faults`]).
+    own_faults: Vec<(Vec<u8>, Option<Fault>)>,
 }
 
 impl Writer<'_> {
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.own.get(key).or_else(|| self.group.get(key)) {
+        match self.own.get(key).or_else(|| self.group.pending.get(key)) {
             Some(Some(bytes)) => decode(key, bytes).map(Some),
             Some(None) => Ok(None),
             None => get(self.tree, key),
         }
+    }
+
+    /// The fault record at `key`: from this group's writes, else the committer's cache, else
+    /// the tree (and then cached).
+    fn fault(&mut self, key: &[u8]) -> Result<Option<Fault>, StoreError> {
+        if self.own.contains_key(key) || self.group.pending.contains_key(key) {
+            return self.get(key);
+        }
+        if let Some(fault) = self.group.cache.0.get(key) {
+            return Ok(Some(fault.clone()));
+        }
+        let fault: Option<Fault> = get(self.tree, key)?;
+        if let Some(fault) = &fault {
+            self.group.cache.keep(key.to_vec(), fault.clone());
+        }
+        Ok(fault)
+    }
+
+    /// Writes a fault record (and tells the cache, once applied).
+    fn put_fault(&mut self, key: &[u8], fault: &Fault) -> Result<(), StoreError> {
+        self.put(key, fault)?;
+        if is_fault_key(key)
+            && let Some(last) = self.own_faults.last_mut()
+        {
+            last.1 = Some(fault.clone());
+        }
+        Ok(())
     }
 
     fn put<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StoreError> {
@@ -197,16 +277,24 @@ impl Writer<'_> {
             key: String::from_utf8_lossy(key).into(),
             message: e.to_string(),
         })?;
-        self.own.insert(key.to_vec(), Some(bytes));
+        self.written(key, Some(bytes));
         Ok(())
     }
 
     fn put_raw(&mut self, key: &[u8], value: &[u8]) {
-        self.own.insert(key.to_vec(), Some(value.to_vec()));
+        self.written(key, Some(value.to_vec()));
     }
 
     fn remove(&mut self, key: &[u8]) {
-        self.own.insert(key.to_vec(), None);
+        self.written(key, None);
+    }
+
+    fn written(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        if is_fault_key(key) {
+            // Unknown to the cache unless `put_fault` says what was written.
+            self.own_faults.push((key.to_vec(), None));
+        }
+        self.own.insert(key.to_vec(), value);
     }
 
     /// The tree itself, for scans: first applies the group's earlier writes so that the tree
@@ -217,19 +305,30 @@ impl Writer<'_> {
     }
 }
 
-/// Applies `pending` to `tree` as one atomic batch and empties it.
-fn apply(tree: &sled::Tree, pending: &mut Pending) -> Result<(), StoreError> {
-    if pending.is_empty() {
+/// Applies the group's writes to `tree` as one atomic batch, empties it, and tells the cache.
+fn apply(tree: &sled::Tree, group: &mut Group) -> Result<(), StoreError> {
+    if group.pending.is_empty() {
         return Ok(());
     }
     let mut batch = sled::Batch::default();
-    for (key, value) in std::mem::take(pending) {
+    for (key, value) in std::mem::take(&mut group.pending) {
         match value {
             Some(value) => batch.insert(key, value),
             None => batch.remove(key),
         }
     }
-    tree.apply_batch(batch).map_err(io)
+    let written = std::mem::take(&mut group.faults);
+    match tree.apply_batch(batch) {
+        Ok(()) => {
+            group.cache.learn(written);
+            Ok(())
+        }
+        Err(error) => {
+            // What the tree holds now is not certain: forget everything.
+            group.cache.0.clear();
+            Err(io(error))
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
@@ -275,8 +374,8 @@ fn fingerprint_key(fingerprint: &str) -> Vec<u8> {
 }
 
 /// The stored fault `id` (at `key`), or `NotFound`.
-fn existing_fault(w: &Writer<'_>, key: &[u8], id: &str) -> Result<Fault, StoreError> {
-    w.get(key)?
+fn existing_fault(w: &mut Writer<'_>, key: &[u8], id: &str) -> Result<Fault, StoreError> {
+    w.fault(key)?
         .ok_or_else(|| StoreError::NotFound(id.to_owned()))
 }
 
@@ -342,7 +441,7 @@ where
         }
         w.put(&last_closed_key(&fault.fingerprint), &id)?;
     }
-    w.put(&key, &fault)?;
+    w.put_fault(&key, &fault)?;
     Ok(fault)
 }
 
@@ -356,7 +455,7 @@ fn last_closed_key(fingerprint: &str) -> Vec<u8> {
 
 /// The last closed fault with `fingerprint`, if it was healed less than `window` ago.
 fn reopenable(
-    w: &Writer<'_>,
+    w: &mut Writer<'_>,
     fingerprint: &str,
     window: std::time::Duration,
     now: Timestamp,
@@ -364,7 +463,7 @@ fn reopenable(
     let Some(id) = w.get::<String>(&last_closed_key(fingerprint))? else {
         return Ok(None);
     };
-    let Some(fault) = w.get::<Fault>(&fault_key(&id))? else {
+    let Some(fault) = w.fault(&fault_key(&id))? else {
         return Ok(None);
     };
     let recent = fault
@@ -404,7 +503,7 @@ fn reopen(w: &mut Writer<'_>, mut fault: Fault, now: Timestamp) -> Result<Fault,
         detail,
     };
     w.put(&history_key(&fault.id, fault.seq), &entry)?;
-    w.put(&fault_key(&fault.id), &fault)?;
+    w.put_fault(&fault_key(&fault.id), &fault)?;
     Ok(fault)
 }
 
@@ -549,16 +648,21 @@ impl Store {
         F: FnOnce(&mut Writer<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |tree: &sled::Tree, group: &mut Pending| {
+        let job: Job = Box::new(move |tree: &sled::Tree, group: &mut Group| {
             let mut writer = Writer {
                 tree,
                 group,
                 own: Pending::new(),
+                own_faults: Vec::new(),
             };
             let result = work(&mut writer);
             if result.is_ok() {
-                let own = std::mem::take(&mut writer.own);
-                group.extend(own);
+                let (own, own_faults) = (
+                    std::mem::take(&mut writer.own),
+                    std::mem::take(&mut writer.own_faults),
+                );
+                group.pending.extend(own);
+                group.faults.extend(own_faults);
             }
             Box::new(move |stored: Result<(), StoreError>| {
                 let _ = reply.send(result.and_then(|value| stored.map(|()| value)));
@@ -624,13 +728,13 @@ impl Store {
                 }
                 (Some(id), _) => {
                     let key = fault_key(&id);
-                    let mut fault: Fault = w.get(&key)?.ok_or_else(|| StoreError::Corrupt {
+                    let mut fault: Fault = w.fault(&key)?.ok_or_else(|| StoreError::Corrupt {
                         key: String::from_utf8_lossy(&fp_key).into_owned(),
                         message: format!("points at missing fault {id}"),
                     })?;
                     fault.occurrences += 1;
                     fault.last_seen = now;
-                    w.put(&key, &fault)?;
+                    w.put_fault(&key, &fault)?;
                     (fault, false)
                 }
                 (None, None) => {
@@ -643,7 +747,7 @@ impl Store {
                         at: now,
                         detail: "reported".into(),
                     };
-                    w.put(&fault_key(&id), &fault)?;
+                    w.put_fault(&fault_key(&id), &fault)?;
                     w.put(&history_key(&id, 1), &entry)?;
                     w.put(&fp_key, &id)?;
                     (fault, true)
@@ -762,7 +866,7 @@ impl Store {
                 detail,
             };
             w.put(&history_key(&id, fault.seq), &entry)?;
-            w.put(&key, &fault)?;
+            w.put_fault(&key, &fault)?;
             Ok(Some(fault))
         })
         .await
@@ -792,7 +896,7 @@ impl Store {
                 detail,
             };
             w.put(&history_key(&id, fault.seq), &entry)?;
-            w.put(&key, &fault)?;
+            w.put_fault(&key, &fault)?;
             Ok(Ok(fault))
         })
         .await
@@ -1191,16 +1295,16 @@ fn commit_loop(
     jobs: &mpsc::Receiver<Job>,
     applied: &mpsc::SyncSender<Vec<Completion>>,
 ) {
-    let mut pending = Pending::new();
+    let mut group = Group::default();
     while let Ok(first) = jobs.recv() {
-        let mut completions = vec![first(tree, &mut pending)];
+        let mut completions = vec![first(tree, &mut group)];
         while completions.len() < MAX_GROUP {
             match jobs.try_recv() {
-                Ok(job) => completions.push(job(tree, &mut pending)),
+                Ok(job) => completions.push(job(tree, &mut group)),
                 Err(_) => break,
             }
         }
-        let outcome = apply(tree, &mut pending);
+        let outcome = apply(tree, &mut group);
         if let Err(error) = outcome {
             // Refused by sled: nothing of the group is in the tree; answer at once.
             tracing::error!(message = "Store write failed; writes not acknowledged.", %error);
@@ -1588,6 +1692,95 @@ mod tests {
         }
         // Each successful write saw every successful write before it, in and across groups.
         assert_eq!(get::<u32>(&store.db, b"t/shared").unwrap(), Some(100));
+    }
+
+    #[tokio::test]
+    async fn the_committers_fault_cache_follows_only_writes_that_succeeded() {
+        let (_dir, store) = open();
+        let store = Arc::new(store);
+        let id = store
+            .report(report("a"), Source::Api, None)
+            .await
+            .unwrap()
+            .fault
+            .id;
+        let key = fault_key(&id);
+        // Many jobs on one fault at once (so they share groups): each adds one occurrence to
+        // the fault it reads; the odd ones then fail, and their change must not be seen.
+        let tasks: Vec<_> = (0..100u32)
+            .map(|i| {
+                let (store, key, id) = (store.clone(), key.clone(), id.clone());
+                tokio::spawn(async move {
+                    store
+                        .commit(move |w| {
+                            let mut fault = existing_fault(w, &key, &id)?;
+                            fault.occurrences += 1;
+                            w.put_fault(&key, &fault)?;
+                            if i % 2 == 1 {
+                                return Err(StoreError::NotFound(format!("refused {i}")));
+                            }
+                            Ok(())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await.unwrap();
+        }
+        let seen_by_committer = {
+            let (key, id) = (key.clone(), id.clone());
+            store
+                .commit(move |w| existing_fault(w, &key, &id))
+                .await
+                .unwrap()
+        };
+        assert_eq!(seen_by_committer.occurrences, 51);
+        assert_eq!(store.fault(&id).unwrap().unwrap(), seen_by_committer);
+        // Alone in its group: a failed write is not what the next job reads.
+        let (failing_key, failing_id) = (key.clone(), id.clone());
+        let failed = store
+            .commit(move |w| {
+                let mut fault = existing_fault(w, &failing_key, &failing_id)?;
+                fault.occurrences = 500;
+                w.put_fault(&failing_key, &fault)?;
+                Err::<(), _>(StoreError::NotFound("refused".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        // A change made and then refused (annotate) leaves the cached fault as it was.
+        let refused = store
+            .annotate(&id, |fault| {
+                fault.occurrences = 1000;
+                Err::<String, _>("no")
+            })
+            .await
+            .unwrap();
+        assert_eq!(refused, Err("no"));
+        let after = store
+            .annotate(&id, |fault| Ok::<_, ()>(format!("{}", fault.occurrences)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.occurrences, 51);
+        // Written raw (as a restore does), the record is read from the tree again.
+        let mut replaced = after.clone();
+        replaced.occurrences = 7;
+        let bytes = serde_json::to_vec(&replaced).unwrap();
+        let raw_key = key.clone();
+        store
+            .commit(move |w| {
+                w.put_raw(&raw_key, &bytes);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (key2, id2) = (key.clone(), id.clone());
+        let read = store
+            .commit(move |w| existing_fault(w, &key2, &id2))
+            .await
+            .unwrap();
+        assert_eq!(read.occurrences, 7);
     }
 
     #[tokio::test]
