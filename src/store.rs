@@ -12,7 +12,8 @@
 //! one fsync, not N. A write that fails leaves nothing in its group.
 //!
 //! Key layout (one tree, so that one batch can touch several kinds of record atomically):
-//! - `f/{id}` → [`Fault`]; `h/{id}/{seq: u64 BE}` → [`HistoryEntry`]
+//! - `f/{id}` → [`Fault`]; `h/{id}/{seq: u64 BE}` → [`HistoryEntry`], or the entries from
+//!   `seq` on that one write added (a JSON array)
 //! - `fp/{fingerprint}` → id of the *open* fault with that fingerprint (removed when it ends)
 //! - `ik/{scope}/{key}` → [`IdempotencyRecord`]
 //! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
@@ -421,16 +422,25 @@ where
     }
     change(&mut fault);
     let at = Timestamp::now();
-    for (state, detail) in steps {
-        fault.seq += 1;
-        fault.state = state;
-        let entry = HistoryEntry {
-            seq: fault.seq,
-            state,
-            at,
-            detail,
-        };
-        w.put(&history_key(id, fault.seq), &entry)?;
+    let first_seq = fault.seq + 1;
+    let mut entries: Vec<HistoryEntry> = steps
+        .into_iter()
+        .map(|(state, detail)| {
+            fault.seq += 1;
+            fault.state = state;
+            HistoryEntry {
+                seq: fault.seq,
+                state,
+                at,
+                detail,
+            }
+        })
+        .collect();
+    // The steps of one write share one record (one key fewer per extra step in sled).
+    match entries.len() {
+        0 => {}
+        1 => w.put(&history_key(id, first_seq), &entries.remove(0))?,
+        _ => w.put(&history_key(id, first_seq), &entries)?,
     }
     if fault.state.is_terminal() {
         count_open(w, &fault.app, -1)?;
@@ -1076,7 +1086,17 @@ impl Store {
     }
 
     pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        scan(&self.db, &history_prefix(id))
+        let mut entries = Vec::new();
+        for item in self.db.scan_prefix(history_prefix(id)) {
+            let (key, value) = item.map_err(io)?;
+            // One entry, or the several steps of one write (a JSON array).
+            if value.first() == Some(&b'[') {
+                entries.extend(decode::<Vec<HistoryEntry>>(&key, &value)?);
+            } else {
+                entries.push(decode(&key, &value)?);
+            }
+        }
+        Ok(entries)
     }
 
     /// Faults in id (= creation) order, filtered, one page at a time.
@@ -1538,6 +1558,36 @@ mod tests {
             states,
             vec![(1, FaultState::Detected), (2, FaultState::Analyzing)]
         );
+        // Several steps in one write: one record, every entry listed in order, and the next
+        // write's entry after them.
+        let steps = vec![
+            (FaultState::Patching, "plan ready".to_string()),
+            (FaultState::Testing, "nothing to apply".to_string()),
+        ];
+        let tested = store
+            .append_steps(&fault.id, 2, steps, |_| {})
+            .await
+            .unwrap();
+        assert_eq!((tested.seq, tested.state), (4, FaultState::Testing));
+        store
+            .append(&fault.id, 4, FaultState::Healed, "verified".into(), |_| {})
+            .await
+            .unwrap();
+        let history = store.history(&fault.id).unwrap();
+        let states: Vec<_> = history.iter().map(|h| (h.seq, h.state)).collect();
+        assert_eq!(
+            states,
+            vec![
+                (1, FaultState::Detected),
+                (2, FaultState::Analyzing),
+                (3, FaultState::Patching),
+                (4, FaultState::Testing),
+                (5, FaultState::Healed)
+            ]
+        );
+        assert_eq!(history[3].detail, "nothing to apply");
+        let records = store.db.scan_prefix(history_prefix(&fault.id)).count();
+        assert_eq!(records, 4);
     }
 
     #[tokio::test]
