@@ -97,8 +97,28 @@ fn sync_error(error: &std::io::Error, what: &str) -> StoreError {
 struct Commits {
     flushes: AtomicU64,
     failure: std::sync::Mutex<Option<StoreError>>,
+    /// Why sled refused the last group the committer applied (cleared by the next it takes).
+    /// Kept apart from `failure`: a flush of an earlier group that succeeds must not hide it.
+    apply_failure: std::sync::Mutex<Option<StoreError>>,
     /// sled's log file, when each flush is to be followed by an fdatasync of it.
     fsync: std::sync::OnceLock<std::fs::File>,
+}
+
+impl Commits {
+    /// Why the store takes no writes now: the last group sled refused, else the last flush.
+    fn failure(&self) -> Option<StoreError> {
+        let refused = self
+            .apply_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        refused.or_else(|| {
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
 }
 
 /// How long a disk with plenty of room is trusted to still have it.
@@ -572,7 +592,10 @@ impl Store {
         let shared = Arc::clone(&commits);
         thread::Builder::new()
             .name("phoenix-store-commit".into())
-            .spawn(move || commit_loop(&tree, &receiver, &applied))
+            .spawn({
+                let commits = Arc::clone(&commits);
+                move || commit_loop(&tree, &receiver, &applied, &commits)
+            })
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
         thread::Builder::new()
             .name("phoenix-store-flush".into())
@@ -1274,12 +1297,7 @@ impl Store {
     /// Why the store cannot take writes now (the last flush failed, or it cannot be read), for
     /// `/readyz`; None when it is healthy.
     pub fn problem(&self) -> Option<String> {
-        if let Some(failure) = &*self
-            .commits
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
+        if let Some(failure) = self.commits.failure() {
             return Some(failure.to_string());
         }
         if let Err(low) = self.check_free_space() {
@@ -1288,19 +1306,12 @@ impl Store {
         self.db.get(b"f/").err().map(|e| io(e).to_string())
     }
 
-    /// True when a flush failed for lack of space and the data dir has room again. sled fails
-    /// every write after such a failure until it is opened anew, and cannot be reopened inside
-    /// the process that hit it; so phoenix restarts (see `daemon::serve`): the store then
-    /// recovers to its last durable state, which holds everything acknowledged.
+    /// True when a write or flush failed for lack of space and the data dir has room again.
+    /// sled fails every write after such a failure until it is opened anew, and cannot be
+    /// reopened inside the process that hit it; so phoenix restarts (see `daemon::serve`): the
+    /// store then recovers to its last durable state, which holds everything acknowledged.
     pub fn recovered_from_full_disk(&self) -> bool {
-        let full = matches!(
-            &*self
-                .commits
-                .failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-            Some(StoreError::DiskFull(_))
-        );
+        let full = matches!(self.commits.failure(), Some(StoreError::DiskFull(_)));
         full && rustix::fs::statvfs(&self.dir)
             .is_ok_and(|fs| fs.f_bavail.saturating_mul(fs.f_frsize) >= REOPEN_FREE_BYTES)
     }
@@ -1314,6 +1325,7 @@ fn commit_loop(
     tree: &sled::Tree,
     jobs: &mpsc::Receiver<Job>,
     applied: &mpsc::SyncSender<Vec<Completion>>,
+    commits: &Commits,
 ) {
     let mut group = Group::default();
     while let Ok(first) = jobs.recv() {
@@ -1324,7 +1336,16 @@ fn commit_loop(
                 Err(_) => break,
             }
         }
+        let wrote = !group.pending.is_empty();
         let outcome = apply(tree, &mut group);
+        // A full disk can surface here (sled's own buffer write failed first) rather than in a
+        // flush: remembered either way, so that phoenix restarts once there is room again.
+        if wrote {
+            *commits
+                .apply_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = outcome.clone().err();
+        }
         if let Err(error) = outcome {
             // Refused by sled: nothing of the group is in the tree; answer at once.
             tracing::error!(message = "Store write failed; writes not acknowledged.", %error);
