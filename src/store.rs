@@ -19,7 +19,7 @@
 //! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
 //! - `ps/{hash}` → the [`Policy`] a run was started with (blake3 of its JSON), shared by runs
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -100,6 +100,8 @@ struct Commits {
     /// Why sled refused the last group the committer applied (cleared by the next it takes).
     /// Kept apart from `failure`: a flush of an earlier group that succeeds must not hide it.
     apply_failure: std::sync::Mutex<Option<StoreError>>,
+    /// Bumped after each applied group that wrote a patch record or an active version.
+    registry_generation: AtomicU64,
     /// sled's log file, when each flush is to be followed by an fdatasync of it.
     fsync: std::sync::OnceLock<std::fs::File>,
 }
@@ -204,6 +206,8 @@ struct Group {
     /// when written in a form the cache cannot follow (raw bytes, a removal).
     faults: Vec<(Vec<u8>, Option<Fault>)>,
     cache: FaultCache,
+    /// A patch record or an active version was written since the committer last told readers.
+    registry_changed: bool,
 }
 
 /// Open faults as the tree holds them, decoded: a transition reads its fault here instead of
@@ -212,7 +216,7 @@ struct Group {
 /// is applied, so it never disagrees with the tree. Bounded: cleared when full; ended faults
 /// are not kept (they are rarely written again).
 #[derive(Default)]
-struct FaultCache(std::collections::HashMap<Vec<u8>, Fault>);
+struct FaultCache(HashMap<Vec<u8>, Fault>);
 
 /// Most faults the committer keeps decoded (about 1 KiB each).
 const FAULT_CACHE_ENTRIES: usize = 1024;
@@ -244,6 +248,22 @@ impl FaultCache {
 
 fn is_fault_key(key: &[u8]) -> bool {
     key.starts_with(b"f/")
+}
+
+/// Keys that [`RegistryCache`] mirrors: patch records and active versions.
+fn is_registry_key(key: &[u8]) -> bool {
+    key.starts_with(b"pv/") || key.starts_with(b"pa/")
+}
+
+/// Patch records and active versions as last read, for the engine's analysis of every fault
+/// (which otherwise read and parsed them from sled each time). Valid for one `generation` of
+/// [`Commits::registry_generation`], which the committer bumps after applying any write to
+/// those keys and before acknowledging it.
+#[derive(Default)]
+struct RegistryCache {
+    generation: u64,
+    active: HashMap<String, Option<String>>,
+    records: HashMap<(String, String), Option<PatchRecord>>,
 }
 
 /// A write in progress: reads see the store as committed so far, including the writes of the
@@ -333,6 +353,7 @@ fn apply(tree: &sled::Tree, group: &mut Group) -> Result<(), StoreError> {
     }
     let mut batch = sled::Batch::default();
     for (key, value) in std::mem::take(&mut group.pending) {
+        group.registry_changed |= is_registry_key(&key);
         match value {
             Some(value) => batch.insert(key, value),
             None => batch.remove(key),
@@ -549,6 +570,7 @@ pub struct Store {
     opened: std::time::Instant,
     /// Until when (ms after `opened`) the disk is known to have room (see `check_free_space`).
     plenty_until: AtomicU64,
+    registry: std::sync::Mutex<RegistryCache>,
 }
 
 impl Store {
@@ -610,6 +632,7 @@ impl Store {
             min_free_bytes: 0,
             opened: std::time::Instant::now(),
             plenty_until: AtomicU64::new(0),
+            registry: std::sync::Mutex::default(),
         })
     }
 
@@ -1264,11 +1287,60 @@ impl Store {
     }
 
     pub fn patch(&self, name: &str, hash: &str) -> Result<Option<PatchRecord>, StoreError> {
-        get(&self.db, format!("pv/{name}/{hash}").as_bytes())
+        let key = (name.to_owned(), hash.to_owned());
+        self.registry_read(
+            |cache| cache.records.get(&key).cloned(),
+            || get(&self.db, format!("pv/{name}/{hash}").as_bytes()),
+            |cache, record| {
+                cache.records.insert(key.clone(), record);
+            },
+        )
     }
 
     pub fn active_patch_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
-        get(&self.db, format!("pa/{name}").as_bytes())
+        self.registry_read(
+            |cache| cache.active.get(name).cloned(),
+            || get(&self.db, format!("pa/{name}").as_bytes()),
+            |cache, hash| {
+                cache.active.insert(name.to_owned(), hash);
+            },
+        )
+    }
+
+    /// A registry value: cached if this generation has it, else read from the tree and cached
+    /// only if no registry write was applied meanwhile (the value read may predate it).
+    fn registry_read<T: Clone>(
+        &self,
+        cached: impl FnOnce(&RegistryCache) -> Option<T>,
+        read: impl FnOnce() -> Result<T, StoreError>,
+        keep: impl FnOnce(&mut RegistryCache, T),
+    ) -> Result<T, StoreError> {
+        let generation = self.commits.registry_generation.load(Ordering::Acquire);
+        {
+            let mut cache = self.lock_registry();
+            if cache.generation != generation {
+                *cache = RegistryCache {
+                    generation,
+                    ..RegistryCache::default()
+                };
+            }
+            if let Some(value) = cached(&cache) {
+                return Ok(value);
+            }
+        }
+        let value = read()?;
+        let mut cache = self.lock_registry();
+        if cache.generation == generation
+            && self.commits.registry_generation.load(Ordering::Acquire) == generation
+        {
+            keep(&mut cache, value.clone());
+        }
+        Ok(value)
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, RegistryCache> {
+        // Only plain map updates happen under this lock: recover from poisoning.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn patch_versions(&self, name: &str) -> Result<Vec<PatchRecord>, StoreError> {
@@ -1345,6 +1417,9 @@ fn commit_loop(
                 .apply_failure
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = outcome.clone().err();
+        }
+        if std::mem::take(&mut group.registry_changed) {
+            commits.registry_generation.fetch_add(1, Ordering::Release);
         }
         if let Err(error) = outcome {
             // Refused by sled: nothing of the group is in the tree; answer at once.
@@ -1852,6 +1927,54 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read.occurrences, 7);
+    }
+
+    #[tokio::test]
+    async fn patch_reads_see_every_acknowledged_registry_write() {
+        use crate::registry::Provenance;
+        let (_dir, store) = open();
+        let record = |version: &str, hash: &str| PatchRecord {
+            schema: 1,
+            name: "p".into(),
+            version: version.into(),
+            hash: hash.into(),
+            description: String::new(),
+            author: "a".into(),
+            confidence: 0.9,
+            source: Provenance::Api,
+            registered_at: Timestamp::now(),
+            check_problems: Vec::new(),
+            tests: Vec::new(),
+            first_use_approved: false,
+        };
+        // Absent, and read (so cached) as absent: registering must still show.
+        assert_eq!(store.active_patch_hash("p").unwrap(), None);
+        assert_eq!(store.patch("p", "h1").unwrap(), None);
+        store
+            .put_patch(record("1.0.0", "h1"), b"m1".to_vec(), Activation::Always)
+            .await
+            .unwrap();
+        assert_eq!(store.active_patch_hash("p").unwrap().as_deref(), Some("h1"));
+        assert_eq!(store.patch("p", "h1").unwrap().unwrap().version, "1.0.0");
+        store
+            .put_patch(record("2.0.0", "h2"), b"m2".to_vec(), Activation::Always)
+            .await
+            .unwrap();
+        assert_eq!(store.active_patch_hash("p").unwrap().as_deref(), Some("h2"));
+        store.set_active_patch("p", "h1").await.unwrap();
+        assert_eq!(store.active_patch_hash("p").unwrap().as_deref(), Some("h1"));
+        assert!(!store.patch("p", "h1").unwrap().unwrap().first_use_approved);
+        store.mark_first_use_approved("p", "h1").await.unwrap();
+        assert!(store.patch("p", "h1").unwrap().unwrap().first_use_approved);
+        // Raw writes (a restore) too.
+        store
+            .commit(|w| {
+                w.put_raw(b"pa/p", b"\"h2\"");
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.active_patch_hash("p").unwrap().as_deref(), Some("h2"));
     }
 
     #[tokio::test]
