@@ -45,6 +45,15 @@ pub enum Source {
     Supervisor,
 }
 
+impl Source {
+    /// Its reports may carry `reopen_within`: a supervised program that crashes again soon after
+    /// its restart healed it reopens that fault. The store remembers the last closed fault per
+    /// fingerprint only for such sources.
+    pub fn may_recur(self) -> bool {
+        matches!(self, Source::Supervisor)
+    }
+}
+
 /// A fault report as it arrives, before it is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

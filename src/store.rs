@@ -435,7 +435,7 @@ fn count_open(w: &mut Writer<'_>, app: &str, delta: i64) -> Result<u64, StoreErr
     Ok(count)
 }
 
-/// The last fault with this fingerprint that ended (for reopening a recurrence).
+/// The healing runs counted against `app`'s rate limit (a [`crate::window::WindowCounts`]).
 fn app_runs_key(app: &str) -> Vec<u8> {
     format!("rw/{app}").into_bytes()
 }
@@ -490,7 +490,11 @@ where
         if w.get::<String>(&fp_key)?.as_deref() == Some(id) {
             w.remove(&fp_key);
         }
-        w.put(&last_closed_key(&fault.fingerprint), &id)?;
+        // Only faults that may be reopened need to be found by fingerprint once closed (a key
+        // per fingerprint, spread over the whole tree: one random leaf per closed fault).
+        if fault.source.may_recur() {
+            w.put(&last_closed_key(&fault.fingerprint), &id)?;
+        }
     }
     w.put_fault(&key, &fault)?;
     Ok(fault)
@@ -500,6 +504,8 @@ fn policy_snapshot_key(hash: &str) -> Vec<u8> {
     format!("ps/{hash}").into_bytes()
 }
 
+/// The last fault with this fingerprint that ended, for reopening a recurrence (kept only for
+/// faults whose source may recur, see [`Source::may_recur`]).
 fn last_closed_key(fingerprint: &str) -> Vec<u8> {
     format!("fl/{fingerprint}").into_bytes()
 }
@@ -761,7 +767,9 @@ impl Store {
             let fp_key = fingerprint_key(&report.fingerprint());
             let open: Option<String> = w.get(&fp_key)?;
             let recurring = match (&open, report.reopen_within) {
-                (None, Some(window)) => reopenable(w, &report.fingerprint(), window, now)?,
+                (None, Some(window)) if source.may_recur() => {
+                    reopenable(w, &report.fingerprint(), window, now)?
+                }
                 _ => None,
             };
             let reopened = recurring.is_some();
@@ -1570,7 +1578,7 @@ mod tests {
             ..report("prog")
         };
         let first = store
-            .report(recurring(60_000), Source::Api, None)
+            .report(recurring(60_000), Source::Supervisor, None)
             .await
             .unwrap()
             .fault;
@@ -1579,7 +1587,7 @@ mod tests {
             .await
             .unwrap();
         let again = store
-            .report(recurring(60_000), Source::Api, None)
+            .report(recurring(60_000), Source::Supervisor, None)
             .await
             .unwrap();
         assert!(again.reopened && !again.created);
@@ -1602,7 +1610,7 @@ mod tests {
             .await
             .unwrap();
         let fresh = store
-            .report(recurring(60_000), Source::Api, None)
+            .report(recurring(60_000), Source::Supervisor, None)
             .await
             .unwrap();
         assert!(fresh.created && fresh.fault.id != first.id);
@@ -1617,7 +1625,10 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let late = store.report(recurring(5), Source::Api, None).await.unwrap();
+        let late = store
+            .report(recurring(5), Source::Supervisor, None)
+            .await
+            .unwrap();
         assert!(late.created && late.fault.id != fresh.fault.id);
     }
 
@@ -1975,6 +1986,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.active_patch_hash("p").unwrap().as_deref(), Some("h2"));
+    }
+
+    #[tokio::test]
+    async fn only_faults_that_may_recur_are_remembered_by_fingerprint_once_closed() {
+        let (_dir, store) = open();
+        for (app, source) in [("api", Source::Api), ("prog", Source::Supervisor)] {
+            let fault = store.report(report(app), source, None).await.unwrap().fault;
+            store
+                .append(&fault.id, 1, FaultState::Healed, "ended".into(), |_| {})
+                .await
+                .unwrap();
+        }
+        let remembered: Vec<String> = store
+            .db
+            .scan_prefix(b"fl/")
+            .values()
+            .map(|id| decode::<String>(b"fl/", &id.unwrap()).unwrap())
+            .collect();
+        assert_eq!(remembered.len(), 1);
+        let fault = store.fault(&remembered[0]).unwrap().unwrap();
+        assert_eq!(
+            (fault.app.as_str(), fault.source),
+            ("prog", Source::Supervisor)
+        );
     }
 
     #[tokio::test]
