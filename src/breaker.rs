@@ -97,7 +97,7 @@ pub struct Breaker {
     pub opened_at: Option<Timestamp>,
     /// The fault allowed through while half-open, and when.
     pub trial: Option<(String, Timestamp)>,
-    /// Most recent changes first is easier to read; kept oldest first, at most [`AUDIT_LEN`].
+    /// Most recent changes first is easier to read; kept oldest first, at most `AUDIT_LEN` (50).
     pub changes: Vec<Change>,
 }
 

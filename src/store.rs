@@ -14,7 +14,10 @@
 //! Key layout (one tree, so that one batch can touch several kinds of record atomically):
 //! - `f/{id}` → [`Fault`]; `h/{id}/{seq: u64 BE}` → [`HistoryEntry`], or the entries from
 //!   `seq` on that one write added (a JSON array)
-//! - `fp/{fingerprint}` → id of the *open* fault with that fingerprint (removed when it ends)
+//! - `fp/{fingerprint}` → id of the *open* fault with that fingerprint (removed when it ends);
+//!   `fl/{fingerprint}` → id of the last one that ended, for faults that may recur
+//! - `oc/{app}` → open faults of the app; `rw/{app}` → its healing runs in the rate window
+//! - `br/{name}` → a circuit [`Breaker`]; `a/{seq: u64 BE}` → an [`AuditEntry`]
 //! - `ik/{scope}/{key}` → [`IdempotencyRecord`]
 //! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
 //! - `ps/{hash}` → the [`Policy`] a run was started with (blake3 of its JSON), shared by runs
