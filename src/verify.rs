@@ -102,7 +102,8 @@ pub struct HttpProbes {
 struct NextRequest(Option<Batch>);
 
 struct Batch {
-    /// The longest time any member allows (each also waits no longer than its own).
+    /// The shortest time any member allows: a request that hangs holds up the URL's next one
+    /// no longer than that (members with more time left get its error and probe again later).
     timeout: Duration,
     answer: watch::Sender<Option<Answer>>,
 }
@@ -126,7 +127,7 @@ impl HttpProbes {
                 timeout,
                 answer: watch::channel(None).0,
             });
-            batch.timeout = batch.timeout.max(timeout);
+            batch.timeout = batch.timeout.min(timeout);
             let answer = batch.answer.subscribe();
             if start_driver {
                 tokio::spawn(self.clone().drive(url.to_owned()));
@@ -187,10 +188,10 @@ mod tests {
         }
     }
 
-    /// A loopback server answering its n-th request (from 1) with `status(n)`, each `delay`
-    /// after it arrived. Returns its URL and how many requests it has received.
+    /// A loopback server answering its n-th request (from 1) with `status(n)`, `delay(n)` after
+    /// it arrived. Returns its URL and how many requests it has received.
     async fn counting_server(
-        delay: Duration,
+        delay: fn(usize) -> Duration,
         status: fn(usize) -> u16,
     ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -208,7 +209,7 @@ mod tests {
                         return;
                     }
                     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delay(n)).await;
                     let response = format!(
                         "HTTP/1.1 {} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                         status(n)
@@ -222,7 +223,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_probes_of_a_url_share_requests() {
-        let (url, received) = counting_server(Duration::from_millis(300), |_| 200).await;
+        let (url, received) = counting_server(|_| Duration::from_millis(300), |_| 200).await;
         let probes = HttpProbes::new(crate::effects::http_client().unwrap());
         let mut asks = tokio::task::JoinSet::new();
         for _ in 0..50 {
@@ -241,12 +242,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_probe_asked_during_a_request_gets_a_later_request() {
         // Healthy only for the first request: whoever asks after it went out must not see it.
-        let (url, received) =
-            counting_server(
-                Duration::from_millis(200),
-                |n| if n == 1 { 200 } else { 503 },
-            )
-            .await;
+        let (url, received) = counting_server(
+            |_| Duration::from_millis(200),
+            |n| if n == 1 { 200 } else { 503 },
+        )
+        .await;
         let probes = HttpProbes::new(crate::effects::http_client().unwrap());
         let first = tokio::spawn({
             let (probes, url) = (probes.clone(), url.clone());
@@ -264,8 +264,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hung_request_holds_up_the_next_no_longer_than_its_most_hurried_member() {
+        // The first request hangs; later ones answer at once.
+        let (url, received) = counting_server(
+            |n| Duration::from_secs(if n == 1 { 600 } else { 0 }),
+            |_| 200,
+        )
+        .await;
+        let probes = HttpProbes::new(crate::effects::http_client().unwrap());
+        // Both ask before the (current-thread) runtime runs the driver: one request for both.
+        let first = tokio::spawn({
+            let (probes, url) = (probes.clone(), url.clone());
+            async move {
+                tokio::join!(
+                    probes.status(&url, Duration::from_millis(300)),
+                    probes.status(&url, Duration::from_secs(600)),
+                )
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no request arrived");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Asked while the hung request is out: answered by the next one, sent once the hung one
+        // gave up after 300 ms (not after the patient member's 600 s).
+        let later = probes.status(&url, Duration::from_secs(30)).await;
+        assert_eq!(later, Ok(200));
+        let (hurried, patient) = first.await.unwrap();
+        assert!(hurried.is_err(), "{hurried:?}");
+        assert!(patient.is_err(), "{patient:?}");
+    }
+
+    #[tokio::test]
     async fn a_probe_waits_no_longer_than_its_own_timeout() {
-        let (url, _) = counting_server(Duration::from_secs(60), |_| 200).await;
+        let (url, _) = counting_server(|_| Duration::from_secs(60), |_| 200).await;
         let probes = HttpProbes::new(crate::effects::http_client().unwrap());
         let err = probes
             .status(&url, Duration::from_millis(100))
