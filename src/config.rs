@@ -185,7 +185,7 @@ impl Config {
 
     /// Parses config text; relative paths resolve against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e))?;
         let base = std::path::absolute(base)
             .map_err(|e| format!("cannot resolve {}: {e}", base.display()))?;
         let resolve = |p: &Path| {
@@ -301,6 +301,21 @@ impl Config {
                 .collect(),
         })
     }
+}
+
+/// Longest line of a TOML error message quoted as is (toml quotes the offending source line).
+const MAX_QUOTED_LINE: usize = 240;
+
+/// A TOML parse error for a person: toml's own text, which quotes the offending line and points
+/// at the column, unless that line is too long to quote (a 200 KB line would make a 200 KB
+/// message in the log and in `/readyz`); then its position and message only.
+pub fn toml_error(error: &toml::de::Error) -> String {
+    let full = error.to_string();
+    if full.lines().all(|line| line.len() <= MAX_QUOTED_LINE) {
+        return full;
+    }
+    let position = full.lines().next().unwrap_or("TOML parse error");
+    format!("{position}: {}", error.message().trim_end())
 }
 
 #[cfg(test)]

@@ -174,7 +174,8 @@ impl Manifest {
             path: path.to_owned(),
             message,
         };
-        let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| invalid(crate::config::toml_error(&e)))?;
         let name_ok = !manifest.name.is_empty()
             && manifest.name.len() <= MAX_NAME_LEN
             && manifest

@@ -283,7 +283,7 @@ impl Policy {
     pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
         let mut policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: crate::config::toml_error(&e),
         })?;
         if policy.name.is_empty() {
             policy.name = path
@@ -505,6 +505,20 @@ mod tests {
         Policy::parse(Path::new("p/x.toml"), text)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn a_parse_error_quotes_a_short_line_but_not_a_huge_one() {
+        let short = parse_err("[match]\napp = \"web\" junk\n");
+        assert!(short.contains("app = \"web\" junk"), "{short}");
+        assert!(short.contains("line 2"), "{short}");
+        let huge = format!("[match]\napp = \"{}\" junk\n", "a".repeat(200_000));
+        let err = parse_err(&huge);
+        assert!(err.len() < 1_000, "{} bytes", err.len());
+        assert!(
+            err.contains("line 2, column 200010: unexpected key or value"),
+            "{err}"
+        );
     }
 
     #[test]
