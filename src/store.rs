@@ -1888,13 +1888,7 @@ mod tests {
         for task in tasks {
             let _ = task.await.unwrap();
         }
-        let seen_by_committer = {
-            let (key, id) = (key.clone(), id.clone());
-            store
-                .commit(move |w| existing_fault(w, &key, &id))
-                .await
-                .unwrap()
-        };
+        let seen_by_committer = committer_view(&store, &id).await;
         assert_eq!(seen_by_committer.occurrences, 51);
         assert_eq!(store.fault(&id).unwrap().unwrap(), seen_by_committer);
         // Alone in its group: a failed write is not what the next job reads.
@@ -1935,12 +1929,16 @@ mod tests {
             })
             .await
             .unwrap();
-        let (key2, id2) = (key.clone(), id.clone());
-        let read = store
-            .commit(move |w| existing_fault(w, &key2, &id2))
+        assert_eq!(committer_view(&store, &id).await.occurrences, 7);
+    }
+
+    /// The fault as a job on the committer reads it (through the committer's cache).
+    async fn committer_view(store: &Store, id: &str) -> Fault {
+        let id = id.to_owned();
+        store
+            .commit(move |w| existing_fault(w, &fault_key(&id), &id))
             .await
-            .unwrap();
-        assert_eq!(read.occurrences, 7);
+            .unwrap()
     }
 
     #[tokio::test]

@@ -92,14 +92,10 @@ type Answer = Result<u16, String>;
 #[derive(Clone)]
 pub struct HttpProbes {
     client: reqwest::Client,
-    /// The URLs with a request in flight, and the request each will send next. An entry exists
-    /// exactly while its driver task runs.
-    urls: Arc<Mutex<HashMap<String, NextRequest>>>,
+    /// The URLs with a request in flight, each with the request it sends once that one is
+    /// answered (asks join it until it starts). An entry exists exactly while its driver runs.
+    urls: Arc<Mutex<HashMap<String, Option<Batch>>>>,
 }
-
-/// The request a URL sends when the one in flight is answered; asks join it until it starts.
-#[derive(Default)]
-struct NextRequest(Option<Batch>);
 
 struct Batch {
     /// The shortest time any member allows: a request that hangs holds up the URL's next one
@@ -122,7 +118,7 @@ impl HttpProbes {
         let mut answer = {
             let mut urls = self.lock_urls();
             let start_driver = !urls.contains_key(url);
-            let next = &mut urls.entry(url.to_owned()).or_default().0;
+            let next = urls.entry(url.to_owned()).or_default();
             let batch = next.get_or_insert_with(|| Batch {
                 timeout,
                 answer: watch::channel(None).0,
@@ -147,7 +143,7 @@ impl HttpProbes {
         loop {
             let batch = {
                 let mut urls = self.lock_urls();
-                match urls.get_mut(&url).and_then(|next| next.0.take()) {
+                match urls.get_mut(&url).and_then(Option::take) {
                     Some(batch) => batch,
                     None => {
                         urls.remove(&url);
@@ -168,7 +164,7 @@ impl HttpProbes {
         }
     }
 
-    fn lock_urls(&self) -> std::sync::MutexGuard<'_, HashMap<String, NextRequest>> {
+    fn lock_urls(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Batch>>> {
         // Held only for map updates that cannot panic half-way: recover from poisoning.
         self.urls.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -221,6 +217,15 @@ mod tests {
         (url, received)
     }
 
+    /// Waits (up to 30 s) until the server has received a request.
+    async fn first_request_arrived(received: &std::sync::atomic::AtomicUsize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no request arrived");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_probes_of_a_url_share_requests() {
         let (url, received) = counting_server(|_| Duration::from_millis(300), |_| 200).await;
@@ -252,11 +257,7 @@ mod tests {
             let (probes, url) = (probes.clone(), url.clone());
             async move { probes.status(&url, Duration::from_secs(30)).await }
         });
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(std::time::Instant::now() < deadline, "no request arrived");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        first_request_arrived(&received).await;
         let second = probes.status(&url, Duration::from_secs(30)).await;
         assert_eq!(first.await.unwrap(), Ok(200));
         assert_eq!(second, Ok(503));
@@ -282,11 +283,7 @@ mod tests {
                 )
             }
         });
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while received.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(std::time::Instant::now() < deadline, "no request arrived");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        first_request_arrived(&received).await;
         // Asked while the hung request is out: answered by the next one, sent once the hung one
         // gave up after 300 ms (not after the patient member's 600 s).
         let later = probes.status(&url, Duration::from_secs(30)).await;
