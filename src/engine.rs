@@ -26,7 +26,7 @@ use crate::plan;
 use crate::policy::Policy;
 use crate::policy::PolicySet;
 use crate::registry::Provenance;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Inline, Sandbox};
 use crate::store::{Store, StoreError};
 use crate::verify::{HttpProbes, verify};
 
@@ -64,8 +64,9 @@ pub struct EngineParts {
 
 /// What the dispatcher is asked to do.
 enum Work {
-    /// Drive this fault.
-    Drive(String),
+    /// Drive this fault, starting from the record given (as its last write left it) if any,
+    /// else from the store.
+    Drive(String, Option<Box<Fault>>),
     /// Answer, to show the dispatcher is alive and not stuck (the systemd watchdog).
     Ping(tokio::sync::oneshot::Sender<()>),
 }
@@ -81,7 +82,16 @@ impl EngineHandle {
     pub fn enqueue(&self, id: String) {
         // Only fails when the engine is gone (shutdown); the fault is durable and resumes at
         // the next start.
-        let _ = self.queue.send(Work::Drive(id));
+        let _ = self.queue.send(Work::Drive(id, None));
+    }
+
+    /// Asks the engine to drive `fault`, just written as it is (saves reading it back). A
+    /// record that is stale by the time the engine writes is harmless: writes are checked
+    /// against the fault's sequence number, and a mismatch makes the engine read it again.
+    pub fn enqueue_written(&self, fault: Fault) {
+        let _ = self
+            .queue
+            .send(Work::Drive(fault.id.clone(), Some(Box::new(fault))));
     }
 
     /// True when the dispatcher answers within `within`: it is running and not blocked (for
@@ -123,12 +133,12 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
         tracing::info!(message = "Resuming open faults.", count = open.len());
     }
     for id in open {
-        let _ = queue.send(Work::Drive(id));
+        let _ = queue.send(Work::Drive(id, None));
     }
     tokio::spawn(async move {
         while let Some(work) = receiver.recv().await {
-            let id = match work {
-                Work::Drive(id) => id,
+            let (id, written) = match work {
+                Work::Drive(id, written) => (id, written),
                 Work::Ping(reply) => {
                     let _ = reply.send(());
                     continue;
@@ -144,7 +154,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
             let span = tracing::info_span!("fault", id = %id);
             tokio::spawn(
                 async move {
-                    engine.drive(&id).await;
+                    engine.drive(&id, written.map(|fault| *fault)).await;
                     engine.lock_in_flight().remove(&id);
                     drop(permit);
                 }
@@ -286,10 +296,10 @@ impl Engine {
 
     /// Drives one fault until it is terminal or waits on a human. Store failures are retried
     /// with backoff for a while; after that the fault is left for the next start.
-    async fn drive(&self, id: &str) {
+    async fn drive(&self, id: &str, written: Option<Fault>) {
         let mut failures = 0u32;
-        // The fault as the last transition stored it; read again after anything else.
-        let mut known: Option<Fault> = None;
+        // The fault as the last write stored it; read again after anything else.
+        let mut known = written;
         loop {
             let fault = match known.take() {
                 Some(fault) => fault,
@@ -465,7 +475,7 @@ impl Engine {
             let (queue, id) = (self.queue.clone(), fault.id.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                let _ = queue.send(Work::Drive(id));
+                let _ = queue.send(Work::Drive(id, None));
             });
             return Ok(false);
         }
@@ -679,23 +689,34 @@ impl Engine {
             );
             return self.fail(&fault, FailReason::ContractFailed, detail).await;
         }
-        let Some(wasm) = store.patch_module(&record.hash)? else {
-            let detail = format!(
-                "module of patch {name}@{} is missing from the store",
-                record.version
-            );
-            return self
-                .fail(&fault, FailReason::PatchUnavailable, detail)
-                .await;
-        };
-
-        let view = view_of(&fault);
         let sandbox = Arc::clone(&self.parts.sandbox);
-        let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
         let started = std::time::Instant::now();
-        let outcome =
-            tokio::task::spawn_blocking(move || sandbox.run(&patch_name, &patch_hash, &wasm, view))
-                .await;
+        // Most patches plan in microseconds: run on this thread when the sandbox can bound the
+        // run tightly, else (and for a run over that bound) on a blocking thread.
+        let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sandbox.run_inline(&record.name, &record.hash, view_of(&fault))
+        }));
+        let outcome = match inline {
+            Ok(Inline::Done(outcome)) => Ok(outcome),
+            Err(_) => Err("the run panicked".to_string()),
+            Ok(Inline::Elsewhere(view)) => {
+                let Some(wasm) = store.patch_module(&record.hash)? else {
+                    let detail = format!(
+                        "module of patch {name}@{} is missing from the store",
+                        record.version
+                    );
+                    return self
+                        .fail(&fault, FailReason::PatchUnavailable, detail)
+                        .await;
+                };
+                let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
+                tokio::task::spawn_blocking(move || {
+                    sandbox.run(&patch_name, &patch_hash, &wasm, view)
+                })
+                .await
+                .map_err(|join| join.to_string())
+            }
+        };
         let metrics = crate::metrics::metrics();
         metrics.observe(
             "phoenix_sandbox_run_seconds",
@@ -713,9 +734,9 @@ impl Engine {
                 let detail = format!("patch {name}@{}: {error}", record.version);
                 return self.fail(&fault, FailReason::SandboxError, detail).await;
             }
-            Err(join) => {
+            Err(panic) => {
                 let detail = format!(
-                    "patch {name}@{}: sandbox task failed: {join}",
+                    "patch {name}@{}: sandbox task failed: {panic}",
                     record.version
                 );
                 return self.fail(&fault, FailReason::SandboxError, detail).await;

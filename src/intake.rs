@@ -61,7 +61,7 @@ impl Intake {
             .unwrap_or_default();
         crate::metrics::metrics().inc("phoenix_faults_reported_total", &[("source", &source_name)]);
         if (reported.created || reported.reopened) && !reported.replayed {
-            self.engine.enqueue(reported.fault.id.clone());
+            self.engine.enqueue_written(reported.fault.clone());
         }
         Ok(reported)
     }
