@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -240,6 +240,8 @@ pub struct Sandbox {
     modules: Mutex<HashMap<String, Prepared>>,
     /// Runs at once, at most the pool's size (a run past it would fail to instantiate).
     slots: Slots,
+    /// [`INLINE_WALL_TIME`], but for tests.
+    inline_wall_time: Duration,
 }
 
 /// A module ready to run: imports resolved, and its exports looked up once (by index, not by
@@ -249,17 +251,24 @@ struct Prepared {
     pre: InstancePre<HostState>,
     heal: Option<ModuleExport>,
     memory: Option<ModuleExport>,
-    /// Set once a run of this module went over the inline budget: from then on it runs only
-    /// on a blocking thread (see [`Sandbox::run_inline`]).
+    /// Set once runs of this module went over the inline budget: from then on it runs only on
+    /// a blocking thread (see [`Sandbox::run_inline`]).
     too_slow_inline: Arc<AtomicBool>,
+    /// Inline runs over [`INLINE_WALL_TIME`] or the deadline, less those within them (never
+    /// below zero): a thread preempted now and then adds a strike rarely and loses it at once.
+    strikes: Arc<AtomicU32>,
 }
+
+/// Strikes after which a module no longer runs inline.
+const INLINE_STRIKES: u32 = 3;
 
 /// The most fuel a run on the caller's (async) thread may use: a few hundred microseconds of
 /// wasm at most. A run that needs more is stopped and run again on a blocking thread.
 const INLINE_FUEL: u64 = 200_000;
 
-/// The wall time after which a module no longer runs inline (what fuel does not bound: a
-/// `memory.fill` of the whole memory cap, a thread preempted mid-run).
+/// An inline run longer than this counts a strike against its module: what fuel does not
+/// bound (a `memory.fill` of the whole memory cap), but also a thread preempted mid-run, hence
+/// strikes rather than at once (see [`INLINE_STRIKES`]).
 const INLINE_WALL_TIME: Duration = Duration::from_micros(500);
 
 /// The outcome of [`Sandbox::run_inline`].
@@ -269,6 +278,13 @@ pub enum Inline {
     /// Not run here (module not loaded, slow, or no free slot) or stopped at the inline budget:
     /// run it with [`Sandbox::run`] on a blocking thread. Gives the fault view back.
     Elsewhere(FaultView),
+}
+
+/// What ended a run early (see [`Sandbox::stopped_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Fuel,
+    Deadline,
 }
 
 /// How a run is bounded and where its log lines go.
@@ -550,6 +566,7 @@ impl Sandbox {
             compiler: Compiler::InProcess,
             modules: Mutex::new(HashMap::new()),
             slots: Slots::new(POOL_SLOTS),
+            inline_wall_time: INLINE_WALL_TIME,
         })
     }
 
@@ -644,6 +661,7 @@ impl Sandbox {
             heal: module.get_export_index("heal"),
             memory: module.get_export_index("memory"),
             too_slow_inline: Arc::new(AtomicBool::new(false)),
+            strikes: Arc::new(AtomicU32::new(0)),
             pre: self
                 .linker
                 .instantiate_pre(&module)
@@ -756,8 +774,9 @@ impl Sandbox {
     /// now. The run gets [`INLINE_FUEL`] (well under the limits' fuel); one that needs more, or
     /// reaches its deadline, is stopped and handed back ([`Inline::Elsewhere`]) to be run again
     /// in full on a blocking thread. A run cannot change anything but its own plan, so running
-    /// it again is safe; its log lines are held until its outcome is final. A module that goes
-    /// over the budget or [`INLINE_WALL_TIME`] once never runs inline again.
+    /// it again is safe; its log lines are held until its outcome is final. A module that runs
+    /// out of the inline fuel once, or overruns [`INLINE_WALL_TIME`] or the deadline
+    /// [`INLINE_STRIKES`] times more often than not, never runs inline again.
     ///
     /// Saves the hop to a blocking thread and back (two thread wake-ups) for the usual patch,
     /// which plans in a few microseconds.
@@ -781,11 +800,21 @@ impl Sandbox {
         let started = Instant::now();
         let (outcome, mut state) = self.execute(&module, patch, fault, &budget);
         drop(slot);
-        let over_budget = Self::out_of_budget(&outcome, &state);
-        if over_budget || started.elapsed() > INLINE_WALL_TIME {
+        let stopped = Self::stopped_by(&outcome, &state);
+        // Fuel is exact: a module that needs more than the inline fuel always will. Time is
+        // not (a busy machine preempts threads): only repeated overruns count.
+        if stopped == Some(Stop::Fuel) {
             module.too_slow_inline.store(true, Ordering::Relaxed);
+        } else if stopped == Some(Stop::Deadline) || started.elapsed() > self.inline_wall_time {
+            if module.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= INLINE_STRIKES {
+                module.too_slow_inline.store(true, Ordering::Relaxed);
+            }
+        } else {
+            let _ = module
+                .strikes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
-        if over_budget {
+        if stopped.is_some() {
             return Inline::Elsewhere(state.fault);
         }
         for line in state.held_logs.take().unwrap_or_default() {
@@ -862,16 +891,18 @@ impl Sandbox {
         );
     }
 
-    /// True when the run was stopped by its fuel or its deadline (what [`Sandbox::finish`]
-    /// names `out_of_fuel` and `deadline`).
-    fn out_of_budget(outcome: &wasmtime::Result<i32>, state: &HostState) -> bool {
+    /// What stopped the run, if its fuel or its deadline did (what [`Sandbox::finish`] names
+    /// `out_of_fuel` and `deadline`).
+    fn stopped_by(outcome: &wasmtime::Result<i32>, state: &HostState) -> Option<Stop> {
         match (&state.failure, outcome) {
-            (Some(failure), _) => matches!(failure, RunError::OutOfFuel | RunError::Deadline(_)),
-            (None, Err(error)) => matches!(
-                error.downcast_ref::<Trap>(),
-                Some(Trap::OutOfFuel | Trap::Interrupt)
-            ),
-            (None, Ok(_)) => false,
+            (Some(RunError::OutOfFuel), _) => Some(Stop::Fuel),
+            (Some(RunError::Deadline(_)), _) => Some(Stop::Deadline),
+            (Some(_), _) | (None, Ok(_)) => None,
+            (None, Err(error)) => match error.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel) => Some(Stop::Fuel),
+                Some(Trap::Interrupt) => Some(Stop::Deadline),
+                _ => None,
+            },
         }
     }
 
@@ -1157,6 +1188,47 @@ mod tests {
             run(&sandbox, &endless).map_err(|e| e.code()),
             Err("out_of_fuel")
         );
+    }
+
+    #[test]
+    fn only_repeated_overruns_of_the_inline_wall_time_stop_a_module_running_inline() {
+        let (_dir, mut sandbox) = sandbox(Limits::default());
+        let wasm = module("", "", "(i32.const 0)");
+        sandbox.prepare(&hash(&wasm), &wasm).unwrap();
+        // Every run is over a zero wall time: a strike each; the last one demotes the module.
+        sandbox.inline_wall_time = Duration::ZERO;
+        for run in 0..INLINE_STRIKES {
+            assert_eq!(inline(&sandbox, &wasm), Some(Ok(Vec::new())), "run {run}");
+        }
+        assert_eq!(inline(&sandbox, &wasm), None);
+
+        // Strikes are paid back by runs within the wall time: an overrun now and then (a thread
+        // preempted on a busy machine) never adds up.
+        let other = module("", "", "(i32.const 1)");
+        sandbox.prepare(&hash(&other), &other).unwrap();
+        for run in 0..4 * INLINE_STRIKES {
+            sandbox.inline_wall_time = if run % 2 == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(3600)
+            };
+            assert_eq!(inline(&sandbox, &other), Some(Err(RunError::Declined(1))));
+        }
+    }
+
+    #[test]
+    fn filling_the_whole_memory_cap_is_not_done_inline() {
+        let (_dir, sandbox) = sandbox(Limits::default());
+        let wasm = module(
+            "",
+            "",
+            "(drop (memory.grow (i32.const 255)))
+             (memory.fill (i32.const 0) (i32.const 1) (i32.const 16777216))
+             (i32.const 0)",
+        );
+        sandbox.prepare(&hash(&wasm), &wasm).unwrap();
+        assert_eq!(inline(&sandbox, &wasm), None);
+        assert_eq!(run(&sandbox, &wasm), Ok(Vec::new()));
     }
 
     #[test]

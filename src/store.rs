@@ -207,7 +207,7 @@ struct Group {
     pending: Pending,
     /// Fault records written by this group's jobs, in order: the fault written, or `None`
     /// when written in a form the cache cannot follow (raw bytes, a removal).
-    faults: Vec<(Vec<u8>, Option<Fault>)>,
+    faults: Vec<(Vec<u8>, Option<Box<Fault>>)>,
     cache: FaultCache,
     /// A patch record or an active version was written since the committer last told readers.
     registry_changed: bool,
@@ -237,10 +237,10 @@ impl FaultCache {
     }
 
     /// Learns the faults a group wrote, now that they are in the tree.
-    fn learn(&mut self, written: Vec<(Vec<u8>, Option<Fault>)>) {
+    fn learn(&mut self, written: Vec<(Vec<u8>, Option<Box<Fault>>)>) {
         for (key, fault) in written {
             match fault {
-                Some(fault) => self.keep(key, fault),
+                Some(fault) => self.keep(key, *fault),
                 None => {
                     self.0.remove(&key);
                 }
@@ -277,7 +277,7 @@ pub struct Writer<'a> {
     group: &'a mut Group,
     own: Pending,
     /// This job's fault writes, for the cache (see [`Group::faults`]).
-    own_faults: Vec<(Vec<u8>, Option<Fault>)>,
+    own_faults: Vec<(Vec<u8>, Option<Box<Fault>>)>,
 }
 
 impl Writer<'_> {
@@ -290,19 +290,16 @@ impl Writer<'_> {
     }
 
     /// The fault record at `key`: from this group's writes, else the committer's cache, else
-    /// the tree (and then cached).
+    /// the tree. Taken out of the cache (a read is almost always followed by a write of the
+    /// fault, which the cache learns once applied): one copy fewer per transition.
     fn fault(&mut self, key: &[u8]) -> Result<Option<Fault>, StoreError> {
         if self.own.contains_key(key) || self.group.pending.contains_key(key) {
             return self.get(key);
         }
-        if let Some(fault) = self.group.cache.0.get(key) {
-            return Ok(Some(fault.clone()));
+        if let Some(fault) = self.group.cache.0.remove(key) {
+            return Ok(Some(fault));
         }
-        let fault: Option<Fault> = get(self.tree, key)?;
-        if let Some(fault) = &fault {
-            self.group.cache.keep(key.to_vec(), fault.clone());
-        }
-        Ok(fault)
+        get(self.tree, key)
     }
 
     /// Writes a fault record (and tells the cache, once applied).
@@ -311,13 +308,15 @@ impl Writer<'_> {
         if is_fault_key(key)
             && let Some(last) = self.own_faults.last_mut()
         {
-            last.1 = Some(fault.clone());
+            last.1 = Some(Box::new(fault.clone()));
         }
         Ok(())
     }
 
     fn put<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        // Most records are a few hundred bytes: no reallocations on the way there.
+        let mut bytes = Vec::with_capacity(512);
+        serde_json::to_writer(&mut bytes, value).map_err(|e| StoreError::Corrupt {
             key: String::from_utf8_lossy(key).into(),
             message: e.to_string(),
         })?;
