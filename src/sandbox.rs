@@ -801,8 +801,9 @@ impl Sandbox {
         let (outcome, mut state) = self.execute(&module, patch, fault, &budget);
         drop(slot);
         let stopped = Self::stopped_by(&outcome, &state);
-        // Fuel is exact: a module that needs more than the inline fuel always will. Time is
-        // not (a busy machine preempts threads): only repeated overruns count.
+        // Fuel does not depend on the machine: a module that needed more than the inline fuel
+        // will most likely need it again. Time does (a busy machine preempts threads): only
+        // repeated overruns count.
         if stopped == Some(Stop::Fuel) {
             module.too_slow_inline.store(true, Ordering::Relaxed);
         } else if stopped == Some(Stop::Deadline) || started.elapsed() > self.inline_wall_time {
