@@ -689,12 +689,13 @@ impl Engine {
             );
             return self.fail(&fault, FailReason::ContractFailed, detail).await;
         }
-        let sandbox = Arc::clone(&self.parts.sandbox);
         let started = std::time::Instant::now();
         // Most patches plan in microseconds: run on this thread when the sandbox can bound the
         // run tightly, else (and for a run over that bound) on a blocking thread.
         let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sandbox.run_inline(&record.name, &record.hash, view_of(&fault))
+            self.parts
+                .sandbox
+                .run_inline(&record.name, &record.hash, view_of(&fault))
         }));
         let outcome = match inline {
             Ok(Inline::Done(outcome)) => Ok(outcome),
@@ -710,6 +711,7 @@ impl Engine {
                         .await;
                 };
                 let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
+                let sandbox = Arc::clone(&self.parts.sandbox);
                 tokio::task::spawn_blocking(move || {
                     sandbox.run(&patch_name, &patch_hash, &wasm, view)
                 })
