@@ -2,8 +2,10 @@
 //! transitions (sandbox run, effects, verification).
 //!
 //! **Invariants:**
-//! - The engine is the only writer of fault state, and every transition is durable (store
-//!   `append`, a compare-and-swap on the fault's sequence) *before* the side effect it authorizes.
+//! - The engine decides every change of fault state (the intake only writes the `no_policy`
+//!   steps [`EngineHandle::steps_if_unmatched`] gives it, with the report), and every transition
+//!   is durable (store `append`, a compare-and-swap on the fault's sequence) *before* the side
+//!   effect it authorizes.
 //! - An action is recorded as started before it runs and as done after; a restart never re-runs
 //!   an action that may have started: it verifies instead.
 //! - One fault is driven by at most one task at a time (the in-flight set); at most `workers`
@@ -19,7 +21,10 @@ use tracing::Instrument;
 
 use crate::breaker::{Admission, BreakerConfig, Position, WhenOpen};
 use crate::effects::{Effects, FaultEnv};
-use crate::fault::{ApprovalRequest, FailReason, Fault, FaultState, Rollback, Run, Timestamp};
+use crate::events::Events;
+use crate::fault::{
+    ApprovalRequest, FailReason, Fault, FaultState, Report, Rollback, Run, Timestamp,
+};
 use crate::machine::{self, Event, IllegalTransition};
 use crate::patch::view_of;
 use crate::plan;
@@ -57,7 +62,7 @@ pub struct EngineParts {
     /// The global circuit breaker's settings.
     pub global_breaker: BreakerConfig,
     /// Where approval requests, breaker changes and closed faults are announced.
-    pub events: crate::events::Events,
+    pub events: Events,
     /// Healing runs allowed per app and window before faults wait for a person.
     pub rate_limit: crate::config::RateLimit,
 }
@@ -75,6 +80,8 @@ enum Work {
 #[derive(Clone)]
 pub struct EngineHandle {
     queue: mpsc::UnboundedSender<Work>,
+    policies: Arc<RwLock<Arc<PolicySet>>>,
+    events: Events,
 }
 
 impl EngineHandle {
@@ -92,6 +99,34 @@ impl EngineHandle {
         let _ = self
             .queue
             .send(Work::Drive(fault.id.clone(), Some(Box::new(fault))));
+    }
+
+    /// The steps that close a new fault for `report` in the very write that records it, when
+    /// no policy matches it (None: one does, and the engine takes the fault). They are the
+    /// steps the engine would write at its first look, `analyzing` then `failed(no_policy)`;
+    /// no side effect lies between, so writing them with the report is the same history for
+    /// half the writes (a storm of reports nothing can heal costs one write each).
+    pub fn steps_if_unmatched(&self, report: &Report) -> Option<Vec<(FaultState, String)>> {
+        let matched = self
+            .policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches_any(&report.app, &report.kind, &report.labels);
+        if matched {
+            return None;
+        }
+        steps(
+            FaultState::Detected,
+            vec![no_policy(&report.app, &report.kind)],
+        )
+        .ok()
+    }
+
+    /// Logs, counts and announces `steps` that someone else wrote for `fault` (the intake,
+    /// closing an unmatched report), as the engine does for its own.
+    pub fn announce_written(&self, fault: &Fault, steps: &[(FaultState, String)]) {
+        let _span = tracing::info_span!("fault", id = %fault.id).entered();
+        announce_steps(&self.events, fault, steps);
     }
 
     /// True when the dispatcher answers within `within`: it is running and not blocked (for
@@ -120,6 +155,7 @@ struct Engine {
 /// Starts the engine's dispatcher and enqueues every open fault (crash recovery).
 pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     let open = parts.store.open_fault_ids()?;
+    let (policies, events) = (Arc::clone(&parts.policies), parts.events.clone());
     let (queue, mut receiver) = mpsc::unbounded_channel::<Work>();
     let engine = Arc::new(Engine {
         queue: queue.clone(),
@@ -162,7 +198,103 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
             );
         }
     });
-    Ok(EngineHandle { queue })
+    Ok(EngineHandle {
+        queue,
+        policies,
+        events,
+    })
+}
+
+/// Logs and counts every step written, and announces where the fault ended up.
+fn announce_steps(events: &Events, fault: &Fault, steps: &[(FaultState, String)]) {
+    let Some(((_, detail), passed)) = steps.split_last() else {
+        return;
+    };
+    for (state, detail) in steps {
+        tracing::info!(message = "Fault transition.", to = state.name(), %detail);
+    }
+    for (state, _) in passed {
+        crate::metrics::metrics().inc("phoenix_transitions_total", &[("to", state.name())]);
+    }
+    announce(events, fault, detail);
+}
+
+/// Pushes the transitions people wait for: an approval request, and a fault's end; and
+/// counts every transition.
+fn announce(events: &Events, fault: &Fault, detail: &str) {
+    let metrics = crate::metrics::metrics();
+    metrics.inc("phoenix_transitions_total", &[("to", fault.state.name())]);
+    if fault.state.is_terminal() {
+        match fault.state.reason() {
+            Some(reason) => metrics.inc(
+                "phoenix_faults_closed_total",
+                &[("state", fault.state.name()), ("reason", reason.as_str())],
+            ),
+            None => metrics.inc(
+                "phoenix_faults_closed_total",
+                &[("state", fault.state.name())],
+            ),
+        }
+    }
+    if fault.state == FaultState::Healed {
+        let approved = fault
+            .run
+            .as_ref()
+            .and_then(|r| r.approval.as_ref())
+            .is_some_and(|a| a.granted());
+        metrics.inc(
+            "phoenix_healed_total",
+            &[("approved", if approved { "true" } else { "false" })],
+        );
+        let seconds = Timestamp::now().0.saturating_sub(fault.first_seen.0) as f64 / 1000.0;
+        metrics.observe("phoenix_time_to_heal_seconds", seconds);
+    }
+    if fault.state == FaultState::AwaitingApproval
+        && let Some(run) = &fault.run
+        && let Some(request) = &run.approval
+    {
+        let summary = format!(
+            "phoenix: approval needed for fault {} ({} {}): patch {}@{} plans [{}]; {}; expires {}",
+            fault.id,
+            fault.app,
+            fault.kind,
+            run.patch_name,
+            run.patch_version,
+            run.plan
+                .iter()
+                .map(|a| a.describe())
+                .collect::<Vec<_>>()
+                .join(", "),
+            request.reason,
+            request.expires_at
+        );
+        let data = serde_json::json!({
+            "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "reason": request.reason,
+            "expires_at": request.expires_at, "patch": run.patch_name, "version": run.patch_version,
+            "plan": run.plan,
+        });
+        events.publish("approval_requested", summary, data);
+    } else if fault.state.is_terminal() {
+        let state = match fault.state.reason() {
+            Some(reason) => format!("failed ({reason})"),
+            None => fault.state.name().to_owned(),
+        };
+        let summary = format!(
+            "phoenix: fault {} ({} {}) {state}: {detail}",
+            fault.id, fault.app, fault.kind
+        );
+        let data = serde_json::json!({
+            "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "state": fault.state.name(),
+            "reason": fault.state.reason(), "detail": detail,
+        });
+        events.publish("fault_closed", summary, data);
+    }
+}
+
+/// The event that closes a fault no policy matches, with its history detail.
+fn no_policy(app: &str, kind: &str) -> (Event, String) {
+    let detail = format!("no policy matches app `{app}` kind `{kind}`");
+    (Event::Fail(FailReason::NoPolicy), detail)
 }
 
 /// The history entries `events` add to a fault in state `from`. A fault still in `detected` is
@@ -527,95 +659,8 @@ impl Engine {
             .store
             .append_steps(&fault.id, fault.seq, steps.clone(), change)
             .await?;
-        self.announce_steps(&fault, &steps);
+        announce_steps(&self.parts.events, &fault, &steps);
         Ok(fault)
-    }
-
-    /// Logs and counts every step written, and announces where the fault ended up.
-    fn announce_steps(&self, fault: &Fault, steps: &[(FaultState, String)]) {
-        let Some(((_, detail), passed)) = steps.split_last() else {
-            return;
-        };
-        for (state, detail) in steps {
-            tracing::info!(message = "Fault transition.", to = state.name(), %detail);
-        }
-        for (state, _) in passed {
-            crate::metrics::metrics().inc("phoenix_transitions_total", &[("to", state.name())]);
-        }
-        self.announce(fault, detail);
-    }
-
-    /// Pushes the transitions people wait for: an approval request, and a fault's end; and
-    /// counts every transition.
-    fn announce(&self, fault: &Fault, detail: &str) {
-        let metrics = crate::metrics::metrics();
-        metrics.inc("phoenix_transitions_total", &[("to", fault.state.name())]);
-        if fault.state.is_terminal() {
-            match fault.state.reason() {
-                Some(reason) => metrics.inc(
-                    "phoenix_faults_closed_total",
-                    &[("state", fault.state.name()), ("reason", reason.as_str())],
-                ),
-                None => metrics.inc(
-                    "phoenix_faults_closed_total",
-                    &[("state", fault.state.name())],
-                ),
-            }
-        }
-        if fault.state == FaultState::Healed {
-            let approved = fault
-                .run
-                .as_ref()
-                .and_then(|r| r.approval.as_ref())
-                .is_some_and(|a| a.granted());
-            metrics.inc(
-                "phoenix_healed_total",
-                &[("approved", if approved { "true" } else { "false" })],
-            );
-            let seconds = Timestamp::now().0.saturating_sub(fault.first_seen.0) as f64 / 1000.0;
-            metrics.observe("phoenix_time_to_heal_seconds", seconds);
-        }
-        let events = &self.parts.events;
-        if fault.state == FaultState::AwaitingApproval
-            && let Some(run) = &fault.run
-            && let Some(request) = &run.approval
-        {
-            let summary = format!(
-                "phoenix: approval needed for fault {} ({} {}): patch {}@{} plans [{}]; {}; expires {}",
-                fault.id,
-                fault.app,
-                fault.kind,
-                run.patch_name,
-                run.patch_version,
-                run.plan
-                    .iter()
-                    .map(|a| a.describe())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                request.reason,
-                request.expires_at
-            );
-            let data = serde_json::json!({
-                "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "reason": request.reason,
-                "expires_at": request.expires_at, "patch": run.patch_name, "version": run.patch_version,
-                "plan": run.plan,
-            });
-            events.publish("approval_requested", summary, data);
-        } else if fault.state.is_terminal() {
-            let state = match fault.state.reason() {
-                Some(reason) => format!("failed ({reason})"),
-                None => fault.state.name().to_owned(),
-            };
-            let summary = format!(
-                "phoenix: fault {} ({} {}) {state}: {detail}",
-                fault.id, fault.app, fault.kind
-            );
-            let data = serde_json::json!({
-                "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "state": fault.state.name(),
-                "reason": fault.state.reason(), "detail": detail,
-            });
-            events.publish("fault_closed", summary, data);
-        }
     }
 
     async fn fail(
@@ -641,11 +686,8 @@ impl Engine {
                 .map(|(policy, hash)| (Arc::clone(policy), hash.to_owned()))
         };
         let Some((policy, policy_hash)) = policy else {
-            let detail = format!(
-                "no policy matches app `{}` kind `{}`",
-                fault.app, fault.kind
-            );
-            return self.fail(&fault, FailReason::NoPolicy, detail).await;
+            let (event, detail) = no_policy(&fault.app, &fault.kind);
+            return self.transition(&fault, event, detail, |_| {}).await;
         };
         let store = &self.parts.store;
         let name = &policy.patch.name;
@@ -839,7 +881,7 @@ impl Engine {
             .store
             .append_counting_run(&fault.id, fault.seq, &fault.app, count, decide)
             .await?;
-        self.announce_steps(&stored, &steps);
+        announce_steps(&self.parts.events, &stored, &steps);
         Ok(stored)
     }
 

@@ -1,5 +1,6 @@
 //! Intake: the one door every fault comes in by. It validates a report, records it durably
-//! (deduplicated by fingerprint, idempotent by key), and hands new faults to the engine.
+//! (deduplicated by fingerprint, idempotent by key), and hands new faults to the engine; a new
+//! fault that no policy matches is closed `no_policy` in the write that records it.
 //!
 //! Detection sources (the HTTP API today; probes, log watchers, supervised programs and the
 //! Alertmanager receiver later) all call [`Intake::submit`], so they share dedup and durability.
@@ -46,7 +47,12 @@ impl Intake {
         idempotency: Option<(String, String)>,
     ) -> Result<Reported, IntakeError> {
         report.validate()?;
-        let reported = match self.store.report(report, source, idempotency).await {
+        let unmatched = self.engine.steps_if_unmatched(&report);
+        let closing = unmatched.clone();
+        let reported = match (self.store)
+            .report_closing(report, source, idempotency, closing)
+            .await
+        {
             Ok(reported) => reported,
             Err(error) => {
                 if matches!(error, StoreError::TooManyOpen { .. }) {
@@ -61,7 +67,12 @@ impl Intake {
             .unwrap_or_default();
         crate::metrics::metrics().inc("phoenix_faults_reported_total", &[("source", &source_name)]);
         if (reported.created || reported.reopened) && !reported.replayed {
-            self.engine.enqueue_written(reported.fault.clone());
+            match unmatched {
+                Some(steps) if reported.created => {
+                    self.engine.announce_written(&reported.fault, &steps)
+                }
+                _ => self.engine.enqueue_written(reported.fault.clone()),
+            }
         }
         Ok(reported)
     }

@@ -110,13 +110,15 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    pub fn matches(&self, fault: &Fault) -> bool {
-        self.app.as_ref().is_none_or(|app| *app == fault.app)
-            && self.kind.as_ref().is_none_or(|kind| *kind == fault.kind)
+    /// Whether a fault (or a report: the same three fields) of `app` and `kind` with `labels`
+    /// matches.
+    pub fn matches(&self, app: &str, kind: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.app.as_ref().is_none_or(|a| a == app)
+            && self.kind.as_ref().is_none_or(|k| k == kind)
             && self
                 .labels
                 .iter()
-                .all(|(key, value)| fault.labels.get(key) == Some(value))
+                .all(|(key, value)| labels.get(key) == Some(value))
     }
 
     /// More specific matchers win when several policies match one fault.
@@ -447,11 +449,21 @@ impl PolicySet {
         self.find_versioned(fault).map(|(policy, _)| &**policy)
     }
 
+    /// Whether any policy matches a report of `app` and `kind` with `labels`.
+    pub fn matches_any(&self, app: &str, kind: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.policies
+            .iter()
+            .any(|(policy, _)| policy.matcher.matches(app, kind, labels))
+    }
+
     /// [`PolicySet::find`], with the policy shared and its `content_hash`.
     pub fn find_versioned(&self, fault: &Fault) -> Option<(&Arc<Policy>, &str)> {
         let mut best: Option<(&Arc<Policy>, &str)> = None;
         for (policy, hash) in &self.policies {
-            if !policy.matcher.matches(fault) {
+            if !policy
+                .matcher
+                .matches(&fault.app, &fault.kind, &fault.labels)
+            {
                 continue;
             }
             if best.is_none_or(|(b, _)| policy.matcher.specificity() > b.matcher.specificity()) {
@@ -614,5 +626,37 @@ mod tests {
             "any"
         );
         assert!(set.find(&fault("demo", "oom", &[])).is_none());
+    }
+
+    #[test]
+    fn a_report_matches_any_exactly_when_its_fault_would_find_a_policy() {
+        let base = Policy::parse(Path::new("a.toml"), GOOD).unwrap();
+        let mut labelled = base.clone();
+        labelled.name = "labelled".into();
+        labelled.matcher.app = Some("other".into());
+        labelled
+            .matcher
+            .labels
+            .insert("mount".into(), "/var".into());
+        let set = PolicySet::from_policies(vec![base, labelled]);
+        for (app, kind, labels) in [
+            ("demo", "disk_full", &[][..]),
+            ("demo", "oom", &[]),
+            ("other", "disk_full", &[]),
+            ("other", "disk_full", &[("mount", "/var")]),
+            ("other", "disk_full", &[("mount", "/tmp")]),
+        ] {
+            let fault = fault(app, kind, labels);
+            assert_eq!(
+                set.matches_any(&fault.app, &fault.kind, &fault.labels),
+                set.find(&fault).is_some(),
+                "{app} {kind} {labels:?}"
+            );
+        }
+        assert!(!PolicySet::from_policies(vec![]).matches_any(
+            "demo",
+            "disk_full",
+            &BTreeMap::new()
+        ));
     }
 }

@@ -464,6 +464,18 @@ where
         });
     }
     change(&mut fault);
+    record_steps(w, fault, steps)
+}
+
+/// Writes `fault` after appending `steps` to its history (the last state is the fault's), and
+/// releases its fingerprint if that closes it.
+fn record_steps(
+    w: &mut Writer<'_>,
+    mut fault: Fault,
+    steps: Vec<(FaultState, String)>,
+) -> Result<Fault, StoreError> {
+    let (id, key) = (fault.id.clone(), fault_key(&fault.id));
+    let id = id.as_str();
     let at = Timestamp::now();
     let first_seq = fault.seq + 1;
     let mut entries: Vec<HistoryEntry> = steps
@@ -745,6 +757,19 @@ impl Store {
         source: Source,
         idempotency: Option<(String, String)>,
     ) -> Result<Reported, StoreError> {
+        self.report_closing(report, source, idempotency, None).await
+    }
+
+    /// [`Store::report`], and if the report opens a new fault (not for an occurrence or a
+    /// reopening) with `close_at_once`, these steps appended to it in the same write, as the
+    /// engine would append them.
+    pub async fn report_closing(
+        &self,
+        report: Report,
+        source: Source,
+        idempotency: Option<(String, String)>,
+        close_at_once: Option<Vec<(FaultState, String)>>,
+    ) -> Result<Reported, StoreError> {
         self.check_free_space()?;
         let db = self.db.clone();
         let max_open = self.max_open_per_app;
@@ -813,9 +838,15 @@ impl Store {
                         at: now,
                         detail: "reported".into(),
                     };
-                    w.put_fault(&fault_key(&id), &fault)?;
                     w.put(&history_key(&id, 1), &entry)?;
                     w.put(&fp_key, &id)?;
+                    let fault = match close_at_once {
+                        Some(steps) => record_steps(w, fault, steps)?,
+                        None => {
+                            w.put_fault(&fault_key(&id), &fault)?;
+                            fault
+                        }
+                    };
                     (fault, true)
                 }
             };
@@ -1550,6 +1581,66 @@ mod tests {
                 .report(Report::sample("a", "k3", &[]), Source::Api, None)
                 .await
                 .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_report_closed_at_once_is_one_write_of_the_engine_s_steps_and_holds_nothing_open() {
+        let (_dir, store) = open();
+        let failed = FaultState::Failed(FailReason::NoPolicy);
+        let steps = vec![
+            (FaultState::Analyzing, "picked up".to_string()),
+            (failed, "no policy matches".to_string()),
+        ];
+        let key = Some(("k1".to_string(), "hash".to_string()));
+        let closed = store
+            .report_closing(report("a"), Source::Api, key.clone(), Some(steps.clone()))
+            .await
+            .unwrap();
+        assert!(closed.created);
+        let fault = &closed.fault;
+        assert_eq!((fault.state, fault.seq), (failed, 3));
+        assert!(fault.closed_at.is_some());
+        assert_eq!(store.fault(&fault.id).unwrap().as_ref(), Some(fault));
+        let history: Vec<(u64, FaultState, String)> = store
+            .history(&fault.id)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.state, e.detail))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                (1, FaultState::Detected, "reported".to_string()),
+                (2, FaultState::Analyzing, "picked up".to_string()),
+                (3, failed, "no policy matches".to_string()),
+            ]
+        );
+        assert_eq!(store.open_fault_ids().unwrap(), Vec::<String>::new());
+        assert_eq!(store.open_faults_of("a").unwrap(), 0);
+        // A replay answers the closed fault; the same report without a key opens a new one.
+        let replay = store
+            .report_closing(report("a"), Source::Api, key, Some(steps.clone()))
+            .await
+            .unwrap();
+        assert!(replay.replayed && replay.fault == closed.fault);
+        let again = store
+            .report_closing(report("a"), Source::Api, None, Some(steps.clone()))
+            .await
+            .unwrap();
+        assert!(again.created && again.fault.id != fault.id);
+
+        // An occurrence of an open fault is only counted, never closed by these steps.
+        let open = store.report(report("b"), Source::Api, None).await.unwrap();
+        let repeat = store
+            .report_closing(report("b"), Source::Api, None, Some(steps))
+            .await
+            .unwrap();
+        assert!(!repeat.created);
+        assert_eq!(repeat.fault.id, open.fault.id);
+        assert_eq!(
+            (repeat.fault.state, repeat.fault.occurrences),
+            (FaultState::Detected, 2)
         );
     }
 

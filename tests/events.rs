@@ -23,6 +23,75 @@ fn setup(extra_config: &str) -> Env {
     env
 }
 
+/// Reads server-sent events from `stream` until one of `kind` that mentions `id`; returns its
+/// data. Fails after the deadline.
+async fn next_event(stream: &mut reqwest::Response, kind: &str, id: &str) -> Value {
+    let started = Instant::now();
+    let mut seen = String::new();
+    loop {
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .expect("no event before the deadline")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        let found = seen
+            .split("\n\n")
+            .find(|block| block.contains(&format!("event: {kind}\n")) && block.contains(id));
+        if let Some(block) = found {
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            return serde_json::from_str::<Value>(data).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_report_no_policy_matches_is_answered_closed_and_announced() {
+    let env = setup("");
+    let daemon = env.start();
+    let client = phoenix::effects::http_client().unwrap();
+    let mut stream = client.get(daemon.url("/v1/events")).send().await.unwrap();
+
+    let accepted = daemon.report(r#"{"app":"nobody","kind":"k"}"#).await;
+    assert_eq!(
+        (&accepted["state"], &accepted["reason"]),
+        (&"failed".into(), &"no_policy".into()),
+        "closed in the write that recorded it: {accepted:#}"
+    );
+    let id = accepted["id"].as_str().unwrap();
+    let event = next_event(&mut stream, "fault_closed", id).await;
+    assert_eq!(event["data"]["reason"], "no_policy", "{event}");
+    let fault = daemon.fault(id).await;
+    let states: Vec<&str> = fault["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["detected", "analyzing", "failed"], "{fault:#}");
+    let metrics = client
+        .get(daemon.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "phoenix_transitions_total{to=\"analyzing\"} 1",
+        "phoenix_faults_closed_total{state=\"failed\",reason=\"no_policy\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    // A matching report is still the engine's to drive.
+    let healed = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
+    assert_eq!(daemon.wait_terminal(&healed).await["state"], "healed");
+}
+
 #[tokio::test]
 async fn an_sse_client_sees_the_approval_request_as_it_happens() {
     let env = setup("");
@@ -33,26 +102,7 @@ async fn an_sse_client_sees_the_approval_request_as_it_happens() {
 
     let reported = Instant::now();
     let id = daemon.report_id(r#"{"app":"prod","kind":"drift"}"#).await;
-    let mut seen = String::new();
-    let event = loop {
-        let left = DEADLINE.saturating_sub(reported.elapsed());
-        let chunk = tokio::time::timeout(left, stream.chunk())
-            .await
-            .expect("no event before the deadline")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-        let found = seen
-            .split("\n\n")
-            .find(|block| block.contains("event: approval_requested") && block.contains(&id));
-        if let Some(block) = found {
-            let data = block
-                .lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .unwrap();
-            break serde_json::from_str::<Value>(data).unwrap();
-        }
-    };
+    let event = next_event(&mut stream, "approval_requested", &id).await;
     let latency = reported.elapsed();
     eprintln!(
         "approval request reached the SSE client {} ms after the report was sent",
