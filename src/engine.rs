@@ -510,8 +510,8 @@ impl Engine {
             let closed = self
                 .parts
                 .store
-                .breaker(&name)?
-                .is_none_or(|b| b.position == Position::Closed);
+                .breaker_position(&name)?
+                .is_none_or(|position| position == Position::Closed);
             if closed {
                 continue;
             }

@@ -31,7 +31,7 @@ use std::thread;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, Position};
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source, Timestamp, sortable_id};
 use crate::policy::Policy;
 use crate::registry::PatchRecord;
@@ -105,11 +105,38 @@ struct Commits {
     apply_failure: std::sync::Mutex<Option<StoreError>>,
     /// Bumped after each applied group that wrote a patch record or an active version.
     registry_generation: AtomicU64,
+    /// Breaker positions by name (None: no record), for the engine's check of every fault
+    /// (two sled reads and parses per fault otherwise). The committer sets a breaker's position
+    /// after applying a write to it, before acknowledging that write, and forgets them all
+    /// when an apply fails; readers add what they read only where nothing is known yet (a
+    /// write applied meanwhile has set it, and wins).
+    breaker_positions: std::sync::Mutex<HashMap<String, Option<Position>>>,
     /// sled's log file, when each flush is to be followed by an fdatasync of it.
     fsync: std::sync::OnceLock<std::fs::File>,
 }
 
 impl Commits {
+    fn breaker_positions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Position>>> {
+        // Only plain map updates happen under this lock: recover from poisoning.
+        self.breaker_positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells readers the breaker positions `group` applied (or to forget all after a failure).
+    fn tell_breaker_positions(&self, group: &mut Group) {
+        if !group.breakers_uncertain && group.breakers_applied.is_empty() {
+            return;
+        }
+        let mut positions = self.breaker_positions();
+        if std::mem::take(&mut group.breakers_uncertain) {
+            positions.clear();
+        }
+        for (name, position) in group.breakers_applied.drain(..) {
+            positions.insert(name, Some(position));
+        }
+    }
+
     /// Why the store takes no writes now: the last group sled refused, else the last flush.
     fn failure(&self) -> Option<StoreError> {
         let refused = self
@@ -198,7 +225,7 @@ type Job = Box<dyn FnOnce(&sled::Tree, &mut Group) -> Completion + Send>;
 /// Writes not yet in sled, by key (`None`: removed). sled seals and writes out its log buffer at
 /// every `apply_batch` (two buffer writes on its I/O thread pool, which wakes all its threads),
 /// so a group applies its writes as one batch, not one per job.
-type Pending = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+type Pending = BTreeMap<Vec<u8>, Option<sled::IVec>>;
 
 /// The writes of the jobs run so far in this group, and the cache of faults as the tree holds
 /// them (the committer's own, see [`FaultCache`]).
@@ -211,6 +238,14 @@ struct Group {
     cache: FaultCache,
     /// A patch record or an active version was written since the committer last told readers.
     registry_changed: bool,
+    /// Breaker positions written by this group's jobs, not yet applied.
+    breakers: Vec<(String, Position)>,
+    /// Breaker positions applied, not yet told to readers ([`Commits::breaker_positions`]).
+    breakers_applied: Vec<(String, Position)>,
+    /// An apply failed since the committer last told readers: forget every position.
+    breakers_uncertain: bool,
+    /// Where [`Writer::put`] serializes records (reused: it keeps its capacity).
+    scratch: Vec<u8>,
 }
 
 /// Open faults as the tree holds them, decoded: a transition reads its fault here instead of
@@ -220,6 +255,9 @@ struct Group {
 /// are not kept (they are rarely written again).
 #[derive(Default)]
 struct FaultCache(HashMap<Vec<u8>, Fault>);
+
+/// Largest serialization buffer the committer keeps between writes (records are ~0.5-1 KiB).
+const SCRATCH_KEPT: usize = 16 << 10;
 
 /// Most faults the committer keeps decoded (about 1 KiB each).
 const FAULT_CACHE_ENTRIES: usize = 1024;
@@ -278,6 +316,8 @@ pub struct Writer<'a> {
     own: Pending,
     /// This job's fault writes, for the cache (see [`Group::faults`]).
     own_faults: Vec<(Vec<u8>, Option<Box<Fault>>)>,
+    /// This job's breaker writes (see [`Group::breakers`]).
+    own_breakers: Vec<(String, Position)>,
 }
 
 impl Writer<'_> {
@@ -313,26 +353,42 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Writes a breaker record (and tells readers its position, once applied).
+    fn put_breaker(&mut self, breaker: &Breaker) -> Result<(), StoreError> {
+        self.put(&breaker_key(&breaker.name), breaker)?;
+        self.own_breakers
+            .push((breaker.name.clone(), breaker.position));
+        Ok(())
+    }
+
     fn put<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        // Most records are a few hundred bytes: no reallocations on the way there.
-        let mut bytes = Vec::with_capacity(512);
-        serde_json::to_writer(&mut bytes, value).map_err(|e| StoreError::Corrupt {
+        // Serialized into the group's buffer, which keeps its capacity, then copied once into
+        // the value sled takes: one allocation of the record's size instead of a growing
+        // vector (glibc consolidates its free lists at every allocation of 1 KiB or more)
+        // and a copy made by sled.
+        let scratch = &mut self.group.scratch;
+        scratch.clear();
+        serde_json::to_writer(&mut *scratch, value).map_err(|e| StoreError::Corrupt {
             key: String::from_utf8_lossy(key).into(),
             message: e.to_string(),
         })?;
+        let bytes = sled::IVec::from(scratch.as_slice());
+        if scratch.capacity() > SCRATCH_KEPT {
+            *scratch = Vec::new(); // a rare large record: do not hold its size for good
+        }
         self.written(key, Some(bytes));
         Ok(())
     }
 
     fn put_raw(&mut self, key: &[u8], value: &[u8]) {
-        self.written(key, Some(value.to_vec()));
+        self.written(key, Some(sled::IVec::from(value)));
     }
 
     fn remove(&mut self, key: &[u8]) {
         self.written(key, None);
     }
 
-    fn written(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+    fn written(&mut self, key: &[u8], value: Option<sled::IVec>) {
         if is_fault_key(key) {
             // Unknown to the cache unless `put_fault` says what was written.
             self.own_faults.push((key.to_vec(), None));
@@ -362,14 +418,18 @@ fn apply(tree: &sled::Tree, group: &mut Group) -> Result<(), StoreError> {
         }
     }
     let written = std::mem::take(&mut group.faults);
+    let breakers = std::mem::take(&mut group.breakers);
     match tree.apply_batch(batch) {
         Ok(()) => {
             group.cache.learn(written);
+            group.breakers_applied.extend(breakers);
             Ok(())
         }
         Err(error) => {
             // What the tree holds now is not certain: forget everything.
             group.cache.0.clear();
+            group.breakers_applied.clear();
+            group.breakers_uncertain = true;
             Err(io(error))
         }
     }
@@ -512,6 +572,10 @@ fn record_steps(
     }
     w.put_fault(&key, &fault)?;
     Ok(fault)
+}
+
+fn breaker_key(name: &str) -> Vec<u8> {
+    format!("br/{name}").into_bytes()
 }
 
 fn policy_snapshot_key(hash: &str) -> Vec<u8> {
@@ -730,15 +794,18 @@ impl Store {
                 group,
                 own: Pending::new(),
                 own_faults: Vec::new(),
+                own_breakers: Vec::new(),
             };
             let result = work(&mut writer);
             if result.is_ok() {
-                let (own, own_faults) = (
+                let (own, own_faults, own_breakers) = (
                     std::mem::take(&mut writer.own),
                     std::mem::take(&mut writer.own_faults),
+                    std::mem::take(&mut writer.own_breakers),
                 );
                 group.pending.extend(own);
                 group.faults.extend(own_faults);
+                group.breakers.extend(own_breakers);
             }
             Box::new(move |stored: Result<(), StoreError>| {
                 let _ = reply.send(result.and_then(|value| stored.map(|()| value)));
@@ -1119,14 +1186,13 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Breaker) -> T + Send + 'static,
     {
-        let key = format!("br/{name}").into_bytes();
         let name = name.to_owned();
         self.commit(move |w| {
             let mut breaker = w
-                .get::<Breaker>(&key)?
+                .get::<Breaker>(&breaker_key(&name))?
                 .unwrap_or_else(|| Breaker::new(&name));
             let result = change(&mut breaker);
-            w.put(&key, &breaker)?;
+            w.put_breaker(&breaker)?;
             Ok(result)
         })
         .await
@@ -1146,12 +1212,11 @@ impl Store {
         self.commit(move |w| {
             let mut results = Vec::with_capacity(names.len());
             for name in &names {
-                let key = format!("br/{name}").into_bytes();
                 let mut breaker = w
-                    .get::<Breaker>(&key)?
+                    .get::<Breaker>(&breaker_key(name))?
                     .unwrap_or_else(|| Breaker::new(name));
                 results.push(change(name, &mut breaker));
-                w.put(&key, &breaker)?;
+                w.put_breaker(&breaker)?;
             }
             Ok(results)
         })
@@ -1160,7 +1225,22 @@ impl Store {
 
     /// The breaker `name`, if it has recorded anything.
     pub fn breaker(&self, name: &str) -> Result<Option<Breaker>, StoreError> {
-        get(&self.db, format!("br/{name}").as_bytes())
+        get(&self.db, &breaker_key(name))
+    }
+
+    /// Where breaker `name` stands (None: it has recorded nothing): what the committer last
+    /// told readers, else read from the tree and remembered (see
+    /// [`Commits::breaker_positions`]).
+    pub fn breaker_position(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        if let Some(known) = self.commits.breaker_positions().get(name) {
+            return Ok(*known);
+        }
+        let read = self.breaker(name)?.map(|b| b.position);
+        self.commits
+            .breaker_positions()
+            .entry(name.to_owned())
+            .or_insert(read);
+        Ok(read)
     }
 
     /// Every breaker that has recorded something, by name.
@@ -1462,6 +1542,7 @@ fn commit_loop(
         if std::mem::take(&mut group.registry_changed) {
             commits.registry_generation.fetch_add(1, Ordering::Release);
         }
+        commits.tell_breaker_positions(&mut group);
         if let Err(error) = outcome {
             // Refused by sled: nothing of the group is in the tree; answer at once.
             tracing::error!(message = "Store write failed; writes not acknowledged.", %error);
@@ -1641,6 +1722,55 @@ mod tests {
         assert_eq!(
             (repeat.fault.state, repeat.fault.occurrences),
             (FaultState::Detected, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn breaker_positions_follow_every_applied_write_and_only_those() {
+        let (dir, store) = open();
+        let now = Timestamp::now();
+        assert_eq!(store.breaker_position("global").unwrap(), None);
+        // Known as "no record" above; the write must replace that.
+        store
+            .update_breaker("global", move |b| b.trip("alice", "maintenance", now))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.breaker_position("global").unwrap(),
+            Some(Position::Open)
+        );
+        // A job that fails after writing a breaker leaves nothing, position included.
+        let refused = store
+            .commit(move |w| {
+                let mut breaker = Breaker::new("global");
+                breaker.reset("bob", "done", now);
+                w.put_breaker(&breaker)?;
+                Err::<(), _>(StoreError::Closed)
+            })
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(
+            store.breaker_position("global").unwrap(),
+            Some(Position::Open)
+        );
+        store
+            .update_breakers(vec!["global".into(), "policy:p".into()], move |_, b| {
+                b.reset("bob", "done", now)
+            })
+            .await
+            .unwrap();
+        for name in ["global", "policy:p"] {
+            assert_eq!(
+                store.breaker_position(name).unwrap(),
+                Some(Position::Closed)
+            );
+        }
+        // Read back from the tree by a store that knows nothing yet.
+        drop(store);
+        let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+        assert_eq!(
+            store.breaker_position("policy:p").unwrap(),
+            Some(Position::Closed)
         );
     }
 
