@@ -101,17 +101,9 @@ async fn ended_faults_are_compacted_after_the_retention_period_and_open_ones_sta
     );
     // The fault disappears as the compaction's batch is applied; the counter follows once that
     // batch is flushed: poll for it.
-    let client = phoenix::effects::http_client().unwrap();
     let started = Instant::now();
     loop {
-        let metrics = client
-            .get(daemon.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = daemon.metrics().await;
         if metrics
             .lines()
             .any(|l| l == "phoenix_faults_compacted_total 1")

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Env, free_port, planner, recording_server};
+use common::{DEADLINE, Env, free_port, planner, recording_server, states};
 use serde_json::Value;
 
 const RECORD: &str = r#"{"kind":"exec","command":"record"}"#;
@@ -66,21 +66,12 @@ async fn a_report_no_policy_matches_is_answered_closed_and_announced() {
     let event = next_event(&mut stream, "fault_closed", id).await;
     assert_eq!(event["data"]["reason"], "no_policy", "{event}");
     let fault = daemon.fault(id).await;
-    let states: Vec<&str> = fault["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| entry["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["detected", "analyzing", "failed"], "{fault:#}");
-    let metrics = client
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(
+        states(&fault),
+        ["detected", "analyzing", "failed"],
+        "{fault:#}"
+    );
+    let metrics = daemon.metrics().await;
     for line in [
         "phoenix_transitions_total{to=\"analyzing\"} 1",
         "phoenix_faults_closed_total{state=\"failed\",reason=\"no_policy\"} 1",

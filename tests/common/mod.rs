@@ -258,6 +258,13 @@ impl Daemon {
         accepted["id"].as_str().expect("an id").to_owned()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let client = phoenix::effects::http_client().unwrap();
+        let response = client.get(self.url("/metrics")).send().await.expect("GET");
+        response.text().await.unwrap()
+    }
+
     pub async fn fault(&self, id: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/faults/{id}")).await;
         assert_eq!(status, 200, "{body}");
