@@ -771,12 +771,12 @@ impl Sandbox {
 
     /// Runs `heal` on the calling thread when that is sure to be short: the module is loaded
     /// (nothing to compile or read), has not been sent to the blocking pool (see below), and a
-    /// slot is free now. The run gets [`INLINE_FUEL`] (well under the limits' fuel); one that needs more, or
-    /// reaches its deadline, is stopped and handed back ([`Inline::Elsewhere`]) to be run again
-    /// in full on a blocking thread. A run cannot change anything but its own plan, so running
-    /// it again is safe; its log lines are held until its outcome is final. A module that runs
-    /// out of the inline fuel once, or overruns [`INLINE_WALL_TIME`] or the deadline
-    /// [`INLINE_STRIKES`] times more often than not, never runs inline again.
+    /// slot is free now. The run gets `INLINE_FUEL` (well under the limits' fuel); one that
+    /// needs more, or reaches its deadline, is stopped and handed back ([`Inline::Elsewhere`])
+    /// to be run again in full on a blocking thread. A run cannot change anything but its own
+    /// plan, so running it again is safe; its log lines are held until its outcome is final. A
+    /// module that runs out of the inline fuel once, or overruns `INLINE_WALL_TIME` or the
+    /// deadline `INLINE_STRIKES` times more often than not, never runs inline again.
     ///
     /// Saves the hop to a blocking thread and back (two thread wake-ups) for the usual patch,
     /// which plans in a few microseconds.

@@ -1229,8 +1229,8 @@ impl Store {
     }
 
     /// Where breaker `name` stands (None: it has recorded nothing): what the committer last
-    /// told readers, else read from the tree and remembered (see
-    /// [`Commits::breaker_positions`]).
+    /// told readers, else read from the tree and remembered (see `Commits::breaker_positions`:
+    /// a write applied meanwhile wins over what was read).
     pub fn breaker_position(&self, name: &str) -> Result<Option<Position>, StoreError> {
         if let Some(known) = self.commits.breaker_positions().get(name) {
             return Ok(*known);
