@@ -550,8 +550,9 @@ async fn wait(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
 }
 
 /// The kernel's start time of `pid` (field 22 of /proc/PID/stat), which tells a live process
-/// from a later one that reused its pid.
-fn process_start_time(pid: u32) -> Option<u64> {
+/// from a later one that reused its pid. (Public for the test harness, which stops the
+/// programs a SIGKILLed phoenix leaves behind.)
+pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: skip past it.
     let after_name = &stat[stat.rfind(')')? + 2..];

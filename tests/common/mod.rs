@@ -369,6 +369,32 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // Supervised programs run in their own process groups and outlive a SIGKILLed phoenix
+        // (its next start would stop them): stop them here, or each test run leaks them.
+        stop_recorded_programs(&self.dir.join("data/programs"));
+    }
+}
+
+/// Kills the process group of each program phoenix recorded in `dir` (`NAME.json`: its pid and
+/// kernel start time), if that same process still runs.
+fn stop_recorded_programs(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Some(recorded) = std::fs::read(entry.path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        else {
+            continue;
+        };
+        let (Some(pid), Some(started)) =
+            (recorded["pid"].as_u64(), recorded["start_time"].as_u64())
+        else {
+            continue;
+        };
+        if phoenix::supervisor::process_start_time(pid as u32) == Some(started) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
     }
 }
 
