@@ -251,12 +251,19 @@ struct Prepared {
     pre: InstancePre<HostState>,
     heal: Option<ModuleExport>,
     memory: Option<ModuleExport>,
-    /// Set once runs of this module went over the inline budget: from then on it runs only on
-    /// a blocking thread (see [`Sandbox::run_inline`]).
-    too_slow_inline: Arc<AtomicBool>,
+    /// How its runs on the caller's thread went (shared by every copy of this module).
+    inline: Arc<InlineRecord>,
+}
+
+/// A module's standing for runs on the caller's thread (see [`Sandbox::run_inline`]).
+#[derive(Default)]
+struct InlineRecord {
+    /// Set once runs of the module went over the inline budget: from then on it runs only on
+    /// a blocking thread.
+    too_slow: AtomicBool,
     /// Inline runs over [`INLINE_WALL_TIME`] or the deadline, less those within them (never
     /// below zero): a thread preempted now and then adds a strike rarely and loses it at once.
-    strikes: Arc<AtomicU32>,
+    strikes: AtomicU32,
 }
 
 /// Strikes after which a module no longer runs inline.
@@ -278,13 +285,6 @@ pub enum Inline {
     /// Not run here (module not loaded, slow, or no free slot) or stopped at the inline budget:
     /// run it with [`Sandbox::run`] on a blocking thread. Gives the fault view back.
     Elsewhere(FaultView),
-}
-
-/// What ended a run early (see [`Sandbox::stopped_by`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Fuel,
-    Deadline,
 }
 
 /// How a run is bounded and where its log lines go.
@@ -660,8 +660,7 @@ impl Sandbox {
         let prepared = Prepared {
             heal: module.get_export_index("heal"),
             memory: module.get_export_index("memory"),
-            too_slow_inline: Arc::new(AtomicBool::new(false)),
-            strikes: Arc::new(AtomicU32::new(0)),
+            inline: Arc::default(),
             pre: self
                 .linker
                 .instantiate_pre(&module)
@@ -763,10 +762,10 @@ impl Sandbox {
             hold_logs: false,
         };
         let slot = self.slots.take();
-        let (outcome, state) = self.execute(&module, patch, fault, &budget);
+        let (outcome, mut state) = self.execute(&module, patch, fault, &budget);
         drop(slot);
         Self::report_fuel(&state);
-        self.finish(outcome, state)
+        self.finish(outcome, &mut state)
     }
 
     /// Runs `heal` on the calling thread when that is sure to be short: the module is loaded
@@ -784,7 +783,8 @@ impl Sandbox {
         let Some(module) = self.lock_modules().get(hash).cloned() else {
             return Inline::Elsewhere(fault);
         };
-        if module.too_slow_inline.load(Ordering::Relaxed) {
+        let record = &module.inline;
+        if record.too_slow.load(Ordering::Relaxed) {
             return Inline::Elsewhere(fault);
         }
         let Some(slot) = self.slots.try_take() else {
@@ -800,29 +800,31 @@ impl Sandbox {
         let started = Instant::now();
         let (outcome, mut state) = self.execute(&module, patch, fault, &budget);
         drop(slot);
-        let stopped = Self::stopped_by(&outcome, &state);
+        let result = self.finish(outcome, &mut state);
+        let out_of_fuel = matches!(result, Err(RunError::OutOfFuel));
+        let deadline = matches!(result, Err(RunError::Deadline(_)));
         // Fuel does not depend on the machine: a module that needed more than the inline fuel
         // will most likely need it again. Time does (a busy machine preempts threads): only
         // repeated overruns count.
-        if stopped == Some(Stop::Fuel) {
-            module.too_slow_inline.store(true, Ordering::Relaxed);
-        } else if stopped == Some(Stop::Deadline) || started.elapsed() > self.inline_wall_time {
-            if module.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= INLINE_STRIKES {
-                module.too_slow_inline.store(true, Ordering::Relaxed);
+        if out_of_fuel {
+            record.too_slow.store(true, Ordering::Relaxed);
+        } else if deadline || started.elapsed() > self.inline_wall_time {
+            if record.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= INLINE_STRIKES {
+                record.too_slow.store(true, Ordering::Relaxed);
             }
         } else {
-            let _ = module
+            let _ = record
                 .strikes
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
-        if stopped.is_some() {
+        if out_of_fuel || deadline {
             return Inline::Elsewhere(state.fault);
         }
         for line in state.held_logs.take().unwrap_or_default() {
             log_patch_line(patch, &line);
         }
         Self::report_fuel(&state);
-        Inline::Done(self.finish(outcome, state))
+        Inline::Done(result)
     }
 
     /// The deadline in epoch ticks.
@@ -892,32 +894,17 @@ impl Sandbox {
         );
     }
 
-    /// What stopped the run, if its fuel or its deadline did (what [`Sandbox::finish`] names
-    /// `out_of_fuel` and `deadline`).
-    fn stopped_by(outcome: &wasmtime::Result<i32>, state: &HostState) -> Option<Stop> {
-        match (&state.failure, outcome) {
-            (Some(RunError::OutOfFuel), _) => Some(Stop::Fuel),
-            (Some(RunError::Deadline(_)), _) => Some(Stop::Deadline),
-            (Some(_), _) | (None, Ok(_)) => None,
-            (None, Err(error)) => match error.downcast_ref::<Trap>() {
-                Some(Trap::OutOfFuel) => Some(Stop::Fuel),
-                Some(Trap::Interrupt) => Some(Stop::Deadline),
-                _ => None,
-            },
-        }
-    }
-
-    /// The plan, or why there is none.
+    /// The plan, or why there is none (taken from `state`, which keeps the fault view).
     fn finish(
         &self,
         outcome: wasmtime::Result<i32>,
-        state: HostState,
+        state: &mut HostState,
     ) -> Result<Vec<Action>, RunError> {
-        if let Some(failure) = state.failure {
+        if let Some(failure) = state.failure.take() {
             return Err(failure);
         }
         match outcome {
-            Ok(0) => Ok(state.plan),
+            Ok(0) => Ok(std::mem::take(&mut state.plan)),
             Ok(status) => Err(RunError::Declined(status)),
             Err(error) => Err(match error.downcast_ref::<Trap>() {
                 Some(Trap::OutOfFuel) => RunError::OutOfFuel,
@@ -1179,7 +1166,7 @@ mod tests {
         );
         assert_eq!(run(&sandbox, &wasm).map(|p| p.len()), Ok(1));
         let prepared = sandbox.lock_modules().get(&hash(&wasm)).cloned().unwrap();
-        assert!(prepared.too_slow_inline.load(Ordering::Relaxed));
+        assert!(prepared.inline.too_slow.load(Ordering::Relaxed));
         assert_eq!(inline(&sandbox, &wasm), None, "not tried again");
         // A patch that never ends is stopped inline, then fails precisely in full.
         let endless = module("", "", "(loop $l (br $l)) (i32.const 0)");
