@@ -24,7 +24,6 @@ use crate::store::{FaultFilter, Store, StoreError};
 use axum::Extension;
 
 /// Shared state of the API handlers.
-#[derive(Clone)]
 pub struct AppState {
     pub intake: Intake,
     pub store: Arc<Store>,
@@ -263,7 +262,8 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request_id))
-        .with_state(state)
+        // Shared, not cloned: axum hands every request its own copy of the state.
+        .with_state(Arc::new(state))
 }
 
 /// Gives every request an id: the caller's `X-Request-Id` if it is sane, else a new one. The id
@@ -349,7 +349,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 async fn report_fault(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -404,7 +404,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 }
 
 async fn alertmanager_webhook(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<alertmanager::Receipt>, ApiError> {
@@ -465,7 +465,7 @@ struct FaultPage {
 const MAX_PAGE: usize = 1000;
 
 async fn list_faults(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<FaultPage>, ApiError> {
@@ -518,7 +518,7 @@ async fn list_faults(
 }
 
 async fn show_fault(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Json<FaultOut>, ApiError> {
@@ -592,7 +592,7 @@ fn approval_out(store: &Store, fault: Fault) -> Result<Option<ApprovalOut>, Stor
 }
 
 async fn list_approvals(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut approvals = Vec::new();
     for id in state.store.open_fault_ids()?.into_iter().rev() {
@@ -610,7 +610,7 @@ async fn list_approvals(
 /// patch's active version (or, when the request already uses it, the newest other usable
 /// version), so a person sees what changes with this version.
 async fn show_approval(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let fault = state
@@ -710,7 +710,7 @@ struct DecisionIn {
 }
 
 async fn approve(
-    state: State<AppState>,
+    state: State<Arc<AppState>>,
     identity: Extension<Identity>,
     id: Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -719,7 +719,7 @@ async fn approve(
 }
 
 async fn reject(
-    state: State<AppState>,
+    state: State<Arc<AppState>>,
     identity: Extension<Identity>,
     id: Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -728,7 +728,7 @@ async fn reject(
 }
 
 async fn decide(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -788,7 +788,9 @@ async fn decide(
     Ok(Json(serde_json::json!({ "approval": out })))
 }
 
-async fn list_breakers(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_breakers(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let mut breakers = state.store.breakers()?;
     if !breakers.iter().any(|b| b.name == "global") {
         breakers.insert(0, crate::breaker::Breaker::new("global"));
@@ -804,7 +806,7 @@ struct OperatorIn {
 }
 
 async fn reset_breaker(
-    state: State<AppState>,
+    state: State<Arc<AppState>>,
     identity: Extension<Identity>,
     name: Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -813,7 +815,7 @@ async fn reset_breaker(
 }
 
 async fn trip_breaker(
-    state: State<AppState>,
+    state: State<Arc<AppState>>,
     identity: Extension<Identity>,
     name: Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -823,7 +825,7 @@ async fn trip_breaker(
 
 /// Trip or reset a breaker by hand; the operator and reason go into its audit list.
 async fn operate_breaker(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -885,7 +887,7 @@ async fn operate_breaker(
 /// Server-sent events: every push event as it happens (`event:` is its kind, `data:` its JSON).
 /// A client that falls too far behind gets a `lagged` event saying how many it missed.
 async fn event_stream(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
 ) -> axum::response::sse::Sse<
     impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
@@ -943,7 +945,7 @@ struct UploadIn {
 /// Registers an uploaded patch: static checks and contract tests run now, results returned.
 /// A usable version becomes active; its first use still needs a person's approval.
 async fn upload_patch(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -974,7 +976,9 @@ async fn upload_patch(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-async fn list_patches(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_patches(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let mut patches = Vec::new();
     for name in state.store.patch_names()? {
         let active = state.store.active_patch_hash(&name)?;
@@ -993,7 +997,7 @@ async fn list_patches(State(state): State<AppState>) -> Result<Json<serde_json::
 }
 
 async fn show_patch(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut versions = state.store.patch_versions(&name)?;
@@ -1035,7 +1039,7 @@ fn api_actor() -> String {
 
 /// Makes an earlier (usable) version the active one.
 async fn rollback_patch(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(identity): Extension<Identity>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -1098,7 +1102,7 @@ const SHADOW_FAULTS: usize = 20;
 /// Replays the most recent faults that ran this patch through version `hash` in the sandbox
 /// (nothing is applied) and shows its plan beside the plan that was used.
 async fn shadow_patch(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1167,7 +1171,7 @@ struct AuditQuery {
 }
 
 /// A consistent snapshot of the whole store, in the backup format (`phoenix backup`).
-async fn backup(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn backup(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let entries = state.store.snapshot().await?;
     let text = crate::backup::encode(&entries);
     tracing::info!(
@@ -1180,7 +1184,7 @@ async fn backup(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 /// The audit log, oldest first, a page at a time (`after` = the last `seq` seen).
 async fn audit_log(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) =
@@ -1201,12 +1205,12 @@ async fn audit_log(
     ))
 }
 
-async fn list_programs(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn list_programs(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "programs": state.supervisor.statuses().await }))
 }
 
 /// `/metrics`: counters and histograms kept as things happen, gauges read now.
-async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let open = state.store.open_fault_ids()?;
     let mut pending = 0usize;
     for id in &open {
@@ -1245,7 +1249,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let readiness = state
         .readiness
         .read()

@@ -330,6 +330,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         what: "listener address".into(),
         source,
     })?;
+    let shutdown = ShutdownSignals::listen();
     write_addr_file(&addr_file, &addr.to_string())?;
     tracing::info!(message = "phoenix is serving.", %addr, data_dir = %config.data_dir.display());
     // Ready: store open, policies loaded, listener bound (connections queue until served).
@@ -343,7 +344,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let restart_reason = Arc::clone(&restart);
     let stop = async move {
         tokio::select! {
-            () = shutdown_signal() => {}
+            () = shutdown.received() => {}
             Ok(reason) = restart_rx => {
                 tracing::warn!(message = "Restarting.", %reason);
                 *restart_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
@@ -501,21 +502,44 @@ fn write_addr_file(path: &Path, addr: &str) -> Result<(), DaemonError> {
         })
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+/// SIGTERM and SIGINT, listened for from creation on. Until a listener exists a signal's
+/// default action kills the process, so they are made before phoenix says it is ready (a
+/// SIGTERM right after that must still shut down cleanly).
+struct ShutdownSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn listen() -> ShutdownSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
             Err(error) => {
-                tracing::warn!(message = "Cannot listen for SIGTERM.", %error);
-                std::future::pending::<()>().await;
+                tracing::warn!(message = "Cannot listen for a shutdown signal.", signal = name, %error);
+                None
+            }
+        };
+        ShutdownSignals {
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Waits for either signal.
+    async fn received(self) {
+        async fn one(signal: Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+        tokio::select! {
+            () = one(self.terminate) => {}
+            () = one(self.interrupt) => {}
+        }
+        tracing::info!(message = "Shutdown requested; draining requests.");
     }
-    tracing::info!(message = "Shutdown requested; draining requests.");
 }

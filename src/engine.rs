@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
-use crate::breaker::{Admission, BreakerConfig, Position, WhenOpen};
+use crate::breaker::{Admission, Breaker, BreakerConfig, Change, Position, WhenOpen};
 use crate::effects::{Effects, FaultEnv};
 use crate::events::Events;
 use crate::fault::{
@@ -318,6 +318,9 @@ fn steps(
     Ok(steps)
 }
 
+/// A breaker that changed position when fed an outcome: its name and the change.
+type BreakerChange = Option<(String, Change)>;
+
 /// What `analyzing` decided, short of whether a person must approve it first.
 struct Proposal {
     attempt: u32,
@@ -531,38 +534,53 @@ impl Engine {
     /// Feeds one attempt's outcome to the global and the policy's breaker (one write); logs and
     /// announces a change.
     async fn record_outcome(&self, fault: &Fault, policy: &Policy, succeeded: bool) {
+        let (names, feed) = self.outcome_feed(fault, policy, succeeded);
+        match self.parts.store.update_breakers(names, feed).await {
+            Ok(changes) => self.announce_breaker_changes(changes),
+            Err(error) => {
+                tracing::error!(message = "Cannot record a breaker outcome.", fault = %fault.id, %error)
+            }
+        }
+    }
+
+    /// The breakers an attempt of `fault` under `policy` feeds (the global one and the
+    /// policy's), and the update that records its outcome in each; the update returns a change
+    /// of position, if any.
+    fn outcome_feed(
+        &self,
+        fault: &Fault,
+        policy: &Policy,
+        succeeded: bool,
+    ) -> (
+        Vec<String>,
+        impl FnMut(&str, &mut Breaker) -> BreakerChange + use<>,
+    ) {
         let now = Timestamp::now();
         let global = self.parts.global_breaker.clone();
         let own = policy.breaker.clone();
         let names = vec!["global".to_string(), format!("policy:{}", policy.name)];
         let id = fault.id.clone();
-        let changed = self
-            .parts
-            .store
-            .update_breakers(names, move |name, b| {
-                let config = if name == "global" { &global } else { &own };
-                let before = b.position;
-                b.record(&id, succeeded, now, config);
-                (before != b.position)
-                    .then(|| b.changes.last().cloned().map(|c| (name.to_owned(), c)))
-                    .flatten()
-            })
-            .await;
-        match changed {
-            Ok(changes) => {
-                for (name, change) in changes.into_iter().flatten() {
-                    tracing::warn!(message = "Circuit breaker changed.", breaker = %name, to = ?change.to, reason = %change.reason);
-                    let summary = format!(
-                        "phoenix: breaker `{name}` is now {:?}: {}",
-                        change.to, change.reason
-                    );
-                    let data = serde_json::json!({ "breaker": name, "change": change });
-                    self.parts.events.publish("breaker_changed", summary, data);
-                }
-            }
-            Err(error) => {
-                tracing::error!(message = "Cannot record a breaker outcome.", fault = %fault.id, %error)
-            }
+        let feed = move |name: &str, b: &mut Breaker| {
+            let config = if name == "global" { &global } else { &own };
+            let before = b.position;
+            b.record(&id, succeeded, now, config);
+            (before != b.position)
+                .then(|| b.changes.last().cloned().map(|c| (name.to_owned(), c)))
+                .flatten()
+        };
+        (names, feed)
+    }
+
+    /// Logs and announces the breakers that changed position.
+    fn announce_breaker_changes(&self, changes: Vec<BreakerChange>) {
+        for (name, change) in changes.into_iter().flatten() {
+            tracing::warn!(message = "Circuit breaker changed.", breaker = %name, to = ?change.to, reason = %change.reason);
+            let summary = format!(
+                "phoenix: breaker `{name}` is now {:?}: {}",
+                change.to, change.reason
+            );
+            let data = serde_json::json!({ "breaker": name, "change": change });
+            self.parts.events.publish("breaker_changed", summary, data);
         }
     }
 
@@ -974,15 +992,38 @@ impl Engine {
                     {
                         tracing::error!(message = "Cannot write the audit log.", %error);
                     }
-                    fault = self
+                    let record_done = move |f: &mut Fault| {
+                        if let Some(run) = f.run.as_mut() {
+                            run.actions_done = number;
+                        }
+                    };
+                    if index + 1 < total {
+                        fault = self
+                            .parts
+                            .store
+                            .append(
+                                &fault.id,
+                                fault.seq,
+                                FaultState::Patching,
+                                done,
+                                record_done,
+                            )
+                            .await?;
+                        continue;
+                    }
+                    // The last action is done: nothing happens between that and testing, so
+                    // the move to testing is the same write.
+                    let detail = format!("plan applied ({total} of {total} actions)");
+                    let applied = steps(FaultState::Patching, vec![(Event::Applied, detail)])?;
+                    let mut written = vec![(FaultState::Patching, done)];
+                    written.extend(applied.iter().cloned());
+                    let stored = self
                         .parts
                         .store
-                        .append(&fault.id, fault.seq, FaultState::Patching, done, move |f| {
-                            if let Some(run) = f.run.as_mut() {
-                                run.actions_done = number;
-                            }
-                        })
+                        .append_steps(&fault.id, fault.seq, written, record_done)
                         .await?;
+                    announce_steps(&self.parts.events, &stored, &applied);
+                    return Ok(stored);
                 }
                 Err(error) => {
                     self.record_outcome(&fault, &policy, false).await;
@@ -1115,12 +1156,24 @@ impl Engine {
         match outcome {
             Ok(probes) => {
                 let detail = format!("verification passed after {probes} probe(s)");
-                // Independent writes: issued together, they share one group commit.
-                let ((), healed) = tokio::join!(
-                    self.record_outcome(&fault, policy, true),
-                    self.transition(&fault, Event::Verified, detail, |_| {})
-                );
-                healed
+                // The transition and the success it feeds to the breakers: one atomic write.
+                let steps = steps(fault.state, vec![(Event::Verified, detail)])?;
+                let (names, feed) = self.outcome_feed(&fault, policy, true);
+                let (healed, changes) = self
+                    .parts
+                    .store
+                    .append_steps_feeding_breakers(
+                        &fault.id,
+                        fault.seq,
+                        steps.clone(),
+                        |_| {},
+                        names,
+                        feed,
+                    )
+                    .await?;
+                announce_steps(&self.parts.events, &healed, &steps);
+                self.announce_breaker_changes(changes);
+                Ok(healed)
             }
             Err(unhealthy) if fault.attempts < policy.max_attempts => {
                 self.record_outcome(&fault, policy, false).await;

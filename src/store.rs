@@ -574,6 +574,23 @@ fn record_steps(
     Ok(fault)
 }
 
+/// Runs `change` on each breaker of `names` (created closed if new) and writes it back.
+fn update_breakers_in<T>(
+    w: &mut Writer<'_>,
+    names: &[String],
+    mut change: impl FnMut(&str, &mut Breaker) -> T,
+) -> Result<Vec<T>, StoreError> {
+    let mut results = Vec::with_capacity(names.len());
+    for name in names {
+        let mut breaker = w
+            .get::<Breaker>(&breaker_key(name))?
+            .unwrap_or_else(|| Breaker::new(name));
+        results.push(change(name, &mut breaker));
+        w.put_breaker(&breaker)?;
+    }
+    Ok(results)
+}
+
 fn breaker_key(name: &str) -> Vec<u8> {
     format!("br/{name}").into_bytes()
 }
@@ -1203,22 +1220,38 @@ impl Store {
     pub async fn update_breakers<T, F>(
         &self,
         names: Vec<String>,
-        mut change: F,
+        change: F,
     ) -> Result<Vec<T>, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&str, &mut Breaker) -> T + Send + 'static,
     {
+        self.commit(move |w| update_breakers_in(w, &names, change))
+            .await
+    }
+
+    /// [`Store::append_steps`] and [`Store::update_breakers`] in one atomic write: a run's last
+    /// transition with the outcome it feeds to the breakers (neither is recorded without the
+    /// other). Returns the fault and each breaker's result.
+    pub async fn append_steps_feeding_breakers<F, T, B>(
+        &self,
+        id: &str,
+        expected_seq: u64,
+        steps: Vec<(FaultState, String)>,
+        change: F,
+        names: Vec<String>,
+        feed: B,
+    ) -> Result<(Fault, Vec<T>), StoreError>
+    where
+        F: FnOnce(&mut Fault) + Send + 'static,
+        T: Send + 'static,
+        B: FnMut(&str, &mut Breaker) -> T + Send + 'static,
+    {
+        let id = id.to_owned();
         self.commit(move |w| {
-            let mut results = Vec::with_capacity(names.len());
-            for name in &names {
-                let mut breaker = w
-                    .get::<Breaker>(&breaker_key(name))?
-                    .unwrap_or_else(|| Breaker::new(name));
-                results.push(change(name, &mut breaker));
-                w.put_breaker(&breaker)?;
-            }
-            Ok(results)
+            let fault = append_in(w, &id, expected_seq, steps, change)?;
+            let results = update_breakers_in(w, &names, feed)?;
+            Ok((fault, results))
         })
         .await
     }
@@ -1772,6 +1805,58 @@ mod tests {
             store.breaker_position("policy:p").unwrap(),
             Some(Position::Closed)
         );
+    }
+
+    #[tokio::test]
+    async fn a_transition_and_the_outcome_it_feeds_to_breakers_are_written_together_or_not_at_all()
+    {
+        let (_dir, store) = open();
+        let fault = store
+            .report(report("a"), Source::Api, None)
+            .await
+            .unwrap()
+            .fault;
+        let names = || vec!["global".to_string(), "policy:p".to_string()];
+        let feed = |b: &mut Breaker| {
+            let config = crate::breaker::BreakerConfig::default();
+            b.record("f1", true, Timestamp::now(), &config);
+            b.recent.attempts()
+        };
+        // A stale sequence: neither the transition nor the outcome is recorded.
+        let stale = store
+            .append_steps_feeding_breakers(
+                &fault.id,
+                fault.seq + 1,
+                vec![(FaultState::Analyzing, "picked up".into())],
+                |_| {},
+                names(),
+                move |_, b| feed(b),
+            )
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+        assert_eq!(store.breaker("global").unwrap(), None);
+        assert_eq!(store.history(&fault.id).unwrap().len(), 1);
+
+        let (stored, attempts) = store
+            .append_steps_feeding_breakers(
+                &fault.id,
+                fault.seq,
+                vec![(FaultState::Analyzing, "picked up".into())],
+                |_| {},
+                names(),
+                move |_, b| feed(b),
+            )
+            .await
+            .unwrap();
+        assert_eq!(attempts, vec![1, 1]);
+        assert_eq!(stored.state, FaultState::Analyzing);
+        assert_eq!(store.history(&fault.id).unwrap().len(), 2);
+        for name in ["global", "policy:p"] {
+            assert_eq!(store.breaker(name).unwrap().unwrap().recent.attempts(), 1);
+        }
     }
 
     #[tokio::test]
