@@ -32,7 +32,7 @@ use crate::policy::Policy;
 use crate::policy::PolicySet;
 use crate::registry::Provenance;
 use crate::sandbox::{Inline, Sandbox};
-use crate::store::{Store, StoreError};
+use crate::store::{Audited, Store, StoreError};
 use crate::verify::{HttpProbes, verify};
 
 /// Why driving a fault stopped before a terminal state. The fault stays resumable.
@@ -983,47 +983,38 @@ impl Engine {
             match applied {
                 Ok(outcome) => {
                     let done = format!("action {number}/{total} done: {outcome}");
-                    let audited = format!("{} ({}): {outcome}", action.describe(), run.policy);
-                    if let Err(error) = self
-                        .parts
-                        .store
-                        .audit("phoenix", "action_applied", &fault.id, audited)
-                        .await
-                    {
-                        tracing::error!(message = "Cannot write the audit log.", %error);
-                    }
+                    // The audit entry is written with the `done` step: one write per action.
+                    let audited = Audited {
+                        actor: "phoenix".into(),
+                        action: "action_applied".into(),
+                        target: fault.id.clone(),
+                        detail: format!("{} ({}): {outcome}", action.describe(), run.policy),
+                    };
                     let record_done = move |f: &mut Fault| {
                         if let Some(run) = f.run.as_mut() {
                             run.actions_done = number;
                         }
                     };
-                    if index + 1 < total {
-                        fault = self
-                            .parts
-                            .store
-                            .append(
-                                &fault.id,
-                                fault.seq,
-                                FaultState::Patching,
-                                done,
-                                record_done,
-                            )
-                            .await?;
-                        continue;
-                    }
-                    // The last action is done: nothing happens between that and testing, so
-                    // the move to testing is the same write.
-                    let detail = format!("plan applied ({total} of {total} actions)");
-                    let applied = steps(FaultState::Patching, vec![(Event::Applied, detail)])?;
+                    // After the last action nothing happens before testing: the move to
+                    // testing is the same write.
+                    let last = index + 1 == total;
+                    let to_testing = if last {
+                        let detail = format!("plan applied ({total} of {total} actions)");
+                        steps(FaultState::Patching, vec![(Event::Applied, detail)])?
+                    } else {
+                        Vec::new()
+                    };
                     let mut written = vec![(FaultState::Patching, done)];
-                    written.extend(applied.iter().cloned());
-                    let stored = self
+                    written.extend(to_testing.iter().cloned());
+                    fault = self
                         .parts
                         .store
-                        .append_steps(&fault.id, fault.seq, written, record_done)
+                        .append_steps_audited(&fault.id, fault.seq, written, record_done, audited)
                         .await?;
-                    announce_steps(&self.parts.events, &stored, &applied);
-                    return Ok(stored);
+                    if last {
+                        announce_steps(&self.parts.events, &fault, &to_testing);
+                        return Ok(fault);
+                    }
                 }
                 Err(error) => {
                     self.record_outcome(&fault, &policy, false).await;

@@ -650,6 +650,31 @@ fn record_steps(
     Ok(fault)
 }
 
+/// What an audit entry says: who did what to what.
+#[derive(Debug, Clone)]
+pub struct Audited {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// Writes `entry` under the next audit sequence number.
+fn audit_in(w: &mut Writer<'_>, db: &sled::Db, entry: Audited) -> Result<(), StoreError> {
+    let seq = db.generate_id().map_err(io)?;
+    let entry = AuditEntry {
+        seq,
+        at: Timestamp::now(),
+        actor: entry.actor,
+        action: entry.action,
+        target: entry.target,
+        detail: entry.detail,
+    };
+    let mut key = b"a/".to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    w.put(&key, &entry)
+}
+
 /// Runs `change` on each breaker of `names` (created closed if new) and writes it back.
 fn update_breakers_in<T>(
     w: &mut Writer<'_>,
@@ -1167,21 +1192,35 @@ impl Store {
         target: &str,
         detail: String,
     ) -> Result<(), StoreError> {
-        let (actor, action, target) = (actor.to_owned(), action.to_owned(), target.to_owned());
+        let entry = Audited {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail,
+        };
+        let db = self.db.clone();
+        self.commit(move |w| audit_in(w, &db, entry)).await
+    }
+
+    /// [`Store::append_steps`] with an audit entry in the same atomic write (an applied
+    /// action's entry and its `done` step: one write, never one without the other).
+    pub async fn append_steps_audited<F>(
+        &self,
+        id: &str,
+        expected_seq: u64,
+        steps: Vec<(FaultState, String)>,
+        change: F,
+        audited: Audited,
+    ) -> Result<Fault, StoreError>
+    where
+        F: FnOnce(&mut Fault) + Send + 'static,
+    {
+        let id = id.to_owned();
         let db = self.db.clone();
         self.commit(move |w| {
-            let seq = db.generate_id().map_err(io)?;
-            let entry = AuditEntry {
-                seq,
-                at: Timestamp::now(),
-                actor,
-                action,
-                target,
-                detail,
-            };
-            let mut key = b"a/".to_vec();
-            key.extend_from_slice(&seq.to_be_bytes());
-            w.put(&key, &entry)
+            let fault = append_in(w, &id, expected_seq, steps, change)?;
+            audit_in(w, &db, audited)?;
+            Ok(fault)
         })
         .await
     }
@@ -1936,6 +1975,42 @@ mod tests {
         for name in ["global", "policy:p"] {
             assert_eq!(store.breaker(name).unwrap().unwrap().recent.attempts(), 1);
         }
+    }
+
+    #[tokio::test]
+    async fn an_audited_step_writes_its_audit_entry_with_it_or_neither() {
+        let (_dir, store) = open();
+        let fault = store
+            .report(report("a"), Source::Api, None)
+            .await
+            .unwrap()
+            .fault;
+        let audited = || Audited {
+            actor: "phoenix".into(),
+            action: "action_applied".into(),
+            target: fault.id.clone(),
+            detail: "exec cleanup (p): exit 0".into(),
+        };
+        let step = || vec![(FaultState::Analyzing, "picked up".to_string())];
+        let stale = store
+            .append_steps_audited(&fault.id, fault.seq + 1, step(), |_| {}, audited())
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+        assert!(store.audit_log(None, 10).unwrap().is_empty());
+        store
+            .append_steps_audited(&fault.id, fault.seq, step(), |_| {}, audited())
+            .await
+            .unwrap();
+        let log = store.audit_log(None, 10).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            (log[0].action.as_str(), log[0].target.as_str()),
+            ("action_applied", fault.id.as_str())
+        );
+        assert_eq!(store.history(&fault.id).unwrap().len(), 2);
     }
 
     #[tokio::test]
