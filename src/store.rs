@@ -1748,6 +1748,15 @@ mod tests {
         Report::sample(app, "k", &[])
     }
 
+    /// The fault a first report of `app` opens.
+    async fn reported(store: &Store, app: &str) -> Fault {
+        store
+            .report(report(app), Source::Api, None)
+            .await
+            .unwrap()
+            .fault
+    }
+
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
@@ -1929,11 +1938,7 @@ mod tests {
     async fn a_transition_and_the_outcome_it_feeds_to_breakers_are_written_together_or_not_at_all()
     {
         let (_dir, store) = open();
-        let fault = store
-            .report(report("a"), Source::Api, None)
-            .await
-            .unwrap()
-            .fault;
+        let fault = reported(&store, "a").await;
         let names = || vec!["global".to_string(), "policy:p".to_string()];
         let feed = |b: &mut Breaker| {
             let config = crate::breaker::BreakerConfig::default();
@@ -1980,11 +1985,7 @@ mod tests {
     #[tokio::test]
     async fn an_audited_step_writes_its_audit_entry_with_it_or_neither() {
         let (_dir, store) = open();
-        let fault = store
-            .report(report("a"), Source::Api, None)
-            .await
-            .unwrap()
-            .fault;
+        let fault = reported(&store, "a").await;
         let audited = || Audited {
             actor: "phoenix".into(),
             action: "action_applied".into(),
@@ -2016,11 +2017,7 @@ mod tests {
     #[tokio::test]
     async fn a_terminal_fault_releases_its_fingerprint() {
         let (_dir, store) = open();
-        let first = store
-            .report(report("a"), Source::Api, None)
-            .await
-            .unwrap()
-            .fault;
+        let first = reported(&store, "a").await;
         let failed = FaultState::Failed(FailReason::NoPolicy);
         store
             .append(&first.id, 1, failed, "no policy".into(), |_| {})
@@ -2035,11 +2032,7 @@ mod tests {
     #[tokio::test]
     async fn the_committer_s_fingerprint_index_agrees_with_the_tree_across_reopening() {
         let (dir, store) = open();
-        let first = store
-            .report(report("a"), Source::Api, None)
-            .await
-            .unwrap()
-            .fault;
+        let first = reported(&store, "a").await;
         // A job that fails after claiming a fingerprint leaves it free.
         let fp_key = fingerprint_key(&report("b").fingerprint());
         let refused = store
@@ -2164,11 +2157,7 @@ mod tests {
     #[tokio::test]
     async fn append_is_a_compare_and_swap_on_the_sequence() {
         let (_dir, store) = open();
-        let fault = store
-            .report(report("a"), Source::Api, None)
-            .await
-            .unwrap()
-            .fault;
+        let fault = reported(&store, "a").await;
         let moved = store
             .append(&fault.id, 1, FaultState::Analyzing, "begin".into(), |_| {})
             .await
