@@ -318,6 +318,11 @@ fn steps(
     Ok(steps)
 }
 
+/// The history detail of the move from `patching` to `testing` once all `total` actions ran.
+fn plan_applied(total: usize) -> String {
+    format!("plan applied ({total} of {total} actions)")
+}
+
 /// A breaker that changed position when fed an outcome: its name and the change.
 type BreakerChange = Option<(String, Change)>;
 
@@ -359,7 +364,7 @@ impl Proposal {
                     self.detail,
                 ),
                 // Nothing to apply: no side effect separates patching from testing.
-                (Event::Applied, "plan applied (0 of 0 actions)".into()),
+                (Event::Applied, plan_applied(0)),
             ],
             None => vec![(
                 Event::PlanReady {
@@ -999,8 +1004,10 @@ impl Engine {
                     // testing is the same write.
                     let last = index + 1 == total;
                     let to_testing = if last {
-                        let detail = format!("plan applied ({total} of {total} actions)");
-                        steps(FaultState::Patching, vec![(Event::Applied, detail)])?
+                        steps(
+                            FaultState::Patching,
+                            vec![(Event::Applied, plan_applied(total))],
+                        )?
                     } else {
                         Vec::new()
                     };
@@ -1028,8 +1035,7 @@ impl Engine {
                 }
             }
         }
-        let detail = format!("plan applied ({total} of {total} actions)");
-        self.transition(&fault, Event::Applied, detail, |_| {})
+        self.transition(&fault, Event::Applied, plan_applied(total), |_| {})
             .await
     }
 
@@ -1148,7 +1154,7 @@ impl Engine {
             Ok(probes) => {
                 let detail = format!("verification passed after {probes} probe(s)");
                 // The transition and the success it feeds to the breakers: one atomic write.
-                let steps = steps(fault.state, vec![(Event::Verified, detail)])?;
+                let verified = steps(fault.state, vec![(Event::Verified, detail)])?;
                 let (names, feed) = self.outcome_feed(&fault, policy, true);
                 let (healed, changes) = self
                     .parts
@@ -1156,13 +1162,13 @@ impl Engine {
                     .append_steps_feeding_breakers(
                         &fault.id,
                         fault.seq,
-                        steps.clone(),
+                        verified.clone(),
                         |_| {},
                         names,
                         feed,
                     )
                     .await?;
-                announce_steps(&self.parts.events, &healed, &steps);
+                announce_steps(&self.parts.events, &healed, &verified);
                 self.announce_breaker_changes(changes);
                 Ok(healed)
             }
