@@ -2,8 +2,8 @@
 //! transitions (sandbox run, effects, verification).
 //!
 //! **Invariants:**
-//! - The engine decides every change of fault state (the intake only writes the `no_policy`
-//!   steps [`EngineHandle::steps_if_unmatched`] gives it, with the report), and every transition
+//! - The engine decides every change of fault state (the intake writes the steps of the
+//!   engine's first look, [`EngineHandle::first_look`], with the report), and every transition
 //!   is durable (store `append`, a compare-and-swap on the fault's sequence) *before* the side
 //!   effect it authorizes.
 //! - An action is recorded as started before it runs and as done after; a restart never re-runs
@@ -23,16 +23,18 @@ use crate::breaker::{Admission, Breaker, BreakerConfig, Change, Position, WhenOp
 use crate::effects::{Effects, FaultEnv};
 use crate::events::Events;
 use crate::fault::{
-    ApprovalRequest, FailReason, Fault, FaultState, Report, Rollback, Run, Timestamp,
+    ApprovalRequest, FailReason, Fault, FaultState, Report, Rollback, Run, Source, Timestamp,
 };
 use crate::machine::{self, Event, IllegalTransition};
 use crate::patch::view_of;
 use crate::plan;
+use crate::plan::Action;
 use crate::policy::Policy;
 use crate::policy::PolicySet;
 use crate::registry::Provenance;
+use crate::sandbox::{FaultView, RunError};
 use crate::sandbox::{Inline, Sandbox};
-use crate::store::{Audited, Store, StoreError};
+use crate::store::{Audited, CountedSteps, FaultChange, Opening, Store, StoreError};
 use crate::verify::{HttpProbes, verify};
 
 /// Why driving a fault stopped before a terminal state. The fault stays resumable.
@@ -80,8 +82,7 @@ enum Work {
 #[derive(Clone)]
 pub struct EngineHandle {
     queue: mpsc::UnboundedSender<Work>,
-    policies: Arc<RwLock<Arc<PolicySet>>>,
-    events: Events,
+    engine: Arc<Engine>,
 }
 
 impl EngineHandle {
@@ -101,32 +102,36 @@ impl EngineHandle {
             .send(Work::Drive(fault.id.clone(), Some(Box::new(fault))));
     }
 
-    /// The steps that close a new fault for `report` in the very write that records it, when
-    /// no policy matches it (None: one does, and the engine takes the fault). They are the
-    /// steps the engine would write at its first look, `analyzing` then `failed(no_policy)`;
-    /// no side effect lies between, so writing them with the report is the same history for
-    /// half the writes (a storm of reports nothing can heal costs one write each).
-    pub fn steps_if_unmatched(&self, report: &Report) -> Option<Vec<(FaultState, String)>> {
+    /// What the intake writes with `report` if it opens a new fault: the steps the engine would
+    /// write at its first look, worked out now (None: the engine analyzes the fault after the
+    /// report is written). Analysis has no side effect to guard, so writing its outcome with
+    /// the report is the same history for one write fewer: a report no policy matches is
+    /// closed `no_policy` in the write that records it; one whose patch plans at once is
+    /// written on its way to `patching` (or `testing`, for an empty plan).
+    pub async fn first_look(&self, report: &Report, source: Source) -> Option<Opening> {
         let matched = self
+            .engine
+            .parts
             .policies
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .matches_any(&report.app, &report.kind, &report.labels);
-        if matched {
-            return None;
+        if !matched {
+            let closing = steps(
+                FaultState::Detected,
+                vec![no_policy(&report.app, &report.kind)],
+            )
+            .ok()?;
+            return Some(Opening::Steps(closing, Box::new(|_| {})));
         }
-        steps(
-            FaultState::Detected,
-            vec![no_policy(&report.app, &report.kind)],
-        )
-        .ok()
+        self.engine.look_ahead(report, source).await
     }
 
     /// Logs, counts and announces `steps` that someone else wrote for `fault` (the intake,
     /// closing an unmatched report), as the engine does for its own.
     pub fn announce_written(&self, fault: &Fault, steps: &[(FaultState, String)]) {
         let _span = tracing::info_span!("fault", id = %fault.id).entered();
-        announce_steps(&self.events, fault, steps);
+        announce_steps(&self.engine.parts.events, fault, steps);
     }
 
     /// True when the dispatcher answers within `within`: it is running and not blocked (for
@@ -155,7 +160,6 @@ struct Engine {
 /// Starts the engine's dispatcher and enqueues every open fault (crash recovery).
 pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     let open = parts.store.open_fault_ids()?;
-    let (policies, events) = (Arc::clone(&parts.policies), parts.events.clone());
     let (queue, mut receiver) = mpsc::unbounded_channel::<Work>();
     let engine = Arc::new(Engine {
         queue: queue.clone(),
@@ -171,6 +175,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     for id in open {
         let _ = queue.send(Work::Drive(id, None));
     }
+    let handle = Arc::clone(&engine);
     tokio::spawn(async move {
         while let Some(work) = receiver.recv().await {
             let (id, written) = match work {
@@ -200,8 +205,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
     });
     Ok(EngineHandle {
         queue,
-        policies,
-        events,
+        engine: handle,
     })
 }
 
@@ -321,6 +325,83 @@ fn steps(
 /// The history detail of the move from `patching` to `testing` once all `total` actions ran.
 fn plan_applied(total: usize) -> String {
     format!("plan applied ({total} of {total} actions)")
+}
+
+/// A patch run's outcome: its plan or why the patch failed; Err(text) when the run itself broke
+/// (it panicked, or its task was lost).
+type PlanOutcome = Result<Result<Vec<Action>, RunError>, String>;
+
+/// Counts and times one patch run.
+fn count_sandbox_run(started: std::time::Instant, outcome: &PlanOutcome) {
+    let metrics = crate::metrics::metrics();
+    metrics.observe(
+        "phoenix_sandbox_run_seconds",
+        started.elapsed().as_secs_f64(),
+    );
+    let code = match outcome {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(error)) => error.code(),
+        Err(_) => "panic",
+    };
+    metrics.inc("phoenix_sandbox_runs_total", &[("outcome", code)]);
+}
+
+/// The plan of a run, if it ran and the policy's capabilities allow it; else the verdict.
+fn checked_plan(
+    prepared: &Prepared,
+    outcome: PlanOutcome,
+    work_dir: &std::path::Path,
+) -> Result<Vec<Action>, Verdict> {
+    let record = &prepared.record;
+    let (name, version) = (&record.name, &record.version);
+    let plan = match outcome {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(error)) => {
+            let detail = format!("patch {name}@{version}: {error}");
+            return Err(Verdict::fail(FailReason::SandboxError, detail));
+        }
+        Err(broke) => {
+            let detail = format!("patch {name}@{version}: sandbox task failed: {broke}");
+            return Err(Verdict::fail(FailReason::SandboxError, detail));
+        }
+    };
+    let policy = &prepared.policy;
+    if let Err(denied) = plan::check(&plan, &policy.capabilities, work_dir) {
+        let detail = format!(
+            "policy `{}` denies the plan of {name}@{version}: {denied}",
+            policy.name
+        );
+        return Err(Verdict::fail(FailReason::CapabilityDenied, detail));
+    }
+    Ok(plan)
+}
+
+/// The breakers a run of `policy` answers to: the global one and the policy's own.
+fn breaker_names(policy: &Policy) -> [String; 2] {
+    ["global".to_string(), format!("policy:{}", policy.name)]
+}
+
+/// The policy and registered patch version that analyze a fault.
+struct Prepared {
+    policy: Arc<Policy>,
+    policy_hash: String,
+    record: crate::registry::PatchRecord,
+}
+
+/// What analysis concluded, before anything is written.
+enum Verdict {
+    /// Transitions to write as they are (a failure, or a run that waits for a person), after
+    /// the change that records the run.
+    Write(Vec<(Event, String)>, FaultChange),
+    /// A run that goes ahead unless the app's rate limit holds it (decided in the write that
+    /// counts it, see [`Engine::counted_run`]).
+    GoAhead(Box<Proposal>),
+}
+
+impl Verdict {
+    fn fail(reason: FailReason, detail: String) -> Verdict {
+        Verdict::Write(vec![(Event::Fail(reason), detail)], Box::new(|_| {}))
+    }
 }
 
 /// A breaker that changed position when fed an outcome: its name and the change.
@@ -509,18 +590,14 @@ impl Engine {
     /// why not, or None.
     async fn admit(&self, fault: &str, policy: &Policy) -> Result<Option<String>, EngineError> {
         let now = Timestamp::now();
+        let [global, own] = breaker_names(policy);
         let checks = [
-            ("global".to_string(), self.parts.global_breaker.clone()),
-            (format!("policy:{}", policy.name), policy.breaker.clone()),
+            (global, self.parts.global_breaker.clone()),
+            (own, policy.breaker.clone()),
         ];
         for (name, config) in checks {
             // A closed breaker (the usual case) admits without changing: no write, no flush.
-            let closed = self
-                .parts
-                .store
-                .breaker_position(&name)?
-                .is_none_or(|position| position == Position::Closed);
-            if closed {
+            if self.breaker_closed(&name)? {
                 continue;
             }
             let id = fault.to_owned();
@@ -696,8 +773,96 @@ impl Engine {
             .await
     }
 
-    /// Analyzing: find the policy and patch, run the patch in the sandbox, check the plan.
+    /// Analyzing: find the policy and patch, run the patch in the sandbox, check the plan, ask
+    /// the breakers; then write where that led.
     async fn analyze(&self, fault: Fault) -> Result<Fault, EngineError> {
+        let verdict = match self.prepare(&fault)? {
+            Err(verdict) => verdict,
+            Ok(prepared) => {
+                let outcome = match self.plan_inline(&prepared, &fault) {
+                    Ok(outcome) => Ok(outcome),
+                    Err(view) => self.plan_elsewhere(&prepared, view).await?,
+                };
+                match outcome
+                    .and_then(|outcome| checked_plan(&prepared, outcome, &self.parts.work_dir))
+                {
+                    Err(verdict) => verdict,
+                    Ok(plan) => {
+                        let refusal = self.admit(&fault.id, &prepared.policy).await?;
+                        self.propose(&fault, prepared, plan, refusal).await?
+                    }
+                }
+            }
+        };
+        match verdict {
+            Verdict::Write(events, change) => self.transitions(&fault, events, change).await,
+            Verdict::GoAhead(proposal) => {
+                let counted = self.counted_run(proposal, fault.state, &fault.app, fault.id.clone());
+                let (stored, steps) = self
+                    .parts
+                    .store
+                    .append_counting_run(&fault.id, fault.seq, &fault.app, counted)
+                    .await?;
+                announce_steps(&self.parts.events, &stored, &steps);
+                Ok(stored)
+            }
+        }
+    }
+
+    /// What analysis of a new fault for `report` would write, worked out before the report is
+    /// written, so that the report's write carries it (None: leave the analysis to the engine,
+    /// after the write). Only what needs no fault id is done here: a patch that must run on a
+    /// blocking thread, or a breaker that is not closed (its admission is a write naming the
+    /// fault), leaves it to the engine; so does a fault that must wait for a worker.
+    async fn look_ahead(&self, report: &Report, source: Source) -> Option<Opening> {
+        if self.workers.available_permits() == 0 {
+            // It will wait for a worker: analyze it when one takes it, with the policies (and
+            // breakers) of then; until then a source may still call it off (resolved).
+            return None;
+        }
+        if self
+            .parts
+            .store
+            .open_fault_of(&report.fingerprint())
+            .ok()?
+            .is_some()
+        {
+            return None; // an occurrence of an open fault: nothing to analyze
+        }
+        let fault = Fault::new(String::new(), report.clone(), source, Timestamp::now());
+        let verdict = match self.prepare(&fault).ok()? {
+            Err(verdict) => verdict,
+            Ok(prepared) => {
+                let Ok(outcome) = self.plan_inline(&prepared, &fault) else {
+                    return None; // the engine runs it elsewhere, after the write
+                };
+                match checked_plan(&prepared, outcome, &self.parts.work_dir) {
+                    Err(verdict) => verdict,
+                    Ok(plan) => {
+                        if !self.breakers_closed(&prepared.policy).ok()? {
+                            return None;
+                        }
+                        self.propose(&fault, prepared, plan, None).await.ok()?
+                    }
+                }
+            }
+        };
+        Some(match verdict {
+            Verdict::Write(events, change) => {
+                Opening::Steps(steps(FaultState::Detected, events).ok()?, change)
+            }
+            Verdict::GoAhead(proposal) => Opening::CountingRun(self.counted_run(
+                proposal,
+                FaultState::Detected,
+                &report.app,
+                format!("a new fault of app `{}`", report.app),
+            )),
+        })
+    }
+
+    /// The policy and the patch version that analyze `fault`, or the verdict when there is
+    /// none to run.
+    fn prepare(&self, fault: &Fault) -> Result<Result<Prepared, Verdict>, EngineError> {
         let policy = {
             let policies = self
                 .parts
@@ -705,12 +870,12 @@ impl Engine {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             policies
-                .find_versioned(&fault)
+                .find_versioned(fault)
                 .map(|(policy, hash)| (Arc::clone(policy), hash.to_owned()))
         };
         let Some((policy, policy_hash)) = policy else {
             let (event, detail) = no_policy(&fault.app, &fault.kind);
-            return self.transition(&fault, event, detail, |_| {}).await;
+            return Ok(Err(Verdict::Write(vec![(event, detail)], Box::new(|_| {}))));
         };
         let store = &self.parts.store;
         let name = &policy.patch.name;
@@ -728,9 +893,7 @@ impl Engine {
                 policy.name,
                 hash.map(|h| format!(" at {h}")).unwrap_or_default()
             );
-            return self
-                .fail(&fault, FailReason::PatchUnavailable, detail)
-                .await;
+            return Ok(Err(Verdict::fail(FailReason::PatchUnavailable, detail)));
         };
         if !record.checks_passed() {
             let detail = format!(
@@ -738,7 +901,7 @@ impl Engine {
                 record.version,
                 record.check_problems.join("; ")
             );
-            return self.fail(&fault, FailReason::PatchRejected, detail).await;
+            return Ok(Err(Verdict::fail(FailReason::PatchRejected, detail)));
         }
         if !record.tests_passed() {
             let failing: Vec<String> = record
@@ -752,73 +915,93 @@ impl Engine {
                 record.version,
                 failing.join("; ")
             );
-            return self.fail(&fault, FailReason::ContractFailed, detail).await;
+            return Ok(Err(Verdict::fail(FailReason::ContractFailed, detail)));
         }
+        Ok(Ok(Prepared {
+            policy,
+            policy_hash,
+            record,
+        }))
+    }
+
+    /// Runs the patch on this thread when the sandbox can bound the run tightly (most patches
+    /// plan in microseconds); else, and for a run over that bound, gives the fault's view back
+    /// to run it elsewhere.
+    fn plan_inline(&self, prepared: &Prepared, fault: &Fault) -> Result<PlanOutcome, FaultView> {
+        let record = &prepared.record;
         let started = std::time::Instant::now();
-        // Most patches plan in microseconds: run on this thread when the sandbox can bound the
-        // run tightly, else (and for a run over that bound) on a blocking thread.
         let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.parts
                 .sandbox
-                .run_inline(&record.name, &record.hash, view_of(&fault))
+                .run_inline(&record.name, &record.hash, view_of(fault))
         }));
         let outcome = match inline {
             Ok(Inline::Done(outcome)) => Ok(outcome),
+            Ok(Inline::Elsewhere(view)) => return Err(view),
             Err(_) => Err("the run panicked".to_string()),
-            Ok(Inline::Elsewhere(view)) => {
-                let Some(wasm) = store.patch_module(&record.hash)? else {
-                    let detail = format!(
-                        "module of patch {name}@{} is missing from the store",
-                        record.version
-                    );
-                    return self
-                        .fail(&fault, FailReason::PatchUnavailable, detail)
-                        .await;
-                };
-                let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
-                let sandbox = Arc::clone(&self.parts.sandbox);
-                tokio::task::spawn_blocking(move || {
-                    sandbox.run(&patch_name, &patch_hash, &wasm, view)
-                })
-                .await
-                .map_err(|join| join.to_string())
-            }
         };
-        let metrics = crate::metrics::metrics();
-        metrics.observe(
-            "phoenix_sandbox_run_seconds",
-            started.elapsed().as_secs_f64(),
-        );
-        let code = match &outcome {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(error)) => error.code(),
-            Err(_) => "panic",
-        };
-        metrics.inc("phoenix_sandbox_runs_total", &[("outcome", code)]);
-        let plan = match outcome {
-            Ok(Ok(plan)) => plan,
-            Ok(Err(error)) => {
-                let detail = format!("patch {name}@{}: {error}", record.version);
-                return self.fail(&fault, FailReason::SandboxError, detail).await;
-            }
-            Err(panic) => {
-                let detail = format!(
-                    "patch {name}@{}: sandbox task failed: {panic}",
-                    record.version
-                );
-                return self.fail(&fault, FailReason::SandboxError, detail).await;
-            }
-        };
-        if let Err(denied) = plan::check(&plan, &policy.capabilities, &self.parts.work_dir) {
-            let detail = format!(
-                "policy `{}` denies the plan of {name}@{}: {denied}",
-                policy.name, record.version
-            );
-            return self
-                .fail(&fault, FailReason::CapabilityDenied, detail)
-                .await;
-        }
+        count_sandbox_run(started, &outcome);
+        Ok(outcome)
+    }
 
+    /// Runs the patch on a blocking thread (see [`Engine::plan_inline`]).
+    async fn plan_elsewhere(
+        &self,
+        prepared: &Prepared,
+        view: FaultView,
+    ) -> Result<Result<PlanOutcome, Verdict>, EngineError> {
+        let record = &prepared.record;
+        let Some(wasm) = self.parts.store.patch_module(&record.hash)? else {
+            let detail = format!(
+                "module of patch {}@{} is missing from the store",
+                record.name, record.version
+            );
+            return Ok(Err(Verdict::fail(FailReason::PatchUnavailable, detail)));
+        };
+        let started = std::time::Instant::now();
+        let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
+        let sandbox = Arc::clone(&self.parts.sandbox);
+        let outcome =
+            tokio::task::spawn_blocking(move || sandbox.run(&patch_name, &patch_hash, &wasm, view))
+                .await
+                .map_err(|join| join.to_string());
+        count_sandbox_run(started, &outcome);
+        Ok(Ok(outcome))
+    }
+
+    /// Whether the global and the policy's breaker are both closed (read, not written).
+    fn breakers_closed(&self, policy: &Policy) -> Result<bool, EngineError> {
+        for name in breaker_names(policy) {
+            if !self.breaker_closed(&name)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn breaker_closed(&self, name: &str) -> Result<bool, EngineError> {
+        Ok(self
+            .parts
+            .store
+            .breaker_position(name)?
+            .is_none_or(|position| position == Position::Closed))
+    }
+
+    /// The run `plan` proposes for `fault`: it waits for a person when the policy or the patch
+    /// asks for one, or when a breaker refused it (`refusal`) and the policy says to wait.
+    async fn propose(
+        &self,
+        fault: &Fault,
+        prepared: Prepared,
+        plan: Vec<Action>,
+        refusal: Option<String>,
+    ) -> Result<Verdict, EngineError> {
+        let Prepared {
+            policy,
+            policy_hash,
+            record,
+        } = prepared;
+        let name = &record.name;
         let attempt = fault.attempts + 1;
         let summary: Vec<String> = plan.iter().map(|a| a.describe()).collect();
         let now = Timestamp::now();
@@ -829,9 +1012,9 @@ impl Engine {
                 record.version
             ));
         }
-        if let Some(refusal) = self.admit(&fault.id, &policy).await? {
+        if let Some(refusal) = refusal {
             match policy.breaker.when_open {
-                WhenOpen::Fail => return self.fail(&fault, FailReason::BreakerOpen, refusal).await,
+                WhenOpen::Fail => return Ok(Verdict::fail(FailReason::BreakerOpen, refusal)),
                 WhenOpen::Approval => reason = Some(refusal),
             }
         }
@@ -869,43 +1052,47 @@ impl Engine {
                 undo: Vec::new(),
             },
         };
-        if reason.is_some() {
-            let (events, change) = proposal.outcome(reason);
-            return self.transitions(&fault, events, change).await;
-        }
-        // Only runs that go ahead without a person count against the per-app limit; the count
-        // and the transition are one write.
-        let limit = self.parts.rate_limit.clone();
-        let app = fault.app.clone();
-        let count = move |runs: &mut crate::window::WindowCounts| {
+        Ok(match reason {
+            Some(reason) => {
+                let (events, change) = proposal.outcome(Some(reason));
+                Verdict::Write(events, Box::new(change))
+            }
+            None => Verdict::GoAhead(Box::new(proposal)),
+        })
+    }
+
+    /// The write's decision for a run that goes ahead unless its app's rate limit holds it
+    /// (only runs that go ahead without a person count): the count and the transition from
+    /// `from` are one write. `subject` names the fault in an error.
+    fn counted_run(
+        &self,
+        proposal: Box<Proposal>,
+        from: FaultState,
+        app: &str,
+        subject: String,
+    ) -> CountedSteps {
+        let (limit, app) = (self.parts.rate_limit.clone(), app.to_owned());
+        Box::new(move |runs: &mut crate::window::WindowCounts| {
             let now = Timestamp::now();
             runs.prune(now, limit.window);
-            if runs.attempts() >= u64::from(limit.runs_per_app) {
-                return Some(format!(
+            let wait = if runs.attempts() >= u64::from(limit.runs_per_app) {
+                Some(format!(
                     "app `{app}` already had {} healing runs in the last {}",
                     runs.attempts(),
                     humantime::format_duration(limit.window)
-                ));
-            }
-            runs.add(now, limit.window, true);
-            None
-        };
-        let (from, id) = (fault.state, fault.id.clone());
-        let decide = move |wait: Option<String>| {
+                ))
+            } else {
+                runs.add(now, limit.window, true);
+                None
+            };
             let (events, change) = proposal.outcome(wait);
             let steps = steps(from, events).map_err(|illegal| StoreError::Corrupt {
-                key: id,
+                key: subject,
                 message: illegal.to_string(),
             })?;
+            let change: FaultChange = Box::new(change);
             Ok((steps, change))
-        };
-        let (stored, steps) = self
-            .parts
-            .store
-            .append_counting_run(&fault.id, fault.seq, &fault.app, count, decide)
-            .await?;
-        announce_steps(&self.parts.events, &stored, &steps);
-        Ok(stored)
+        })
     }
 
     /// Patching: apply the remaining actions. Before each one, its undo (e.g. a backup of the

@@ -47,10 +47,9 @@ impl Intake {
         idempotency: Option<(String, String)>,
     ) -> Result<Reported, IntakeError> {
         report.validate()?;
-        let unmatched = self.engine.steps_if_unmatched(&report);
-        let closing = unmatched.clone();
+        let opening = self.engine.first_look(&report, source).await;
         let reported = match (self.store)
-            .report_closing(report, source, idempotency, closing)
+            .report_opening(report, source, idempotency, opening)
             .await
         {
             Ok(reported) => reported,
@@ -67,11 +66,12 @@ impl Intake {
             .unwrap_or_default();
         crate::metrics::metrics().inc("phoenix_faults_reported_total", &[("source", &source_name)]);
         if (reported.created || reported.reopened) && !reported.replayed {
-            match unmatched {
-                Some(steps) if reported.created => {
-                    self.engine.announce_written(&reported.fault, &steps)
-                }
-                _ => self.engine.enqueue_written(reported.fault.clone()),
+            if !reported.opened_with.is_empty() {
+                self.engine
+                    .announce_written(&reported.fault, &reported.opened_with);
+            }
+            if !reported.fault.state.is_terminal() {
+                self.engine.enqueue_written(reported.fault.clone());
             }
         }
         Ok(reported)

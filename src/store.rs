@@ -177,6 +177,32 @@ pub struct Reported {
     pub replayed: bool,
     /// True when a recently healed fault was reopened (it recurred): a run must start again.
     pub reopened: bool,
+    /// The steps written after `detected` in the same write, when the report opened a new
+    /// fault with an [`Opening`] (empty otherwise).
+    pub opened_with: Vec<(FaultState, String)>,
+}
+
+/// A change the engine makes to a fault record in the write that records its steps.
+pub type FaultChange = Box<dyn FnOnce(&mut Fault) + Send>;
+
+/// Decides a run's steps (and change) from the app's counts of healing runs, which it updates:
+/// the per-app rate limit, counted in the write that starts the run.
+pub type CountedSteps = Box<
+    dyn FnOnce(
+            &mut crate::window::WindowCounts,
+        ) -> Result<(Vec<(FaultState, String)>, FaultChange), StoreError>
+        + Send,
+>;
+
+/// What the engine concluded at its first look at a report, written with the report when it
+/// opens a new fault (see [`Store::report_opening`]): analysis has no side effect to guard,
+/// so the fault's first write can already say where analysis led.
+pub enum Opening {
+    /// These steps, after this change (a fault closed at once, or waiting for a person).
+    Steps(Vec<(FaultState, String)>, FaultChange),
+    /// A run that goes ahead unless the app's rate limit holds it (steps decided with the
+    /// count, as [`Store::append_counting_run`] does).
+    CountingRun(CountedSteps),
 }
 
 /// Whether a newly registered patch version becomes the active one.
@@ -578,6 +604,19 @@ fn app_runs_key(app: &str) -> Vec<u8> {
     prefixed("rw/", app)
 }
 
+/// Runs `counted` on `app`'s counts of healing runs and writes them back.
+fn count_runs<T>(
+    w: &mut Writer<'_>,
+    app: &str,
+    counted: impl FnOnce(&mut crate::window::WindowCounts) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let key = app_runs_key(app);
+    let mut runs = w.get(&key)?.unwrap_or_default();
+    let decided = counted(&mut runs)?;
+    w.put(&key, &runs)?;
+    Ok(decided)
+}
+
 /// Appends `steps` to fault `id` if its sequence is still `expected_seq` (see
 /// [`Store::append_steps`]).
 fn append_in<F>(
@@ -942,18 +981,18 @@ impl Store {
         source: Source,
         idempotency: Option<(String, String)>,
     ) -> Result<Reported, StoreError> {
-        self.report_closing(report, source, idempotency, None).await
+        self.report_opening(report, source, idempotency, None).await
     }
 
     /// [`Store::report`], and if the report opens a new fault (not for an occurrence or a
-    /// reopening) with `close_at_once`, these steps appended to it in the same write, as the
-    /// engine would append them.
-    pub async fn report_closing(
+    /// reopening), the steps of `opening` appended to it in the same write, as the engine
+    /// would append them: the whole history of that write is one record.
+    pub async fn report_opening(
         &self,
         report: Report,
         source: Source,
         idempotency: Option<(String, String)>,
-        close_at_once: Option<Vec<(FaultState, String)>>,
+        opening: Option<Opening>,
     ) -> Result<Reported, StoreError> {
         self.check_free_space()?;
         let db = self.db.clone();
@@ -973,6 +1012,7 @@ impl Store {
                     created: first.created,
                     replayed: true,
                     reopened: false,
+                    opened_with: Vec::new(),
                 });
             }
             let now = Timestamp::now();
@@ -985,6 +1025,7 @@ impl Store {
                 _ => None,
             };
             let reopened = recurring.is_some();
+            let mut opened_with = Vec::new();
             if open.is_none() {
                 let app = &report.app;
                 let count: u64 = w.get(&open_count_key(app))?.unwrap_or(0);
@@ -1016,20 +1057,36 @@ impl Store {
                 (None, None) => {
                     let counter = db.generate_id().map_err(io)?;
                     let id = sortable_id(now, counter);
-                    let fault = Fault::new(id.clone(), report, source, now);
-                    let entry = HistoryEntry {
-                        seq: 1,
-                        state: FaultState::Detected,
-                        at: now,
-                        detail: "reported".into(),
-                    };
-                    w.put(&history_key(&id, 1), &entry)?;
+                    let mut fault = Fault::new(id.clone(), report, source, now);
                     w.put(&fp_key, &id)?;
-                    let fault = match close_at_once {
-                        Some(steps) => record_steps(w, fault, steps)?,
+                    let opened = match opening {
+                        None => None,
+                        Some(Opening::Steps(steps, change)) => Some((steps, change)),
+                        Some(Opening::CountingRun(counted)) => {
+                            Some(count_runs(w, &fault.app, counted)?)
+                        }
+                    };
+                    let fault = match opened {
                         None => {
+                            let entry = HistoryEntry {
+                                seq: 1,
+                                state: FaultState::Detected,
+                                at: now,
+                                detail: "reported".into(),
+                            };
+                            w.put(&history_key(&id, 1), &entry)?;
                             w.put_fault(&fault_key(&id), &fault)?;
                             fault
+                        }
+                        Some((steps, change)) => {
+                            change(&mut fault);
+                            opened_with = steps.clone();
+                            // The report's own entry leads the steps: one history record.
+                            let mut all = Vec::with_capacity(steps.len() + 1);
+                            all.push((FaultState::Detected, "reported".to_string()));
+                            all.extend(steps);
+                            fault.seq = 0;
+                            record_steps(w, fault, all)?
                         }
                     };
                     (fault, true)
@@ -1048,6 +1105,7 @@ impl Store {
                 created,
                 replayed: false,
                 reopened,
+                opened_with,
             })
         })
         .await
@@ -1091,30 +1149,25 @@ impl Store {
 
     /// [`Store::append_steps`] decided in the same atomic write as a count of the runs of
     /// `app` (for the per-app rate limit, key `rw/{app}`; the `rl/` records of earlier versions,
-    /// one entry per run, are no longer read): `count` updates the counts and says
-    /// why the run must wait for a person (None: it goes ahead); `decide` turns that answer into
+    /// one entry per run, are no longer read): `counted` updates the counts and turns them into
     /// the entries and the change. Returns the fault and the entries written.
-    pub async fn append_counting_run<C, D, F>(
+    pub async fn append_counting_run<F>(
         &self,
         id: &str,
         expected_seq: u64,
         app: &str,
-        count: C,
-        decide: D,
+        counted: impl FnOnce(
+            &mut crate::window::WindowCounts,
+        ) -> Result<(Vec<(FaultState, String)>, F), StoreError>
+        + Send
+        + 'static,
     ) -> Result<(Fault, Vec<(FaultState, String)>), StoreError>
     where
-        C: FnOnce(&mut crate::window::WindowCounts) -> Option<String> + Send + 'static,
-        D: FnOnce(Option<String>) -> Result<(Vec<(FaultState, String)>, F), StoreError>
-            + Send
-            + 'static,
         F: FnOnce(&mut Fault),
     {
-        let (id, key) = (id.to_owned(), app_runs_key(app));
+        let (id, app) = (id.to_owned(), app.to_owned());
         self.commit(move |w| {
-            let mut runs = w.get(&key)?.unwrap_or_default();
-            let wait = count(&mut runs);
-            w.put(&key, &runs)?;
-            let (steps, change) = decide(wait)?;
+            let (steps, change) = count_runs(w, &app, counted)?;
             let fault = append_in(w, &id, expected_seq, steps.clone(), change)?;
             Ok((fault, steps))
         })
@@ -1454,6 +1507,11 @@ impl Store {
         Ok(faults)
     }
 
+    /// The id of the open fault with `fingerprint`, if one is open.
+    pub fn open_fault_of(&self, fingerprint: &str) -> Result<Option<String>, StoreError> {
+        get(&self.db, &fingerprint_key(fingerprint))
+    }
+
     /// Ids of every fault that has not reached a terminal state (read from the fingerprint
     /// index, which holds exactly those).
     pub fn open_fault_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -1757,6 +1815,11 @@ mod tests {
             .fault
     }
 
+    /// An opening that writes `steps` as they are.
+    fn closing(steps: &[(FaultState, String)]) -> Option<Opening> {
+        Some(Opening::Steps(steps.to_vec(), Box::new(|_| {})))
+    }
+
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
@@ -1835,7 +1898,7 @@ mod tests {
         ];
         let key = Some(("k1".to_string(), "hash".to_string()));
         let closed = store
-            .report_closing(report("a"), Source::Api, key.clone(), Some(steps.clone()))
+            .report_opening(report("a"), Source::Api, key.clone(), closing(&steps))
             .await
             .unwrap();
         assert!(closed.created);
@@ -1861,12 +1924,12 @@ mod tests {
         assert_eq!(store.open_faults_of("a").unwrap(), 0);
         // A replay answers the closed fault; the same report without a key opens a new one.
         let replay = store
-            .report_closing(report("a"), Source::Api, key, Some(steps.clone()))
+            .report_opening(report("a"), Source::Api, key, closing(&steps))
             .await
             .unwrap();
         assert!(replay.replayed && replay.fault == closed.fault);
         let again = store
-            .report_closing(report("a"), Source::Api, None, Some(steps.clone()))
+            .report_opening(report("a"), Source::Api, None, closing(&steps))
             .await
             .unwrap();
         assert!(again.created && again.fault.id != fault.id);
@@ -1874,7 +1937,7 @@ mod tests {
         // An occurrence of an open fault is only counted, never closed by these steps.
         let open = store.report(report("b"), Source::Api, None).await.unwrap();
         let repeat = store
-            .report_closing(report("b"), Source::Api, None, Some(steps))
+            .report_opening(report("b"), Source::Api, None, closing(&steps))
             .await
             .unwrap();
         assert!(!repeat.created);
@@ -1883,6 +1946,100 @@ mod tests {
             (repeat.fault.state, repeat.fault.occurrences),
             (FaultState::Detected, 2)
         );
+    }
+
+    #[tokio::test]
+    async fn a_report_can_open_its_fault_with_a_counted_run_in_the_same_write() {
+        let (_dir, store) = open();
+        let steps = vec![
+            (FaultState::Analyzing, "picked up".to_string()),
+            (FaultState::Patching, "attempt 1".to_string()),
+            (
+                FaultState::Testing,
+                "plan applied (0 of 0 actions)".to_string(),
+            ),
+        ];
+        let window = std::time::Duration::from_secs(60);
+        let run = |steps: Vec<(FaultState, String)>| {
+            let counted: CountedSteps = Box::new(move |runs| {
+                runs.add(Timestamp::now(), window, true);
+                let change: FaultChange = Box::new(|f| f.attempts = 1);
+                Ok((steps, change))
+            });
+            Some(Opening::CountingRun(counted))
+        };
+        let counted_runs = |store: &Store| {
+            get::<crate::window::WindowCounts>(&store.db, &app_runs_key("a"))
+                .unwrap()
+                .map(|runs| runs.attempts())
+        };
+        let flushes = store.flushes();
+        let opened = store
+            .report_opening(report("a"), Source::Api, None, run(steps.clone()))
+            .await
+            .unwrap();
+        assert_eq!(store.flushes() - flushes, 1, "one write");
+        assert!(opened.created);
+        assert_eq!(opened.opened_with, steps);
+        let fault = &opened.fault;
+        assert_eq!(
+            (fault.state, fault.seq, fault.attempts),
+            (FaultState::Testing, 4, 1)
+        );
+        assert_eq!(store.fault(&fault.id).unwrap().as_ref(), Some(fault));
+        let history: Vec<(u64, FaultState)> = store
+            .history(&fault.id)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.state))
+            .collect();
+        assert_eq!(
+            history,
+            [
+                (1, FaultState::Detected),
+                (2, FaultState::Analyzing),
+                (3, FaultState::Patching),
+                (4, FaultState::Testing),
+            ]
+        );
+        assert_eq!(counted_runs(&store), Some(1));
+        assert_eq!(store.open_fault_ids().unwrap(), vec![fault.id.clone()]);
+
+        // An occurrence of the open fault neither runs the opening nor counts a run.
+        let repeat = store
+            .report_opening(report("a"), Source::Api, None, run(steps))
+            .await
+            .unwrap();
+        assert!(!repeat.created && repeat.opened_with.is_empty());
+        assert_eq!(
+            (
+                repeat.fault.id.as_str(),
+                repeat.fault.state,
+                repeat.fault.occurrences
+            ),
+            (fault.id.as_str(), FaultState::Testing, 2)
+        );
+        assert_eq!(counted_runs(&store), Some(1));
+
+        // An opening that fails leaves nothing: no fault, no count.
+        let failing: CountedSteps = Box::new(move |runs| {
+            runs.add(Timestamp::now(), window, true);
+            Err(StoreError::Corrupt {
+                key: "test".into(),
+                message: "refused".into(),
+            })
+        });
+        let refused = store
+            .report_opening(
+                report("b"),
+                Source::Api,
+                None,
+                Some(Opening::CountingRun(failing)),
+            )
+            .await;
+        assert!(matches!(refused, Err(StoreError::Corrupt { .. })));
+        assert_eq!(store.open_faults_of("b").unwrap(), 0);
+        assert_eq!(store.open_fault_ids().unwrap(), vec![fault.id.clone()]);
     }
 
     #[tokio::test]
