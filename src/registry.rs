@@ -182,7 +182,13 @@ pub async fn register(
         tests,
         first_use_approved: false,
     };
-    put(store, record, patch.wasm).await
+    let registered = put(store, record, patch.wasm.clone()).await?;
+    if registered.record.usable() {
+        // Load the module the checks compiled, so that the first fault's run is inline too.
+        let (sandbox, hash) = (Arc::clone(sandbox), patch.hash);
+        let _ = tokio::task::spawn_blocking(move || sandbox.prepare(&hash, &patch.wasm)).await;
+    }
+    Ok(registered)
 }
 
 async fn put(store: &Store, record: PatchRecord, wasm: Vec<u8>) -> Result<Registered, StoreError> {

@@ -203,11 +203,14 @@ async fn past_the_per_app_rate_limit_faults_wait_for_a_person() {
             .await;
         assert_eq!(daemon.wait_terminal(&id).await["state"], "healed");
     }
-    let id = daemon
-        .report_id(r#"{"app":"busy","kind":"k","labels":{"n":"third"}}"#)
+    let accepted = daemon
+        .report(r#"{"app":"busy","kind":"k","labels":{"n":"third"}}"#)
         .await;
+    // The count is taken in the report's own write: the answer already waits.
+    assert_eq!(accepted["state"], "awaiting_approval", "{accepted:#}");
+    let id = accepted["id"].as_str().unwrap();
     daemon
-        .wait_for(&id, "awaiting approval", |f| {
+        .wait_for(id, "awaiting approval", |f| {
             f["state"] == "awaiting_approval"
         })
         .await;

@@ -30,12 +30,8 @@ async fn the_shipped_demo_heals_a_disk_full_fault_through_every_state() {
     let accepted = daemon
         .report(r#"{"app":"demo","kind":"disk_full","labels":{"mount":"/var"}}"#)
         .await;
-    // The answer shows the fault as its first write left it: the report, and the analysis too
-    // when the patch planned at once (in the same write).
-    assert!(
-        ["detected", "patching"].contains(&accepted["state"].as_str().unwrap()),
-        "{accepted:#}"
-    );
+    // The answer shows the fault as its first write left it: the report with its analysis.
+    assert_eq!(accepted["state"], "patching", "{accepted:#}");
     assert_eq!(accepted["occurrences"], 1);
     assert_eq!(accepted["fingerprint"].as_str().unwrap().len(), 64);
     let fault = daemon.wait_terminal(accepted["id"].as_str().unwrap()).await;
@@ -72,13 +68,28 @@ async fn an_empty_plan_still_passes_through_every_state_and_is_verified() {
     std::fs::write(env.path("healthy"), "").unwrap();
     let daemon = env.start();
 
-    let id = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
-    let fault = daemon.wait_terminal(&id).await;
+    let accepted = daemon.report(r#"{"app":"web","kind":"down"}"#).await;
+    // Analysis has no side effect: the report's write already holds it, up to `testing` (no
+    // action separates patching from testing), and the answer says so.
+    assert_eq!(accepted["state"], "testing", "{accepted:#}");
+    assert_eq!(accepted["attempts"], 1, "{accepted:#}");
+    let id = accepted["id"].as_str().unwrap();
+    let fault = daemon.wait_terminal(id).await;
 
     assert_eq!(fault["state"], "healed", "{fault:#}");
     assert_eq!(
         states(&fault),
         ["detected", "analyzing", "patching", "testing", "healed"]
+    );
+    let written_at: Vec<&str> = fault["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["at"].as_str().unwrap())
+        .collect();
+    assert!(
+        written_at[..4].iter().all(|at| *at == written_at[0]),
+        "the report and its analysis are one write: {written_at:?}"
     );
     let details: Vec<&str> = fault["history"]
         .as_array()
