@@ -813,21 +813,14 @@ impl Engine {
     /// written, so that the report's write carries it (None: leave the analysis to the engine,
     /// after the write). Only what needs no fault id is done here: a patch that must run on a
     /// blocking thread, or a breaker that is not closed (its admission is a write naming the
-    /// fault), leaves it to the engine; so does a fault that must wait for a worker.
+    /// fault), leaves it to the engine; so does a fault that must wait for a worker. A report
+    /// that turns out to repeat an open fault does not use it (checking first would cost every
+    /// new report a store read to save repeats an analysis of a few microseconds).
     async fn look_ahead(&self, report: &Report, source: Source) -> Option<Opening> {
         if self.workers.available_permits() == 0 {
             // It will wait for a worker: analyze it when one takes it, with the policies (and
             // breakers) of then; until then a source may still call it off (resolved).
             return None;
-        }
-        if self
-            .parts
-            .store
-            .open_fault_of(&report.fingerprint())
-            .ok()?
-            .is_some()
-        {
-            return None; // an occurrence of an open fault: nothing to analyze
         }
         let fault = Fault::new(String::new(), report.clone(), source, Timestamp::now());
         let verdict = match self.prepare(&fault).ok()? {

@@ -126,8 +126,8 @@ pub type Gauge<'a> = (&'static str, Vec<(&'a str, String)>, f64);
 /// The registry.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// (name, rendered labels) → value.
-    counters: Mutex<BTreeMap<(&'static str, String), f64>>,
+    /// name → rendered labels → value.
+    counters: Mutex<BTreeMap<&'static str, BTreeMap<String, f64>>>,
     histograms: Mutex<BTreeMap<&'static str, Histogram>>,
 }
 
@@ -139,9 +139,14 @@ pub fn metrics() -> &'static Metrics {
 }
 
 fn render_labels(labels: &[(&str, &str)]) -> String {
-    // On every counter update (transitions, HTTP requests): built in one string, without
-    // `format!` or intermediate strings.
     let mut out = String::new();
+    render_labels_into(labels, &mut out);
+    out
+}
+
+/// [`render_labels`] into `out` (cleared first).
+fn render_labels_into(labels: &[(&str, &str)], out: &mut String) {
+    out.clear();
     for (i, (key, value)) in labels.iter().enumerate() {
         out.push_str(if i == 0 { "{" } else { "," });
         out.push_str(key);
@@ -159,7 +164,12 @@ fn render_labels(labels: &[(&str, &str)]) -> String {
     if !labels.is_empty() {
         out.push('}');
     }
-    out
+}
+
+thread_local! {
+    /// The labels of a counter update, rendered into a buffer each thread keeps: most updates
+    /// (transitions, HTTP requests) find their counter and allocate nothing.
+    static LABELS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 impl Metrics {
@@ -170,8 +180,17 @@ impl Metrics {
 
     /// Adds `amount` to a counter.
     pub fn add(&self, name: &'static str, labels: &[(&str, &str)], amount: f64) {
-        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        *counters.entry((name, render_labels(labels))).or_default() += amount;
+        LABELS.with_borrow_mut(|rendered| {
+            render_labels_into(labels, rendered);
+            let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            let series = counters.entry(name).or_default();
+            match series.get_mut(rendered.as_str()) {
+                Some(value) => *value += amount,
+                None => {
+                    series.insert(rendered.clone(), amount);
+                }
+            }
+        });
     }
 
     /// Records one observation in a histogram.
@@ -190,8 +209,10 @@ impl Metrics {
     fn counter(&self, name: &str, labels: &str) -> f64 {
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         counters
-            .iter()
-            .filter(|((n, l), _)| *n == name && l.contains(labels))
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|(l, _)| l.contains(labels))
             .map(|(_, v)| v)
             .sum()
     }
@@ -246,10 +267,8 @@ impl Metrics {
                     }
                 }
                 _ => {
-                    for ((counter, labels), value) in
-                        counters.iter().filter(|((n, _), _)| n == name)
-                    {
-                        let _ = writeln!(out, "{counter}{labels} {value}");
+                    for (labels, value) in counters.get(name).into_iter().flatten() {
+                        let _ = writeln!(out, "{name}{labels} {value}");
                     }
                 }
             }

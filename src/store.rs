@@ -1507,11 +1507,6 @@ impl Store {
         Ok(faults)
     }
 
-    /// The id of the open fault with `fingerprint`, if one is open.
-    pub fn open_fault_of(&self, fingerprint: &str) -> Result<Option<String>, StoreError> {
-        get(&self.db, &fingerprint_key(fingerprint))
-    }
-
     /// Ids of every fault that has not reached a terminal state (read from the fingerprint
     /// index, which holds exactly those).
     pub fn open_fault_ids(&self) -> Result<Vec<String>, StoreError> {
