@@ -44,7 +44,7 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "phoenix_sandbox_runs_total",
         "counter",
-        "Patch runs, by outcome (ok or the error code).",
+        "Patch runs, by outcome (ok or the error code); includes runs for a report that turned out to repeat an open fault.",
     ),
     (
         "phoenix_effects_total",
