@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, module, planner, recording_server, states};
+use common::{Env, history_field, module, planner, recording_server, states};
 
 const LEDGER_EXEC: &str = r#"[capabilities.commands.record]
 argv = ["sh", "-c", "echo \"$PHOENIX_FAULT_ID\" >> ledger"]
@@ -81,22 +81,12 @@ async fn an_empty_plan_still_passes_through_every_state_and_is_verified() {
         states(&fault),
         ["detected", "analyzing", "patching", "testing", "healed"]
     );
-    let written_at: Vec<&str> = fault["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["at"].as_str().unwrap())
-        .collect();
+    let written_at = history_field(&fault, "at");
     assert!(
         written_at[..4].iter().all(|at| *at == written_at[0]),
         "the report and its analysis are one write: {written_at:?}"
     );
-    let details: Vec<&str> = fault["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["detail"].as_str().unwrap())
-        .collect();
+    let details = history_field(&fault, "detail");
     assert_eq!(details[3], "plan applied (0 of 0 actions)", "{details:?}");
     assert!(details[4].starts_with("verification passed"), "{details:?}");
 }

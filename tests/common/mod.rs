@@ -486,6 +486,16 @@ pub fn free_port() -> u16 {
 }
 
 /// The states a fault's history went through, in order, without repeats.
+/// One text field (`"at"`, `"detail"`, …) of every history entry of `fault`, in order.
+pub fn history_field<'a>(fault: &'a Value, field: &str) -> Vec<&'a str> {
+    fault["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|entry| entry[field].as_str().unwrap_or_default())
+        .collect()
+}
+
 pub fn states(fault: &Value) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     for entry in fault["history"].as_array().expect("history") {
