@@ -263,6 +263,9 @@ impl Config {
         if limits.memory_bytes < 64 << 10 {
             return Err("`sandbox.memory_bytes` must be at least 65536 (one wasm page)".into());
         }
+        if limits.compile_memory_bytes < 16 << 20 {
+            return Err("`sandbox.compile_memory_bytes` must be at least 16777216 (16 MiB)".into());
+        }
         if limits.max_actions == 0 || limits.max_action_bytes == 0 || limits.max_module_bytes == 0 {
             return Err(
                 "`sandbox.max_actions`, `max_action_bytes` and `max_module_bytes` must be positive"
@@ -352,6 +355,11 @@ mod tests {
         assert!(bad_type.contains("workers"), "{bad_type}");
         let nested = err("[sandbox]\nfuel = 1\nmemory = 5");
         assert!(nested.contains("unknown field `memory`"), "{nested}");
+        let compiler = err("[sandbox]\ncompile_memory_bytes = 1000");
+        assert!(
+            compiler.contains("`sandbox.compile_memory_bytes`"),
+            "{compiler}"
+        );
         let duration = err("[sandbox]\ndeadline = \"forever\"");
         assert!(
             duration.contains("`forever` is not a duration"),

@@ -56,6 +56,9 @@ pub struct Limits {
     pub max_action_bytes: usize,
     /// Largest module accepted at registration, in bytes of wasm.
     pub max_module_bytes: usize,
+    /// Memory the patch compiler (a child process) may allocate (its `RLIMIT_DATA`): a module
+    /// built to exhaust the compiler is refused at this cap instead of taking the host's memory.
+    pub compile_memory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -68,6 +71,7 @@ impl Default for Limits {
             max_actions: 32,
             max_action_bytes: 8 << 10,
             max_module_bytes: 1 << 20,
+            compile_memory_bytes: 1 << 30,
         }
     }
 }
@@ -960,6 +964,7 @@ fn compile_in_child(
     limits: &Limits,
     wasm: &[u8],
 ) -> std::io::Result<Result<Vec<u8>, String>> {
+    let limits_cap = limits.compile_memory_bytes;
     let limits = serde_json::to_string(limits).map_err(std::io::Error::other)?;
     let mut child = Command::new(exe)
         .args(["compile-patch", "--limits", &limits])
@@ -1009,6 +1014,10 @@ fn compile_in_child(
         Some(code) if code == i32::from(COMPILE_REFUSED) => {
             Err(String::from_utf8_lossy(&out).into_owned())
         }
+        _ if errors.contains("memory allocation of") => Err(format!(
+            "compiling needs more memory than `sandbox.compile_memory_bytes` ({} bytes) allows; the compiler was stopped",
+            limits_cap
+        )),
         _ => Err(format!(
             "the patch compiler failed ({status}): {}",
             errors.trim()
@@ -1027,6 +1036,10 @@ pub fn compile_child(limits: &str) -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if let Err(error) = cap_data_memory(limits.compile_memory_bytes) {
+        eprintln!("compile-patch: cannot cap its memory: {error}");
+        return ExitCode::from(71);
+    }
     let mut wasm = Vec::new();
     if let Err(error) = std::io::stdin().read_to_end(&mut wasm) {
         eprintln!("compile-patch: cannot read the module: {error}");
@@ -1046,6 +1059,23 @@ pub fn compile_child(limits: &str) -> ExitCode {
         Ok(()) => status,
         Err(_) => ExitCode::from(74),
     }
+}
+
+/// Caps this process's data memory (heap and private mappings) at `bytes`, or at the hard
+/// limit it already has if that is lower. An allocation past the cap fails and aborts the
+/// compiler child, which the daemon reports as a module refused for its memory.
+fn cap_data_memory(bytes: u64) -> std::io::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let hard = getrlimit(Resource::Data).maximum;
+    let cap = hard.map_or(bytes, |hard| hard.min(bytes));
+    setrlimit(
+        Resource::Data,
+        Rlimit {
+            current: Some(cap),
+            maximum: hard,
+        },
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Compiles WebAssembly text to binary (a `.wasm` file's bytes pass through unchanged).

@@ -239,3 +239,43 @@ async fn every_adversarial_patch_is_contained_while_ordinary_faults_heal() {
         daemon.log()
     );
 }
+
+/// A module built to exhaust the compiler: one function of 140,000 additions (980 KB of wasm,
+/// under the module size cap; compiling it needs ~110 MB). With the compiler's memory capped
+/// below that, it is refused with the reason, and an ordinary patch still registers.
+#[tokio::test]
+async fn a_module_built_to_exhaust_the_compiler_is_refused_at_its_memory_cap() {
+    let env = Env::new();
+    env.write_config("[sandbox]\ncompile_memory_bytes = 33554432");
+    let body = "local.get 0 i32.const 1 i32.add local.set 0 ".repeat(140_000);
+    let wat = format!(
+        r#"(module (memory (export "memory") 1) (func (export "heal") (result i32) (local i32) {body} local.get 0))"#
+    );
+    let wasm = phoenix::sandbox::wat_to_wasm(wat.as_bytes()).unwrap();
+    assert!(
+        wasm.len() < 1 << 20,
+        "under max_module_bytes: {}",
+        wasm.len()
+    );
+    let dir = env.path("patches/bomb");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("patch.toml"),
+        "name = \"bomb\"\nversion = \"1.0.0\"\nconfidence = 0.9\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("patch.wasm"), wasm).unwrap();
+    env.patch("small", &planner(&[]), "");
+    let daemon = env.start();
+
+    let (_, bomb) = daemon.get("/v1/patches/bomb").await;
+    let version = &bomb["versions"][0];
+    assert_eq!(version["usable"], false, "{bomb:#}");
+    let problems = version["check_problems"].to_string();
+    assert!(
+        problems.contains("more memory than `sandbox.compile_memory_bytes` (33554432 bytes)"),
+        "{problems}"
+    );
+    let (_, small) = daemon.get("/v1/patches/small").await;
+    assert_eq!(small["versions"][0]["usable"], true, "{small:#}");
+}
