@@ -434,7 +434,9 @@ impl Writer<'_> {
     /// Writes a fault record (and tells the cache, once applied).
     fn put_fault(&mut self, key: &[u8], fault: &Fault) -> Result<(), StoreError> {
         self.put(key, fault)?;
+        // The cache keeps no ended fault (it would drop this copy at once): no clone for one.
         if is_fault_key(key)
+            && !fault.state.is_terminal()
             && let Some(last) = self.own_faults.last_mut()
         {
             last.1 = Some(Box::new(fault.clone()));
