@@ -640,7 +640,7 @@ impl Engine {
         let now = Timestamp::now();
         let global = self.parts.global_breaker.clone();
         let own = policy.breaker.clone();
-        let names = vec!["global".to_string(), format!("policy:{}", policy.name)];
+        let names = breaker_names(policy).to_vec();
         let id = fault.id.clone();
         let feed = move |name: &str, b: &mut Breaker| {
             let config = if name == "global" { &global } else { &own };
