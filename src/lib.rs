@@ -16,6 +16,7 @@ pub mod engine;
 pub mod events;
 pub mod fault;
 pub mod intake;
+pub mod journal;
 pub mod logging;
 pub mod machine;
 pub mod metrics;

@@ -59,7 +59,12 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "phoenix_store_flush_seconds",
         "histogram",
-        "Duration of one group-commit flush of the store.",
+        "Duration of one group commit: writing (and with store_fsync, syncing) a group of writes to the store's journal.",
+    ),
+    (
+        "phoenix_store_checkpoint_seconds",
+        "histogram",
+        "Duration of one store checkpoint: flushing sled and deleting the journal it covers.",
     ),
     (
         "phoenix_http_requests_total",

@@ -6,12 +6,21 @@
 //! Every write goes through one committer thread. A write is a closure run there, alone, so it
 //! can read and then write without racing another writer (that is how the compare-and-swap on a
 //! fault's sequence number and the fingerprint dedup stay correct). The committer then runs the
-//! other writes that queued up meanwhile, each seeing the ones before it, applies the whole group
-//! as one atomic sled batch and flushes once (group commit): every caller is answered only after
-//! that flush, so an acknowledged write is on disk, and N concurrent writers cost one batch and
-//! one fsync, not N. A write that fails leaves nothing in its group.
+//! other writes that queued up meanwhile, each seeing the ones before it, and hands the group's
+//! writes to the journal thread, which appends them to the write-ahead journal as one record
+//! (see [`crate::journal`]), syncs it once, and only then applies them to sled (group commit):
+//! every caller is answered after that, so an acknowledged write is on disk, and N concurrent
+//! writers cost one record and one fsync, not N. A write that fails leaves nothing in its group.
+//! While the journal thread works on one group, the committer runs the next, reading the
+//! writes of the group in flight from memory (they may not be in sled yet).
 //!
-//! Key layout (one tree, so that one batch can touch several kinds of record atomically):
+//! sled itself is flushed only at checkpoints (a closed journal segment at a time); a start
+//! replays the journal left since the last one. sled's own atomic batches are not used: each
+//! makes sled write out its log buffer twice, which kept its I/O threads busy for a quarter of
+//! phoenix's CPU under ingest load; the journal record is what makes a group atomic across a
+//! crash.
+//!
+//! Key layout (one tree, so that one write can touch several kinds of record atomically):
 //! - `f/{id}` → [`Fault`]; `h/{id}/{seq: u64 BE}` → [`HistoryEntry`], or the entries from
 //!   `seq` on that one write added (a JSON array)
 //! - `fp/{fingerprint}` → id of the *open* fault with that fingerprint (removed when it ends);
@@ -33,6 +42,7 @@ use tokio::sync::oneshot;
 
 use crate::breaker::{Breaker, Position};
 use crate::fault::{Fault, FaultState, HistoryEntry, Report, Source, Timestamp, sortable_id};
+use crate::journal::Journal;
 use crate::policy::Policy;
 use crate::registry::PatchRecord;
 
@@ -42,6 +52,13 @@ const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Most writes applied before one flush; bounds the latency a single group can add.
 const MAX_GROUP: usize = 512;
+
+/// A journal segment is checkpointed once it holds this many bytes...
+const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// ...or is this old (a checkpoint is one sled flush: it writes what the segment's writes
+/// changed, so rare checkpoints write less per fault; and the journal left to replay at a
+/// start stays small).
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,24 +111,33 @@ fn sync_error(error: &std::io::Error, what: &str) -> StoreError {
     }
 }
 
-/// What the committer shares with readers: how many flushes it made, and why the last one
-/// failed (cleared by the next that succeeds).
+/// What the store's threads share with readers: how many groups were made durable, and why
+/// the store takes no more writes, if it does not.
 #[derive(Default)]
 struct Commits {
     flushes: AtomicU64,
+    /// Why a group could not be journaled or applied. Set once, for good: the journal must
+    /// hold every write sled holds, in order, so no later group may be applied after a
+    /// failed one; phoenix must restart (it does by itself once a full disk has room).
     failure: std::sync::Mutex<Option<StoreError>>,
-    /// Why sled refused the last group the committer applied (cleared by the next it takes).
-    /// Kept apart from `failure`: a flush of an earlier group that succeeds must not hide it.
-    apply_failure: std::sync::Mutex<Option<StoreError>>,
     /// Bumped after each applied group that wrote a patch record or an active version.
     registry_generation: AtomicU64,
     /// Breaker positions by name (None: no record), for the engine's check of every fault
-    /// (two sled reads and parses per fault otherwise). The committer sets a breaker's position
-    /// after applying a write to it, before acknowledging that write, and forgets them all
-    /// when an apply fails; readers add what they read only where nothing is known yet (a
+    /// (two sled reads and parses per fault otherwise). The journal thread sets a breaker's
+    /// position after applying a write to it, before acknowledging that write, and forgets them
+    /// all when an apply fails; readers add what they read only where nothing is known yet (a
     /// write applied meanwhile has set it, and wins).
     breaker_positions: std::sync::Mutex<HashMap<String, Option<Position>>>,
-    /// sled's log file, when each flush is to be followed by an fdatasync of it.
+    /// Why the last checkpoint failed (cleared by the next that succeeds).
+    checkpoint_failure: std::sync::Mutex<Option<StoreError>>,
+    /// A closed journal segment is with the checkpointer: the journal keeps to its current
+    /// segment until that is done (so at most two segments exist at a time).
+    checkpointing: std::sync::atomic::AtomicBool,
+    /// How old (ms) a journal segment with records gets before it is checkpointed
+    /// ([`CHECKPOINT_INTERVAL`]; tests change it).
+    checkpoint_after_ms: AtomicU64,
+    /// sled's log file, when each journal record and checkpoint is to be synced
+    /// (`store_fsync`).
     fsync: std::sync::OnceLock<std::fs::File>,
 }
 
@@ -123,33 +149,11 @@ impl Commits {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tells readers the breaker positions `group` applied (or to forget all after a failure).
-    fn tell_breaker_positions(&self, group: &mut Group) {
-        if !group.breakers_uncertain && group.breakers_applied.is_empty() {
-            return;
-        }
-        let mut positions = self.breaker_positions();
-        if std::mem::take(&mut group.breakers_uncertain) {
-            positions.clear();
-        }
-        for (name, position) in group.breakers_applied.drain(..) {
-            positions.insert(name, Some(position));
-        }
-    }
-
-    /// Why the store takes no writes now: the last group sled refused, else the last flush.
+    /// Why the store takes no writes now: a group that failed, else the last checkpoint.
     fn failure(&self) -> Option<StoreError> {
-        let refused = self
-            .apply_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        refused.or_else(|| {
-            self.failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        })
+        [&self.failure, &self.checkpoint_failure]
+            .into_iter()
+            .find_map(|failure| failure.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 
@@ -246,41 +250,46 @@ pub struct FaultFilter {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A group handed to the journal thread: its writes, what readers must learn once they are
+/// applied, and its writers' answers.
+struct Sealed {
+    writes: Arc<Pending>,
+    registry_changed: bool,
+    breakers: Vec<(String, Position)>,
+    completions: Vec<Completion>,
+}
 type Job = Box<dyn FnOnce(&sled::Tree, &mut Group) -> Completion + Send>;
 
-/// Writes not yet in sled, by key (`None`: removed). sled seals and writes out its log buffer at
-/// every `apply_batch` (two buffer writes on its I/O thread pool, which wakes all its threads),
-/// so a group applies its writes as one batch, not one per job.
+/// Writes not yet in sled, by key (`None`: removed): a group's, journaled as one record.
 type Pending = BTreeMap<Vec<u8>, Option<sled::IVec>>;
 
-/// The writes of the jobs run so far in this group, and the cache of faults as the tree holds
-/// them (the committer's own, see [`FaultCache`]).
+/// The writes of the jobs run so far in this group, the group in flight, and the caches of
+/// what the committer sees (see [`FaultCache`], [`FingerprintIndex`]).
 #[derive(Default)]
 struct Group {
     pending: Pending,
+    /// The writes of the group the journal thread is working on: it may not have applied
+    /// them to the tree yet, so reads look here first. Every earlier group is in the tree.
+    inflight: Arc<Pending>,
     /// Fault records written by this group's jobs, in order: the fault written, or `None`
     /// when written in a form the cache cannot follow (raw bytes, a removal).
     faults: Vec<(Vec<u8>, Option<Box<Fault>>)>,
     cache: FaultCache,
-    /// A patch record or an active version was written since the committer last told readers.
+    /// A patch record or an active version was written by this group's jobs.
     registry_changed: bool,
-    /// Breaker positions written by this group's jobs, not yet applied.
+    /// Breaker positions written by this group's jobs, for readers once applied.
     breakers: Vec<(String, Position)>,
-    /// Breaker positions applied, not yet told to readers ([`Commits::breaker_positions`]).
-    breakers_applied: Vec<(String, Position)>,
-    /// An apply failed since the committer last told readers: forget every position.
-    breakers_uncertain: bool,
     /// Where [`Writer::put`] serializes records (reused: it keeps its capacity).
     scratch: Vec<u8>,
     fingerprints: FingerprintIndex,
 }
 
-/// The fingerprint index (`fp/` keys: the open fault of each fingerprint) as the tree holds
-/// it, kept by the committer: a report's dedup lookup and a closing fault's release would
+/// The fingerprint index (`fp/` keys: the open fault of each fingerprint) as the committer
+/// sees it, kept by the committer: a report's dedup lookup and a closing fault's release would
 /// otherwise search the tree, mostly for a key that is not there (two lookups per fault, ~5%
 /// of phoenix's CPU in P3). Loaded when the committer starts and learned from every applied
-/// group, like [`FaultCache`]. Off (`None`: lookups go to the tree) once it cannot be trusted,
-/// after a failed apply, or when it would hold more than `FINGERPRINT_INDEX_MAX` open faults.
+/// group, like [`FaultCache`]. Off (`None`: lookups go to the tree) once it would hold more
+/// than `FINGERPRINT_INDEX_MAX` open faults.
 #[derive(Default)]
 struct FingerprintIndex(Option<HashMap<Vec<u8>, sled::IVec>>);
 
@@ -309,7 +318,7 @@ impl FingerprintIndex {
         key.starts_with(b"fp/").then(|| index.get(key))
     }
 
-    /// Learns a write about to be applied; `forget` after a failed apply.
+    /// Learns a write of a sealed group.
     fn learn(&mut self, key: &[u8], value: Option<&sled::IVec>) {
         let Some(index) = self.0.as_mut() else {
             return;
@@ -327,16 +336,12 @@ impl FingerprintIndex {
             }
         }
     }
-
-    fn forget(&mut self) {
-        self.0 = None;
-    }
 }
 
-/// Open faults as the tree holds them, decoded: a transition reads its fault here instead of
-/// looking it up in sled and parsing its JSON (a third of the committer's time went there).
-/// Only the committer touches it, and it learns every write of a fault record when that write
-/// is applied, so it never disagrees with the tree. Bounded: cleared when full; ended faults
+/// Open faults as the committer sees them, decoded: a transition reads its fault here instead
+/// of looking it up in sled and parsing its JSON (a third of the committer's time went there).
+/// Only the committer touches it, and it learns every write of a fault record when that
+/// write's group is sealed, so it never disagrees with what the committer reads. Bounded: cleared when full; ended faults
 /// are not kept (they are rarely written again).
 #[derive(Default)]
 struct FaultCache(HashMap<Vec<u8>, Fault>);
@@ -359,7 +364,7 @@ impl FaultCache {
         self.0.insert(key, fault);
     }
 
-    /// Learns the faults a group wrote, now that they are in the tree.
+    /// Learns the faults a sealed group wrote.
     fn learn(&mut self, written: Vec<(Vec<u8>, Option<Box<Fault>>)>) {
         for (key, fault) in written {
             match fault {
@@ -407,7 +412,11 @@ pub struct Writer<'a> {
 
 impl Writer<'_> {
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        let known = self.own.get(key).or_else(|| self.group.pending.get(key));
+        let known = self
+            .own
+            .get(key)
+            .or_else(|| self.group.pending.get(key))
+            .or_else(|| self.group.inflight.get(key));
         match known
             .map(Option::as_ref)
             .or_else(|| self.group.fingerprints.lookup(key))
@@ -419,7 +428,7 @@ impl Writer<'_> {
     }
 
     /// The fault record at `key`: from this group's writes, else the committer's cache, else
-    /// the tree. Taken out of the cache (a read is almost always followed by a write of the
+    /// the group in flight or the tree. Taken out of the cache (a read is almost always followed by a write of the
     /// fault, which the cache learns once applied): one copy fewer per transition.
     fn fault(&mut self, key: &[u8]) -> Result<Option<Fault>, StoreError> {
         if self.own.contains_key(key) || self.group.pending.contains_key(key) {
@@ -487,43 +496,58 @@ impl Writer<'_> {
         self.own.insert(key.to_vec(), value);
     }
 
-    /// The tree itself, for scans: first applies the group's earlier writes so that the tree
-    /// shows them (this job's own writes stay apart).
-    fn settled_tree(&mut self) -> Result<&sled::Tree, StoreError> {
-        apply(self.tree, self.group)?;
-        Ok(self.tree)
+    /// The records under `prefix` in key order, as this job sees them without its own
+    /// writes: the tree, overlaid with the group in flight and this group's earlier writes.
+    fn scan(&self, prefix: &[u8]) -> Merged {
+        let mut overlay: BTreeMap<Vec<u8>, Option<sled::IVec>> = BTreeMap::new();
+        for layer in [&*self.group.inflight, &self.group.pending] {
+            let under = layer
+                .range::<[u8], _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(key, _)| key.starts_with(prefix));
+            overlay.extend(under.map(|(key, value)| (key.clone(), value.clone())));
+        }
+        Merged {
+            tree: self.tree.scan_prefix(prefix).peekable(),
+            overlay: overlay.into_iter().peekable(),
+        }
     }
 }
 
-/// Applies the group's writes to `tree` as one atomic batch, empties it, and tells the cache.
-fn apply(tree: &sled::Tree, group: &mut Group) -> Result<(), StoreError> {
-    if group.pending.is_empty() {
-        return Ok(());
-    }
-    let mut batch = sled::Batch::default();
-    for (key, value) in std::mem::take(&mut group.pending) {
-        group.registry_changed |= is_registry_key(&key);
-        group.fingerprints.learn(&key, value.as_ref());
-        match value {
-            Some(value) => batch.insert(key, value),
-            None => batch.remove(key),
-        }
-    }
-    let written = std::mem::take(&mut group.faults);
-    let breakers = std::mem::take(&mut group.breakers);
-    match tree.apply_batch(batch) {
-        Ok(()) => {
-            group.cache.learn(written);
-            group.breakers_applied.extend(breakers);
-            Ok(())
-        }
-        Err(error) => {
-            // What the tree holds now is not certain: forget everything.
-            group.cache.0.clear();
-            group.fingerprints.forget();
-            group.breakers_applied.clear();
-            group.breakers_uncertain = true;
-            Err(io(error))
+/// A scan of the tree merged with writes not yet in it (see [`Writer::scan`]). Owns what it
+/// walks, so the job may write while scanning.
+struct Merged {
+    tree: std::iter::Peekable<sled::Iter>,
+    overlay:
+        std::iter::Peekable<std::collections::btree_map::IntoIter<Vec<u8>, Option<sled::IVec>>>,
+}
+
+impl Iterator for Merged {
+    type Item = Result<(sled::IVec, sled::IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let overlay_first = match (self.tree.peek(), self.overlay.peek()) {
+                (_, None) => return self.tree.next().map(|item| item.map_err(io)),
+                (Some(Err(_)), _) => return self.tree.next().map(|item| item.map_err(io)),
+                (Some(Ok((tree_key, _))), Some((key, _))) => {
+                    if key.as_slice() == tree_key.as_ref() {
+                        self.tree.next(); // the overlay's write replaces it
+                        true
+                    } else {
+                        key.as_slice() < tree_key.as_ref()
+                    }
+                }
+                (None, Some(_)) => true,
+            };
+            if !overlay_first {
+                return self.tree.next().map(|item| item.map_err(io));
+            }
+            if let Some((key, Some(value))) = self.overlay.next() {
+                return Some(Ok((sled::IVec::from(key), value)));
+            } // a removal: nothing to show
         }
     }
 }
@@ -826,7 +850,7 @@ impl Store {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // Durability comes from the committer's explicit flushes, not a background timer.
+            // Durability comes from the journal and the checkpoints' flushes, not a timer.
             .flush_every_ms(None);
         let started = std::time::Instant::now();
         let mut warned = false;
@@ -847,25 +871,42 @@ impl Store {
                 Err(error) => return Err(io(error)),
             }
         };
+        let journal_dir = dir.join("journal");
+        let next_segment = replay_journal(&db, &journal_dir)?;
+        let journal = Journal::start(&journal_dir, next_segment)
+            .map_err(|e| sync_error(&e, "starting the store's journal"))?;
         let (jobs, receiver) = mpsc::channel::<Job>();
-        // A rendezvous: the committer hands a group over only when the flusher is free, so jobs
-        // that arrive during a flush form one group (one batch), not many small ones.
-        let (applied, to_flush) = mpsc::sync_channel::<Vec<Completion>>(0);
+        // A rendezvous: the committer hands a group over only when the journal is free, so jobs
+        // that arrive during a sync form one group (one record), not many small ones.
+        let (sealed, to_journal) = mpsc::sync_channel::<Sealed>(0);
+        // The journal hands over a closed segment only when the checkpointer is idle.
+        let (closed, to_checkpoint) = mpsc::sync_channel::<u64>(1);
         let tree: sled::Tree = (*db).clone();
-        let flushed_db = db.clone();
-        let commits = Arc::new(Commits::default());
-        let shared = Arc::clone(&commits);
+        let commits = Arc::new(Commits {
+            checkpoint_after_ms: AtomicU64::new(CHECKPOINT_INTERVAL.as_millis() as u64),
+            ..Commits::default()
+        });
         thread::Builder::new()
             .name("phoenix-store-commit".into())
             .spawn({
-                let commits = Arc::clone(&commits);
-                move || commit_loop(&tree, &receiver, &applied, &commits)
+                let tree = tree.clone();
+                move || commit_loop(&tree, &receiver, &sealed)
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
         thread::Builder::new()
             .name("phoenix-store-flush".into())
-            .spawn(move || flush_loop(&flushed_db, &to_flush, &shared))
-            .map_err(|e| StoreError::Io(format!("cannot start the store flusher: {e}")))?;
+            .spawn({
+                let commits = Arc::clone(&commits);
+                move || journal_loop(journal, &tree, &to_journal, &closed, &commits)
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the store's journal: {e}")))?;
+        thread::Builder::new()
+            .name("phoenix-store-checkpoint".into())
+            .spawn({
+                let (db, commits) = (db.clone(), Arc::clone(&commits));
+                move || checkpoint_loop(&db, &journal_dir, &to_checkpoint, &commits)
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the store checkpointer: {e}")))?;
         Ok(Store {
             max_open_per_app: u64::MAX,
             db,
@@ -879,10 +920,11 @@ impl Store {
         })
     }
 
-    /// Follows every group flush with an fdatasync of sled's log file (the daemon's default,
-    /// `store_fsync`). sled makes its log durable with `sync_file_range`, which survives phoenix
-    /// being killed but neither persists a grown file's new size nor flushes a volatile disk
-    /// cache; with this, acknowledged writes also survive a power cut.
+    /// Syncs every journal record (fdatasync) and, at each checkpoint, sled's log file after
+    /// sled's flush (the daemon's default, `store_fsync`). Without it, a journal record is only
+    /// written to the kernel and sled's flush makes its log durable with `sync_file_range`:
+    /// that survives phoenix being killed, not a power cut; with it, acknowledged writes also
+    /// survive a power cut.
     pub fn fsync_each_flush(self) -> Result<Store, StoreError> {
         let path = self.dir.join("db");
         let log = std::fs::File::open(&path)
@@ -939,8 +981,8 @@ impl Store {
         Ok(get::<u64>(&self.db, &open_count_key(app))?.unwrap_or(0))
     }
 
-    /// Runs `work` on the committer, applies its batch atomically, and returns once the batch is
-    /// flushed to disk. If `work` fails, nothing it wrote is applied.
+    /// Runs `work` on the committer, journals its writes atomically, and returns once they are
+    /// durable and applied. If `work` fails, nothing it wrote is kept.
     async fn commit<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -1300,9 +1342,8 @@ impl Store {
     /// consistent snapshot of the store while the daemon runs.
     pub async fn snapshot(&self) -> Result<crate::backup::Entries, StoreError> {
         self.commit(|w| {
-            w.settled_tree()?
-                .iter()
-                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            w.scan(b"")
+                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
                 .collect()
         })
         .await
@@ -1313,11 +1354,9 @@ impl Store {
     pub async fn restore(&self, entries: crate::backup::Entries) -> Result<usize, StoreError> {
         self.commit(move |w| {
             let keys: Vec<sled::IVec> = w
-                .settled_tree()?
-                .iter()
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(io)?;
+                .scan(b"")
+                .map(|item| item.map(|(key, _)| key))
+                .collect::<Result<_, _>>()?;
             for key in keys {
                 w.remove(&key);
             }
@@ -1335,15 +1374,14 @@ impl Store {
     pub async fn compact(&self, before: Timestamp) -> Result<usize, StoreError> {
         self.commit(move |w| {
             let mut removed = 0;
-            let tree = w.settled_tree()?.clone();
-            for item in tree.scan_prefix(b"f/") {
-                let (key, value) = item.map_err(io)?;
+            for item in w.scan(b"f/") {
+                let (key, value) = item?;
                 let fault: Fault = decode(&key, &value)?;
                 if fault.closed_at.is_none_or(|closed| closed >= before) {
                     continue;
                 }
-                for entry in tree.scan_prefix(history_prefix(&fault.id)) {
-                    let (history_key, _) = entry.map_err(io)?;
+                for entry in w.scan(&history_prefix(&fault.id)) {
+                    let (history_key, _) = entry?;
                     w.remove(&history_key);
                 }
                 let last_closed = last_closed_key(&fault.fingerprint);
@@ -1354,8 +1392,8 @@ impl Store {
                 removed += 1;
             }
             // An idempotency key outlives its fault only to answer with a fault that is gone.
-            for item in tree.scan_prefix(b"ik/") {
-                let (key, value) = item.map_err(io)?;
+            for item in w.scan(b"ik/") {
+                let (key, value) = item?;
                 let record: IdempotencyRecord = decode(&key, &value)?;
                 let fault = fault_key(&record.fault.id);
                 if w.get::<serde::de::IgnoredAny>(&fault)?.is_none() {
@@ -1713,16 +1751,10 @@ impl Store {
     }
 }
 
-/// The first stage of group commit: runs the jobs that queued up, applies their writes as one
-/// batch, and hands the group to [`flush_loop`] as soon as that is free. So one group is applied
-/// while the one before it is being flushed, and jobs that arrive meanwhile wait to form the
-/// next group.
-fn commit_loop(
-    tree: &sled::Tree,
-    jobs: &mpsc::Receiver<Job>,
-    applied: &mpsc::SyncSender<Vec<Completion>>,
-    commits: &Commits,
-) {
+/// The first stage of group commit: runs the jobs that queued up and hands their writes to
+/// [`journal_loop`] as soon as that is free. So one group runs while the one before it is
+/// being journaled, and jobs that arrive meanwhile wait to form the next group.
+fn commit_loop(tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, sealed: &mpsc::SyncSender<Sealed>) {
     let mut group = Group {
         fingerprints: FingerprintIndex::load(tree),
         ..Group::default()
@@ -1735,62 +1767,248 @@ fn commit_loop(
                 Err(_) => break,
             }
         }
-        let wrote = !group.pending.is_empty();
-        let outcome = apply(tree, &mut group);
-        // A full disk can surface here (sled's own buffer write failed first) rather than in a
-        // flush: remembered either way, so that phoenix restarts once there is room again.
-        if wrote {
-            *commits
-                .apply_failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = outcome.clone().err();
-        }
-        if std::mem::take(&mut group.registry_changed) {
-            commits.registry_generation.fetch_add(1, Ordering::Release);
-        }
-        commits.tell_breaker_positions(&mut group);
-        if let Err(error) = outcome {
-            // Refused by sled: nothing of the group is in the tree; answer at once.
-            tracing::error!(message = "Store write failed; writes not acknowledged.", %error);
-            for complete in completions {
-                complete(Err(error.clone()));
-            }
-            continue;
-        }
-        if applied.send(completions).is_err() {
+        let next = seal(&mut group, completions);
+        let writes = Arc::clone(&next.writes);
+        // Returns once the journal thread takes it, which it does after it is done with the
+        // group before: that one is in the tree now, so only this one need be read from memory.
+        if sealed.send(next).is_err() {
             return;
+        }
+        group.inflight = writes;
+    }
+}
+
+/// Closes the group's writes for the journal; the committer's caches learn them.
+fn seal(group: &mut Group, completions: Vec<Completion>) -> Sealed {
+    let writes = std::mem::take(&mut group.pending);
+    for (key, value) in &writes {
+        group.registry_changed |= is_registry_key(key);
+        group.fingerprints.learn(key, value.as_ref());
+    }
+    group.cache.learn(std::mem::take(&mut group.faults));
+    Sealed {
+        writes: Arc::new(writes),
+        registry_changed: std::mem::take(&mut group.registry_changed),
+        breakers: std::mem::take(&mut group.breakers),
+        completions,
+    }
+}
+
+/// The second stage: per group, one journal record, then its writes applied to the tree, then
+/// its answers. Groups are answered in the order they were run, each only once its record is
+/// durable, so an acknowledged write is on disk. Between groups, the journal moves on to a new
+/// segment once the current one is big or old enough, and hands the closed one to
+/// [`checkpoint_loop`].
+fn journal_loop(
+    mut journal: Journal,
+    tree: &sled::Tree,
+    groups: &mpsc::Receiver<Sealed>,
+    closed: &mpsc::SyncSender<u64>,
+    commits: &Commits,
+) {
+    let mut segment_started = std::time::Instant::now();
+    let mut payload = Vec::new();
+    loop {
+        match groups.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(group) => {
+                let stored = make_durable(&mut journal, tree, &group, &mut payload, commits);
+                for complete in group.completions {
+                    complete(stored.clone());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        let after = commits.checkpoint_after_ms.load(Ordering::Relaxed);
+        let due = journal.len() >= CHECKPOINT_BYTES
+            || (!journal.is_empty() && segment_started.elapsed().as_millis() as u64 >= after);
+        if due && !commits.checkpointing.load(Ordering::Acquire) {
+            match journal.rotate() {
+                Ok(number) => {
+                    segment_started = std::time::Instant::now();
+                    commits.checkpointing.store(true, Ordering::Release);
+                    if closed.send(number).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let error = sync_error(&error, "starting a journal segment");
+                    tracing::error!(message = "Store journal cannot move to a new segment.", %error);
+                }
+            }
         }
     }
 }
 
-/// The second stage: one flush per group, then its answers. Groups are answered in the order
-/// they were applied, each only after a flush that began after it was applied, so an
-/// acknowledged write is on disk.
-fn flush_loop(db: &sled::Db, groups: &mpsc::Receiver<Vec<Completion>>, commits: &Commits) {
-    while let Ok(completions) = groups.recv() {
-        let started = std::time::Instant::now();
-        let flushed = db
-            .flush()
-            .map_err(io)
-            .and_then(|_| match commits.fsync.get() {
-                Some(log) => log
-                    .sync_data()
-                    .map_err(|e| sync_error(&e, "syncing the store's log")),
-                None => Ok(()),
-            });
-        crate::metrics::metrics().observe(
-            "phoenix_store_flush_seconds",
-            started.elapsed().as_secs_f64(),
-        );
-        commits.flushes.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = &flushed {
-            tracing::error!(message = "Store flush failed; writes not acknowledged.", %error);
-        }
-        *commits.failure.lock().unwrap_or_else(|p| p.into_inner()) = flushed.clone().err();
-        for complete in completions {
-            complete(flushed.clone());
+/// Writes one group's record to the journal, then applies its writes to the tree and tells
+/// readers what changed. After a failure, no group is applied any more (see
+/// [`Commits::failure`]).
+fn make_durable(
+    journal: &mut Journal,
+    tree: &sled::Tree,
+    group: &Sealed,
+    payload: &mut Vec<u8>,
+    commits: &Commits,
+) -> Result<(), StoreError> {
+    if let Some(failed) = commits
+        .failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        return Err(failed);
+    }
+    commits.flushes.fetch_add(1, Ordering::Relaxed);
+    if group.writes.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    payload.clear();
+    for (key, value) in group.writes.iter() {
+        match value {
+            Some(value) => crate::journal::encode_put(payload, key, value),
+            None => crate::journal::encode_remove(payload, key),
         }
     }
+    let stored = journal
+        .append(payload, commits.fsync.get().is_some())
+        .map_err(|e| sync_error(&e, "writing the store's journal"))
+        .inspect(|()| {
+            crate::metrics::metrics().observe(
+                "phoenix_store_flush_seconds",
+                started.elapsed().as_secs_f64(),
+            );
+        })
+        .and_then(|()| apply(tree, &group.writes));
+    if payload.capacity() > PAYLOAD_KEPT {
+        *payload = Vec::new();
+    }
+    if let Err(error) = &stored {
+        tracing::error!(message = "Store write failed; it is not acknowledged, and the store takes no more writes until phoenix restarts.", %error);
+        *commits.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+        commits.breaker_positions().clear();
+        return stored;
+    }
+    if group.registry_changed {
+        commits.registry_generation.fetch_add(1, Ordering::Release);
+    }
+    if !group.breakers.is_empty() {
+        let mut positions = commits.breaker_positions();
+        for (name, position) in &group.breakers {
+            positions.insert(name.clone(), Some(*position));
+        }
+    }
+    Ok(())
+}
+
+/// Largest journal payload buffer kept between groups.
+const PAYLOAD_KEPT: usize = 1 << 20;
+
+/// Applies journaled writes to the tree, key by key: a crash part-way is mended by replaying
+/// the journal at the next start.
+fn apply(tree: &sled::Tree, writes: &Pending) -> Result<(), StoreError> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => tree.insert(key.as_slice(), value.clone()),
+            None => tree.remove(key.as_slice()),
+        }
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The third stage: a checkpoint per closed journal segment: flushes sled (everything in the
+/// segment was applied before it closed, so the flush covers it), then deletes the segments it
+/// made redundant. A failed checkpoint keeps them (the next one that succeeds deletes them) and
+/// is reported by [`Store::problem`].
+fn checkpoint_loop(
+    db: &sled::Db,
+    journal_dir: &Path,
+    closed: &mpsc::Receiver<u64>,
+    commits: &Commits,
+) {
+    while let Ok(number) = closed.recv() {
+        let started = std::time::Instant::now();
+        let checkpoint = flush_tree(db, commits.fsync.get()).and_then(|()| {
+            crate::journal::remove_through(journal_dir, number)
+                .map_err(|e| sync_error(&e, "deleting checkpointed journal segments"))
+        });
+        crate::metrics::metrics().observe(
+            "phoenix_store_checkpoint_seconds",
+            started.elapsed().as_secs_f64(),
+        );
+        if let Err(error) = &checkpoint {
+            tracing::error!(message = "Store checkpoint failed; its journal is kept.", %error);
+        }
+        *commits
+            .checkpoint_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = checkpoint.err();
+        commits.checkpointing.store(false, Ordering::Release);
+    }
+}
+
+/// Makes everything applied to sled so far durable in sled's own files: its flush, and with
+/// `log` (`store_fsync`), an fdatasync of its log file.
+fn flush_tree(db: &sled::Db, log: Option<&std::fs::File>) -> Result<(), StoreError> {
+    db.flush().map_err(io)?;
+    match log {
+        Some(log) => log
+            .sync_data()
+            .map_err(|e| sync_error(&e, "syncing the store's log")),
+        None => Ok(()),
+    }
+}
+
+/// Replays the journal segments left in `dir` (by a phoenix that stopped before their
+/// checkpoint) onto `db`, makes that durable in sled's files and deletes them. Returns the
+/// number for the next segment: above every one seen, in case a deletion is not durable.
+fn replay_journal(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
+    let listing_error = |e: std::io::Error| sync_error(&e, "reading the store's journal");
+    if !dir.exists() {
+        std::fs::create_dir(dir).map_err(listing_error)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)
+                .and_then(|parent| parent.sync_all())
+                .map_err(listing_error)?;
+        }
+    }
+    let segments = crate::journal::segments(dir).map_err(listing_error)?;
+    let Some(&(last, _)) = segments.last() else {
+        return Ok(1);
+    };
+    let mut replayed = 0;
+    for (_, path) in &segments {
+        let bytes = std::fs::read(path).map_err(listing_error)?;
+        for payload in crate::journal::records(&bytes) {
+            let writes =
+                crate::journal::decode(payload).map_err(|message| StoreError::Corrupt {
+                    key: path.display().to_string(),
+                    message,
+                })?;
+            let mut batch = sled::Batch::default();
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.insert(key, value),
+                    None => batch.remove(key),
+                }
+            }
+            db.apply_batch(batch).map_err(io)?;
+            replayed += 1;
+        }
+    }
+    // Synced whatever `store_fsync` says: this happens once per start.
+    let log = std::fs::File::open(dir.with_file_name("db")).ok();
+    flush_tree(db, log.as_ref())?;
+    crate::journal::remove_through(dir, last).map_err(listing_error)?;
+    if replayed > 0 {
+        tracing::info!(
+            message = "Replayed the store's journal.",
+            records = replayed,
+            segments = segments.len()
+        );
+    }
+    Ok(last + 1)
 }
 
 #[cfg(test)]
@@ -2488,6 +2706,41 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn each_group_sees_the_writes_of_the_group_still_being_journaled() {
+        // Every report of one app reads and rewrites its open-fault count: a group that read
+        // the tree while the group before was still being synced would lose increments.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8 << 20)
+            .unwrap()
+            .fsync_each_flush()
+            .unwrap();
+        let store = Arc::new(store);
+        let (writers, reports_each) = (8, 40);
+        let tasks: Vec<_> = (0..writers)
+            .map(|writer| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..reports_each {
+                        let mut report = report("a");
+                        report.kind = format!("kind{writer}-{i}");
+                        let reported = store.report(report, Source::Api, None).await.unwrap();
+                        assert!(reported.created);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let groups = store.flushes();
+        assert!(
+            groups > 2,
+            "{groups} groups: none was in flight while the next ran"
+        );
+        assert_eq!(store.open_faults_of("a").unwrap(), writers * reports_each);
+    }
+
     #[tokio::test]
     async fn a_write_that_fails_leaves_nothing_while_its_group_commits() {
         let (_dir, store) = open();
@@ -2679,6 +2932,160 @@ mod tests {
         assert_eq!(
             (fault.app.as_str(), fault.source),
             ("prog", Source::Supervisor)
+        );
+    }
+
+    /// The journal segments of the store in `dir`, by name, with their contents.
+    fn journal_files(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("journal"))
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                (
+                    path.file_name().unwrap().to_owned(),
+                    std::fs::read(&path).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn put_journal_files(dir: &Path, files: &[(std::ffi::OsString, Vec<u8>)]) {
+        for (name, bytes) in files {
+            std::fs::write(dir.join("journal").join(name), bytes).unwrap();
+        }
+    }
+
+    /// Opens the store in `dir` again once the one before has let go of it.
+    fn reopen(dir: &Path) -> Store {
+        Store::open(dir, 8 << 20).unwrap()
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_are_replayed_from_the_journal_whatever_sled_kept() {
+        let (dir, store) = open();
+        store
+            .commits
+            .checkpoint_after_ms
+            .store(u64::MAX, Ordering::Relaxed);
+        let closed = reported(&store, "a").await;
+        store
+            .append_steps(
+                &closed.id,
+                closed.seq,
+                vec![(FaultState::Failed(FailReason::NoPolicy), "gave up".into())],
+                |_| {},
+            )
+            .await
+            .unwrap();
+        let open_fault = reported(&store, "b").await;
+        let now = Timestamp::now();
+        store
+            .update_breaker("b", move |b| b.trip("alice", "maintenance", now))
+            .await
+            .unwrap();
+        let written = store.snapshot().await.unwrap();
+        // What a crash leaves of the journal: every acknowledged record (nothing checkpointed).
+        let journal = journal_files(&dir.path().join("db"));
+        drop(store);
+
+        // Replayed onto a store that kept none of it: everything is back.
+        let empty = tempfile::tempdir().unwrap();
+        drop(reopen(&empty.path().join("db")));
+        put_journal_files(&empty.path().join("db"), &journal);
+        let recovered = reopen(&empty.path().join("db"));
+        assert_eq!(recovered.snapshot().await.unwrap(), written);
+        assert_eq!(
+            recovered.open_fault_ids().unwrap(),
+            vec![open_fault.id.clone()]
+        );
+        // ...and the replayed journal is gone, made durable in sled's own files.
+        assert!(
+            journal_files(&empty.path().join("db"))
+                .iter()
+                .all(|(_, bytes)| bytes.is_empty())
+        );
+        drop(recovered);
+        assert_eq!(
+            reopen(&empty.path().join("db")).snapshot().await.unwrap(),
+            written
+        );
+
+        // Replayed onto the store that kept all of it: nothing changes.
+        put_journal_files(&dir.path().join("db"), &journal);
+        assert_eq!(
+            reopen(&dir.path().join("db")).snapshot().await.unwrap(),
+            written
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_deletes_the_journal_it_made_redundant() {
+        let (dir, store) = open();
+        store
+            .commits
+            .checkpoint_after_ms
+            .store(0, Ordering::Relaxed);
+        let fault = reported(&store, "a").await;
+        let segments = || crate::journal::segments(&dir.path().join("db/journal")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // The segment that took the report is checkpointed within a second (the journal
+        // looks at least that often), leaving only the empty one after it.
+        while segments().first().map(|(number, _)| *number) == Some(1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint: {:?}",
+                segments()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(store.problem().is_none());
+        drop(store);
+        std::fs::remove_dir_all(dir.path().join("db/journal")).unwrap();
+        let reopened = reopen(&dir.path().join("db"));
+        assert_eq!(reopened.fault(&fault.id).unwrap().unwrap().app, "a");
+    }
+
+    #[test]
+    fn a_job_s_scan_shows_the_writes_not_yet_in_the_tree_over_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        for key in ["p/a", "p/b", "p/c", "q/z"] {
+            db.insert(key, key).unwrap();
+        }
+        let overlay: BTreeMap<Vec<u8>, Option<sled::IVec>> = [
+            ("p/0", Some("new p/0")),
+            ("p/b", None),
+            ("p/c", Some("new p/c")),
+            ("p/d", Some("new p/d")),
+            ("p/e", None),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.into(), value.map(sled::IVec::from)))
+        .collect();
+        let merged = Merged {
+            tree: db.scan_prefix("p/").peekable(),
+            overlay: overlay.into_iter().peekable(),
+        };
+        let seen: Vec<(String, String)> = merged
+            .map(|item| {
+                let (key, value) = item.unwrap();
+                let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).unwrap();
+                (text(&key), text(&value))
+            })
+            .collect();
+        let expected = [
+            ("p/0", "new p/0"),
+            ("p/a", "p/a"),
+            ("p/c", "new p/c"),
+            ("p/d", "new p/d"),
+        ];
+        assert_eq!(
+            seen,
+            expected
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .to_vec()
         );
     }
 
