@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 4 + 8;
@@ -156,6 +156,7 @@ impl Journal {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600) // it holds what the store holds
             .open(segment_path(dir, number))?;
         File::open(dir)?.sync_all()?;
         Ok(Journal {

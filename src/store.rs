@@ -287,7 +287,7 @@ struct Group {
 /// The fingerprint index (`fp/` keys: the open fault of each fingerprint) as the committer
 /// sees it, kept by the committer: a report's dedup lookup and a closing fault's release would
 /// otherwise search the tree, mostly for a key that is not there (two lookups per fault, ~5%
-/// of phoenix's CPU in P3). Loaded when the committer starts and learned from every applied
+/// of phoenix's CPU in P3). Loaded when the committer starts and learned from every sealed
 /// group, like [`FaultCache`]. Off (`None`: lookups go to the tree) once it would hold more
 /// than `FINGERPRINT_INDEX_MAX` open faults.
 #[derive(Default)]
@@ -341,8 +341,8 @@ impl FingerprintIndex {
 /// Open faults as the committer sees them, decoded: a transition reads its fault here instead
 /// of looking it up in sled and parsing its JSON (a third of the committer's time went there).
 /// Only the committer touches it, and it learns every write of a fault record when that
-/// write's group is sealed, so it never disagrees with what the committer reads. Bounded: cleared when full; ended faults
-/// are not kept (they are rarely written again).
+/// write's group is sealed, so it never disagrees with what the committer reads. Bounded:
+/// cleared when full; ended faults are not kept (they are rarely written again).
 #[derive(Default)]
 struct FaultCache(HashMap<Vec<u8>, Fault>);
 
@@ -428,8 +428,9 @@ impl Writer<'_> {
     }
 
     /// The fault record at `key`: from this group's writes, else the committer's cache, else
-    /// the group in flight or the tree. Taken out of the cache (a read is almost always followed by a write of the
-    /// fault, which the cache learns once applied): one copy fewer per transition.
+    /// the group in flight or the tree. Taken out of the cache (a read is almost always
+    /// followed by a write of the fault, which the cache learns once its group is sealed): one
+    /// copy fewer per transition.
     fn fault(&mut self, key: &[u8]) -> Result<Option<Fault>, StoreError> {
         if self.own.contains_key(key) || self.group.pending.contains_key(key) {
             return self.get(key);
@@ -894,14 +895,14 @@ impl Store {
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
         thread::Builder::new()
-            .name("phoenix-store-flush".into())
+            .name("phoenix-journal".into())
             .spawn({
                 let commits = Arc::clone(&commits);
                 move || journal_loop(journal, &tree, &to_journal, &closed, &commits)
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store's journal: {e}")))?;
         thread::Builder::new()
-            .name("phoenix-store-checkpoint".into())
+            .name("phoenix-checkpoint".into())
             .spawn({
                 let (db, commits) = (db.clone(), Arc::clone(&commits));
                 move || checkpoint_loop(&db, &journal_dir, &to_checkpoint, &commits)
@@ -1811,7 +1812,7 @@ fn journal_loop(
     loop {
         match groups.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(group) => {
-                let stored = make_durable(&mut journal, tree, &group, &mut payload, commits);
+                let stored = journal_then_apply(&mut journal, tree, &group, &mut payload, commits);
                 for complete in group.completions {
                     complete(stored.clone());
                 }
@@ -1843,7 +1844,7 @@ fn journal_loop(
 /// Writes one group's record to the journal, then applies its writes to the tree and tells
 /// readers what changed. After a failure, no group is applied any more (see
 /// [`Commits::failure`]).
-fn make_durable(
+fn journal_then_apply(
     journal: &mut Journal,
     tree: &sled::Tree,
     group: &Sealed,
