@@ -2,31 +2,42 @@
 //! deadline, limits, instantiate, `heal`, plan collected and parsed) against the floor, a bare
 //! wasmtime instantiate + call of an empty function with a default engine, in the same process.
 //!
-//! Prints `P4 patch_us floor_us empty_us` (means over the best of several rounds; `empty_us` is
-//! the sandbox running a patch that does nothing).
+//! Prints `P4 patch_us floor_us empty_us` (the best of several rounds each, the rounds of the
+//! three interleaved; `empty_us` is the sandbox running a patch that does nothing).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use phoenix::sandbox::{Limits, Sandbox};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const RUNS: u32 = 20_000;
 
-/// Best (lowest) mean over ROUNDS rounds of RUNS calls, in microseconds.
-fn best_mean(mut run: impl FnMut()) -> f64 {
-    for _ in 0..1000 {
-        run(); // warm-up
+/// Mean of one round of RUNS calls, in microseconds.
+fn round_mean(run: &mut dyn FnMut()) -> f64 {
+    let started = Instant::now();
+    for _ in 0..RUNS {
+        run();
     }
-    (0..ROUNDS)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..RUNS {
-                run();
-            }
-            started.elapsed().as_secs_f64() * 1e6 / f64::from(RUNS)
-        })
-        .fold(f64::INFINITY, f64::min)
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(RUNS)
+}
+
+/// Best (lowest) round mean of each of `runs`, their rounds interleaved: the machine's speed
+/// swings within seconds here, and measured one after the other, the floor and the patch could
+/// land in different swings (one such run printed a floor 1.7x its usual).
+fn best_means<const N: usize>(mut runs: [&mut dyn FnMut(); N]) -> [f64; N] {
+    for run in runs.iter_mut() {
+        for _ in 0..1000 {
+            run(); // warm-up
+        }
+    }
+    let mut best = [f64::INFINITY; N];
+    for _ in 0..ROUNDS {
+        for (run, best) in runs.iter_mut().zip(best.iter_mut()) {
+            *best = best.min(round_mean(*run));
+        }
+    }
+    best
 }
 
 fn main() {
@@ -41,12 +52,12 @@ fn main() {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let patch_us = best_mean(|| {
+    let mut patch = || {
         let plan = sandbox
             .run("disk-cleanup", &hash, &wasm, view.clone())
             .expect("plans");
         assert_eq!(plan.len(), 1);
-    });
+    };
 
     // The sandbox's own cost with nothing to do (empty heal, empty plan): what the isolation
     // (fresh store, fuel, deadline, limiter, pooled memory) costs before any patch logic.
@@ -55,22 +66,23 @@ fn main() {
     )
     .expect("valid");
     let empty_hash = blake3::hash(&empty).to_hex().to_string();
-    let empty_us = best_mean(|| {
+    let mut empty_patch = || {
         let plan = sandbox
             .run("empty", &empty_hash, &empty, BTreeMap::new())
             .expect("runs");
         assert!(plan.is_empty());
-    });
+    };
 
     let engine = wasmtime::Engine::default();
     let module = wasmtime::Module::new(&engine, r#"(module (func (export "f")))"#).expect("floor");
-    let floor_us = best_mean(|| {
+    let mut floor = || {
         let mut store = wasmtime::Store::new(&engine, ());
         let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instantiate");
         let f = instance
             .get_typed_func::<(), ()>(&mut store, "f")
             .expect("export");
         f.call(&mut store, ()).expect("call");
-    });
+    };
+    let [patch_us, floor_us, empty_us] = best_means([&mut patch, &mut floor, &mut empty_patch]);
     println!("P4 {patch_us:.2} {floor_us:.2} {empty_us:.2}");
 }
