@@ -176,9 +176,18 @@ impl Journal {
         if payload.is_empty() {
             return Ok(());
         }
+        let Ok(length) = u32::try_from(payload.len()) else {
+            // Only a restore of a store this large could come here; refused before writing.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes of writes are too many for one journal record",
+                    payload.len()
+                ),
+            ));
+        };
         self.frame.clear();
-        self.frame
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.frame.extend_from_slice(&length.to_le_bytes());
         self.frame.extend_from_slice(&checksum(payload));
         self.frame.extend_from_slice(payload);
         let written = self
