@@ -1823,7 +1823,14 @@ fn journal_loop(
         let after = commits.checkpoint_after_ms.load(Ordering::Relaxed);
         let due = journal.len() >= CHECKPOINT_BYTES
             || (!journal.is_empty() && segment_started.elapsed().as_millis() as u64 >= after);
-        if due && !commits.checkpointing.load(Ordering::Acquire) {
+        // Once a group failed, sled may hold part of it: its journal record must stay for
+        // the next start to replay, so nothing more is checkpointed.
+        let failed = commits
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if due && !failed && !commits.checkpointing.load(Ordering::Acquire) {
             match journal.rotate() {
                 Ok(number) => {
                     segment_started = std::time::Instant::now();
