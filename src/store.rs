@@ -935,7 +935,7 @@ impl Store {
     }
 
     /// Refuses new reports while the data dir has less than `bytes` free: a disk that fills up
-    /// then stops phoenix's intake, not its store (sled takes no writes at all after a flush
+    /// then stops phoenix's intake, not its store (which takes no writes at all after one
     /// fails for lack of space). Healing runs in flight keep writing into the reserve.
     pub fn keep_free(mut self, bytes: u64) -> Store {
         self.min_free_bytes = bytes;
@@ -1741,10 +1741,11 @@ impl Store {
         self.db.get(b"f/").err().map(|e| io(e).to_string())
     }
 
-    /// True when a write or flush failed for lack of space and the data dir has room again.
-    /// sled fails every write after such a failure until it is opened anew, and cannot be
-    /// reopened inside the process that hit it; so phoenix restarts (see `daemon::serve`): the
-    /// store then recovers to its last durable state, which holds everything acknowledged.
+    /// True when a write or checkpoint failed for lack of space and the data dir has room
+    /// again. The store takes no writes after such a failure until it is opened anew (see
+    /// `Commits::failure`), and sled cannot be reopened inside the process that hit it; so
+    /// phoenix restarts (see `daemon::serve`): the store then replays its journal to its last
+    /// durable state, which holds everything acknowledged.
     pub fn recovered_from_full_disk(&self) -> bool {
         let full = matches!(self.commits.failure(), Some(StoreError::DiskFull(_)));
         full && rustix::fs::statvfs(&self.dir)
