@@ -1810,10 +1810,24 @@ fn journal_loop(
 ) {
     let mut segment_started = std::time::Instant::now();
     let mut payload = Vec::new();
+    // This thread alone sets `Commits::failure`: its own copy spares a lock per group.
+    let mut failed: Option<StoreError> = None;
     loop {
         match groups.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(group) => {
-                let stored = journal_then_apply(&mut journal, tree, &group, &mut payload, commits);
+                let stored = match &failed {
+                    Some(error) => Err(error.clone()),
+                    None => journal_then_apply(&mut journal, tree, &group, &mut payload, commits),
+                };
+                if let Err(error) = &stored
+                    && failed.is_none()
+                {
+                    tracing::error!(message = "Store write failed; it is not acknowledged, and the store takes no more writes until phoenix restarts.", %error);
+                    *commits.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(error.clone());
+                    commits.breaker_positions().clear();
+                    failed = Some(error.clone());
+                }
                 for complete in group.completions {
                     complete(stored.clone());
                 }
@@ -1826,12 +1840,7 @@ fn journal_loop(
             || (!journal.is_empty() && segment_started.elapsed().as_millis() as u64 >= after);
         // Once a group failed, sled may hold part of it: its journal record must stay for
         // the next start to replay, so nothing more is checkpointed.
-        let failed = commits
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
-        if due && !failed && !commits.checkpointing.load(Ordering::Acquire) {
+        if due && failed.is_none() && !commits.checkpointing.load(Ordering::Acquire) {
             match journal.rotate() {
                 Ok(number) => {
                     segment_started = std::time::Instant::now();
@@ -1850,7 +1859,7 @@ fn journal_loop(
 }
 
 /// Writes one group's record to the journal, then applies its writes to the tree and tells
-/// readers what changed. After a failure, no group is applied any more (see
+/// readers what changed. After it fails once, [`journal_loop`] calls it no more (see
 /// [`Commits::failure`]).
 fn journal_then_apply(
     journal: &mut Journal,
@@ -1859,14 +1868,6 @@ fn journal_then_apply(
     payload: &mut Vec<u8>,
     commits: &Commits,
 ) -> Result<(), StoreError> {
-    if let Some(failed) = commits
-        .failure
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-    {
-        return Err(failed);
-    }
     commits.flushes.fetch_add(1, Ordering::Relaxed);
     if group.writes.is_empty() {
         return Ok(());
@@ -1892,12 +1893,7 @@ fn journal_then_apply(
     if payload.capacity() > PAYLOAD_KEPT {
         *payload = Vec::new();
     }
-    if let Err(error) = &stored {
-        tracing::error!(message = "Store write failed; it is not acknowledged, and the store takes no more writes until phoenix restarts.", %error);
-        *commits.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
-        commits.breaker_positions().clear();
-        return stored;
-    }
+    stored?;
     if group.registry_changed {
         commits.registry_generation.fetch_add(1, Ordering::Release);
     }
@@ -2006,17 +2002,17 @@ fn replay_journal(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
             replayed += 1;
         }
     }
-    // Synced whatever `store_fsync` says: this happens once per start.
-    let log = std::fs::File::open(dir.with_file_name("db")).ok();
-    flush_tree(db, log.as_ref())?;
-    crate::journal::remove_through(dir, last).map_err(listing_error)?;
     if replayed > 0 {
+        // Synced whatever `store_fsync` says: this happens once per start, after a crash.
+        let log = std::fs::File::open(dir.with_file_name("db")).ok();
+        flush_tree(db, log.as_ref())?;
         tracing::info!(
             message = "Replayed the store's journal.",
             records = replayed,
             segments = segments.len()
         );
     }
+    crate::journal::remove_through(dir, last).map_err(listing_error)?;
     Ok(last + 1)
 }
 
