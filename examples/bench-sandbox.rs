@@ -1,4 +1,4 @@
-//! P4 for `scripts/bench`: one warm patch run through phoenix's sandbox (fresh store, fuel,
+//! P4 for `scripts/bench`: one warm patch run through phoenix's sandbox (fresh instance, fuel,
 //! deadline, limits, instantiate, `heal`, plan collected and parsed) against the floor, a bare
 //! wasmtime instantiate + call of an empty function with a default engine, in the same process.
 //!
@@ -60,7 +60,7 @@ fn main() {
     };
 
     // The sandbox's own cost with nothing to do (empty heal, empty plan): what the isolation
-    // (fresh store, fuel, deadline, limiter, pooled memory) costs before any patch logic.
+    // (fresh instance, fuel, deadline, limiter, pooled memory) costs before any patch logic.
     let empty = phoenix::sandbox::wat_to_wasm(
         br#"(module (memory (export "memory") 1) (func (export "heal") (result i32) (i32.const 0)))"#,
     )

@@ -14,9 +14,16 @@
 //! call costs fuel: 100 units plus one per byte copied.
 //!
 //! The module must export `memory` and `heal: () -> i32` (0 means "plan ready"). Each run gets a
-//! fresh store with a fuel budget, a wall-clock deadline (epoch interruption), and memory and
-//! table caps; any excess, trap or bad host call fails that run with a precise [`RunError`] and
-//! leaves the daemon untouched. Compiled modules are cached on disk by content hash.
+//! fresh instance (its own memory, globals and table) with a fuel budget, a wall-clock deadline
+//! (epoch interruption), and memory and table caps; any excess, trap or bad host call fails that
+//! run with a precise [`RunError`] and leaves the daemon untouched. Compiled modules are cached
+//! on disk by content hash.
+//!
+//! A wasmtime store outlives its run when the run ended cleanly: the next runs instantiate into
+//! it (see `WarmStore`), which saves the store's creation and teardown (a third of a warm
+//! run). That keeps the isolation: a core wasm instance reaches nothing of another instance
+//! unless the host links them, and phoenix links only its three functions, which act on the
+//! current run's state alone.
 //!
 //! The daemon compiles patches in a short-lived child (`phoenix compile-patch`, the same binary,
 //! see [`Compiler`]): a module that crashes or exhausts the compiler cannot take the daemon down,
@@ -179,12 +186,27 @@ struct HostState {
     memory: Option<Memory>,
     failure: Option<RunError>,
     log_lines: u32,
-    /// Lines of a run that may yet be discarded (an inline run that hits its budget is run
-    /// again): logged only once the run is final.
-    held_logs: Option<Vec<String>>,
-    patch: String,
+    /// Lines the run logged, written to phoenix's log when it ends (those of an inline run
+    /// stopped at its budget are dropped: the run is made again).
+    logs: Vec<String>,
     /// Fuel the run used (also when it failed).
     fuel_used: u64,
+}
+
+impl HostState {
+    /// The state of a store between runs.
+    fn idle(limits: &Limits) -> HostState {
+        HostState {
+            fault: FaultView::new(),
+            plan: Vec::new(),
+            limits: limits.clone(),
+            memory: None,
+            failure: None,
+            log_lines: 0,
+            logs: Vec::new(),
+            fuel_used: 0,
+        }
+    }
 }
 
 impl ResourceLimiter for HostState {
@@ -220,16 +242,18 @@ impl ResourceLimiter for HostState {
         Ok(true)
     }
 
+    // Counted over the store's life, which spans up to `WARM_RUNS` runs; per module, the pool
+    // allows one memory and one table.
     fn instances(&self) -> usize {
-        1
+        WARM_RUNS as usize
     }
 
     fn tables(&self) -> usize {
-        4
+        WARM_RUNS as usize
     }
 
     fn memories(&self) -> usize {
-        1
+        WARM_RUNS as usize
     }
 }
 
@@ -242,8 +266,9 @@ pub struct Sandbox {
     compiler: Compiler,
     /// Compiled modules with their imports already resolved, by content hash.
     modules: Mutex<HashMap<String, Arc<Prepared>>>,
-    /// Runs at once, at most the pool's size (a run past it would fail to instantiate).
-    slots: Slots,
+    /// Live instances, at most the pool's size (one past it would fail to instantiate): each
+    /// run takes a slot, and a warm store keeps those of its runs until it is dropped.
+    pool: Pool,
     /// [`INLINE_WALL_TIME`], but for tests.
     inline_wall_time: Duration,
 }
@@ -298,12 +323,10 @@ pub enum Inline {
     Elsewhere(FaultView),
 }
 
-/// How a run is bounded and where its log lines go.
+/// How a run is bounded.
 struct Budget {
     fuel: u64,
     ticks: u64,
-    /// Hold log lines until the run is known to be final (inline runs).
-    hold_logs: bool,
 }
 
 /// Where patches are compiled (a run never compiles twice: see the on-disk cache).
@@ -327,60 +350,114 @@ const COMPILE_REFUSED: u8 = 65;
 /// it wait for a free slot: they are short (fuel and deadline bound them).
 const POOL_SLOTS: u32 = 64;
 
-/// A counting semaphore for blocking threads (runs happen on tokio's blocking pool). A slot
-/// given back wakes a thread only if one waits (a condvar notify is a syscall even with none).
-struct Slots {
-    count: Mutex<SlotCount>,
+/// Runs one store serves before it is dropped (with their instances). Eight save most of a
+/// store's cost (creation, module registration, teardown: ~0.4 us a run when each has its own)
+/// while bounding what a store keeps.
+const WARM_RUNS: u32 = 8;
+
+/// Warm stores kept at most. Their instances hold slots: at most
+/// `WARM_STORES * (WARM_RUNS - 1)` = 28 of the 64 while no run uses them, so runs never wait
+/// on idle stores.
+const WARM_STORES: usize = 4;
+
+/// A store whose memory is larger than this after its run is not kept: its instances keep
+/// their memory (what they touched of it) until the store is dropped.
+const WARM_MEMORY_MAX: usize = 128 << 10;
+
+/// A store that serves more than one run. Each run's instance stays in it until it is dropped,
+/// and keeps its slot until then.
+struct WarmStore {
+    store: Store<HostState>,
+    /// Slots of the instances of its finished runs.
+    kept_slots: u32,
+}
+
+/// The pooling allocator's instance slots, shared by the runs, and the warm stores that keep
+/// some of them; one lock for both, taken once as a run starts and once as it ends. A counting
+/// semaphore for blocking threads (runs happen on tokio's blocking pool): a slot given back
+/// wakes a thread only if one waits (a condvar notify is a syscall even with none).
+struct Pool {
+    state: Mutex<PoolState>,
     freed: std::sync::Condvar,
 }
 
-struct SlotCount {
+struct PoolState {
     free: u32,
     waiting: u32,
+    warm: Vec<WarmStore>,
 }
 
-struct Slot<'a>(&'a Slots);
+/// A run's claim on one slot, for its instance; given back when dropped.
+struct Slot<'a>(&'a Pool);
 
-impl Slots {
-    fn new(count: u32) -> Slots {
-        Slots {
-            count: Mutex::new(SlotCount {
-                free: count,
+impl Pool {
+    fn new(slots: u32) -> Pool {
+        Pool {
+            state: Mutex::new(PoolState {
+                free: slots,
                 waiting: 0,
+                warm: Vec::new(),
             }),
             freed: std::sync::Condvar::new(),
         }
     }
 
-    fn take(&self) -> Slot<'_> {
-        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        while count.free == 0 {
-            count.waiting += 1;
-            count = self.freed.wait(count).unwrap_or_else(|p| p.into_inner());
-            count.waiting -= 1;
-        }
-        count.free -= 1;
-        Slot(self)
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot if one is free now, without waiting.
-    fn try_take(&self) -> Option<Slot<'_>> {
-        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        if count.free == 0 {
+    /// A slot (waiting for one if none is free) and a warm store, if one is kept.
+    fn take(&self) -> (Slot<'_>, Option<WarmStore>) {
+        let mut state = self.lock();
+        while state.free == 0 {
+            state.waiting += 1;
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.waiting -= 1;
+        }
+        state.free -= 1;
+        (Slot(self), state.warm.pop())
+    }
+
+    /// A slot and a warm store (if one is kept), if a slot is free now, without waiting.
+    fn try_take(&self) -> Option<(Slot<'_>, Option<WarmStore>)> {
+        let mut state = self.lock();
+        if state.free == 0 {
             return None;
         }
-        count.free -= 1;
-        Some(Slot(self))
+        state.free -= 1;
+        Some((Slot(self), state.warm.pop()))
+    }
+
+    /// Ends a run in `warm`, whose instance has `slot`: keeps the store for the next runs if
+    /// `reusable`, it has room for another run and fewer than `WARM_STORES` are kept; else
+    /// drops it (outside the lock: that frees its instances) and then gives its slots back.
+    fn finish(&self, slot: Slot<'_>, mut warm: WarmStore, reusable: bool) {
+        std::mem::forget(slot); // counted in `kept_slots` from here on
+        warm.kept_slots += 1;
+        if reusable && warm.kept_slots < WARM_RUNS {
+            let mut state = self.lock();
+            if state.warm.len() < WARM_STORES {
+                state.warm.push(warm);
+                return;
+            }
+        }
+        let kept = warm.kept_slots;
+        drop(warm.store);
+        self.give_back(kept);
+    }
+
+    fn give_back(&self, count: u32) {
+        let mut state = self.lock();
+        state.free += count;
+        if state.waiting > 0 {
+            self.freed.notify_all();
+        }
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut count = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
-        count.free += 1;
-        if count.waiting > 0 {
-            self.0.freed.notify_one();
-        }
+        self.0.give_back(1);
     }
 }
 
@@ -507,11 +584,9 @@ fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::
     let (data, state) = memory.data_and_store_mut(&mut caller);
     state.log_lines += 1;
     if state.log_lines <= MAX_LOG_LINES {
-        let line = String::from_utf8_lossy(&data[range]);
-        match &mut state.held_logs {
-            Some(held) => held.push(line.into_owned()),
-            None => log_patch_line(&state.patch, &line),
-        }
+        state
+            .logs
+            .push(String::from_utf8_lossy(&data[range]).into_owned());
     }
     Ok(())
 }
@@ -576,7 +651,7 @@ impl Sandbox {
             cache_dir,
             compiler: Compiler::InProcess,
             modules: Mutex::new(HashMap::new()),
-            slots: Slots::new(POOL_SLOTS),
+            pool: Pool::new(POOL_SLOTS),
             inline_wall_time: INLINE_WALL_TIME,
         })
     }
@@ -771,11 +846,10 @@ impl Sandbox {
         let budget = Budget {
             fuel: self.limits.fuel,
             ticks: self.deadline_ticks(),
-            hold_logs: false,
         };
-        let slot = self.slots.take();
-        let (outcome, mut state) = self.execute(&module, patch, fault, &budget);
-        drop(slot);
+        let (slot, warm) = self.pool.take();
+        let (outcome, mut state) = self.execute(&module, fault, &budget, slot, warm);
+        Self::write_logs(patch, &mut state);
         Self::report_fuel(&state);
         self.finish(outcome, &mut state)
     }
@@ -799,7 +873,7 @@ impl Sandbox {
         if record.too_slow.load(Ordering::Relaxed) {
             return Inline::Elsewhere(fault);
         }
-        let Some(slot) = self.slots.try_take() else {
+        let Some((slot, warm)) = self.pool.try_take() else {
             return Inline::Elsewhere(fault);
         };
         let budget = Budget {
@@ -807,11 +881,9 @@ impl Sandbox {
             // The deadline is checked at ticks: two of them are 5 to 10 ms (fuel ends the run
             // long before, unless it waits in the host or the thread is preempted).
             ticks: self.deadline_ticks().min(2),
-            hold_logs: true,
         };
         let started = Instant::now();
-        let (outcome, mut state) = self.execute(&module, patch, fault, &budget);
-        drop(slot);
+        let (outcome, mut state) = self.execute(&module, fault, &budget, slot, warm);
         let result = self.finish(outcome, &mut state);
         let out_of_fuel = matches!(result, Err(RunError::OutOfFuel));
         let deadline = matches!(result, Err(RunError::Deadline(_)));
@@ -832,9 +904,7 @@ impl Sandbox {
         if out_of_fuel || deadline {
             return Inline::Elsewhere(state.fault);
         }
-        for line in state.held_logs.take().unwrap_or_default() {
-            log_patch_line(patch, &line);
-        }
+        Self::write_logs(patch, &mut state);
         Self::report_fuel(&state);
         Inline::Done(result)
     }
@@ -850,14 +920,15 @@ impl Sandbox {
         u64::try_from(ticks).unwrap_or(u64::MAX)
     }
 
-    /// Instantiates `module` in a fresh store bounded by `budget` and calls `heal`. The caller
-    /// holds a slot.
+    /// Instantiates `module` in `warm` (or a new store) bounded by `budget` and calls `heal`;
+    /// `slot` is the new instance's.
     fn execute(
         &self,
         module: &Prepared,
-        patch: &str,
         fault: FaultView,
         budget: &Budget,
+        slot: Slot<'_>,
+        warm: Option<WarmStore>,
     ) -> (wasmtime::Result<i32>, HostState) {
         let state = HostState {
             fault,
@@ -866,40 +937,64 @@ impl Sandbox {
             memory: None,
             failure: None,
             log_lines: 0,
-            held_logs: budget.hold_logs.then(Vec::new),
-            patch: patch.to_owned(),
+            logs: Vec::new(),
             fuel_used: 0,
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| state);
+        let mut warm = match warm {
+            Some(mut warm) => {
+                *warm.store.data_mut() = state;
+                warm
+            }
+            None => {
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|state| state);
+                store.epoch_deadline_trap();
+                WarmStore {
+                    store,
+                    kept_slots: 0,
+                }
+            }
+        };
+        let store = &mut warm.store;
         store.set_epoch_deadline(budget.ticks);
-        store.epoch_deadline_trap();
         let outcome = store.set_fuel(budget.fuel).and_then(|()| {
-            let instance = module.pre.instantiate(&mut store)?;
+            let instance = module.pre.instantiate(&mut *store)?;
             let export = |store: &mut Store<HostState>, index: &Option<ModuleExport>| {
                 index
                     .as_ref()
                     .and_then(|index| instance.get_module_export(&mut *store, index))
             };
             store.data_mut().memory =
-                export(&mut store, &module.memory).and_then(Extern::into_memory);
-            let heal = export(&mut store, &module.heal)
+                export(&mut *store, &module.memory).and_then(Extern::into_memory);
+            let heal = export(&mut *store, &module.heal)
                 .and_then(Extern::into_func)
                 .ok_or_else(|| wasmtime::Error::msg("the module exports no `heal: () -> i32`"))?;
             // SAFETY: `Prepared::heal` is only set for an export `heal` of type `() -> i32`
             // (see `Sandbox::module`), the type this call assumes. (The check `typed` makes
             // at every run was ~9% of a warm run.)
             #[allow(unsafe_code)]
-            let heal = unsafe { wasmtime::TypedFunc::<(), i32>::new_unchecked(&store, heal) };
-            heal.call(&mut store, ())
+            let heal = unsafe { wasmtime::TypedFunc::<(), i32>::new_unchecked(&*store, heal) };
+            heal.call(&mut *store, ())
         });
         // Fuel left tells how much the run used (also for runs that failed).
         let used = store
             .get_fuel()
             .map_or(0, |left| budget.fuel.saturating_sub(left));
-        let mut state = store.into_data(); // the instance goes back to the pool here
+        let mut state = std::mem::replace(store.data_mut(), HostState::idle(&self.limits));
         state.fuel_used = used;
+        // Only a clean run's store serves again (after a trap or a refused host call nothing
+        // of it is trusted; such runs are rare), and only if its instance keeps little memory.
+        let memory_bytes = state.memory.map_or(0, |memory| memory.data_size(&*store));
+        let reusable =
+            outcome.is_ok() && state.failure.is_none() && memory_bytes <= WARM_MEMORY_MAX;
+        self.pool.finish(slot, warm, reusable);
         (outcome, state)
+    }
+
+    fn write_logs(patch: &str, state: &mut HostState) {
+        for line in std::mem::take(&mut state.logs) {
+            log_patch_line(patch, &line);
+        }
     }
 
     fn report_fuel(state: &HostState) {
@@ -1265,10 +1360,74 @@ mod tests {
         let (_dir, sandbox) = sandbox(Limits::default());
         let wasm = module("", "", "(i32.const 0)");
         sandbox.prepare(&hash(&wasm), &wasm).unwrap();
-        let taken: Vec<Slot<'_>> = (0..POOL_SLOTS).map(|_| sandbox.slots.take()).collect();
+        let taken: Vec<_> = (0..POOL_SLOTS).map(|_| sandbox.pool.take()).collect();
         assert_eq!(inline(&sandbox, &wasm), None);
         drop(taken);
         assert_eq!(inline(&sandbox, &wasm), Some(Ok(Vec::new())));
+    }
+
+    /// Slots free now (taken and given back).
+    fn free_slots(sandbox: &Sandbox) -> usize {
+        let taken: Vec<_> = std::iter::from_fn(|| sandbox.pool.try_take()).collect();
+        let free = taken.len();
+        for (slot, warm) in taken {
+            sandbox.pool.lock().warm.extend(warm);
+            drop(slot);
+        }
+        free
+    }
+
+    #[test]
+    fn each_run_gets_a_fresh_instance_even_in_a_store_that_served_before() {
+        // A run that finds the marks of an earlier one (memory byte, global) declines.
+        let wasm = module(
+            "(global $ran (mut i32) (i32.const 0))",
+            "",
+            "(if (i32.or (global.get $ran) (i32.load8_u (i32.const 100)))
+                 (then (return (i32.const 7))))
+             (global.set $ran (i32.const 1))
+             (i32.store8 (i32.const 100) (i32.const 1))
+             (i32.const 0)",
+        );
+        let (_dir, sandbox) = sandbox(Limits::default());
+        for _ in 0..3 * WARM_RUNS {
+            assert_eq!(run(&sandbox, &wasm), Ok(Vec::new()));
+        }
+    }
+
+    #[test]
+    fn a_warm_store_holds_the_slots_of_the_instances_it_keeps_and_only_after_clean_runs() {
+        let (_dir, sandbox) = sandbox(Limits::default());
+        let clean = module("", "", "(i32.const 0)");
+        let trapping = module("", "", "unreachable");
+        assert_eq!(free_slots(&sandbox), POOL_SLOTS as usize);
+        for kept in 1..WARM_RUNS {
+            assert_eq!(run(&sandbox, &clean), Ok(Vec::new()));
+            assert_eq!(free_slots(&sandbox), (POOL_SLOTS - kept) as usize);
+        }
+        // The store has served its runs: dropped with its instances after the next one.
+        assert_eq!(run(&sandbox, &clean), Ok(Vec::new()));
+        assert_eq!(free_slots(&sandbox), POOL_SLOTS as usize);
+        // A run that traps is not followed by another in its store.
+        assert_eq!(run(&sandbox, &clean), Ok(Vec::new()));
+        assert!(run(&sandbox, &trapping).is_err());
+        assert_eq!(free_slots(&sandbox), POOL_SLOTS as usize);
+
+        // The count matches wasmtime's pool: with one store keeping three instances and every
+        // free slot taken, the pool has room for exactly as many instances as slots taken.
+        for _ in 0..3 {
+            assert_eq!(run(&sandbox, &clean), Ok(Vec::new()));
+        }
+        let taken: Vec<_> = std::iter::from_fn(|| sandbox.pool.try_take()).collect();
+        assert_eq!(taken.len(), POOL_SLOTS as usize - 3);
+        let prepared = sandbox.module(&hash(&clean), &clean).unwrap();
+        // (No limiter on this store: it may hold as many instances as the pool has room for.)
+        let mut store = Store::new(&sandbox.engine, HostState::idle(sandbox.limits()));
+        let mut instances = 0;
+        while instances <= POOL_SLOTS && prepared.pre.instantiate(&mut store).is_ok() {
+            instances += 1;
+        }
+        assert_eq!(instances as usize, taken.len());
     }
 
     #[test]
