@@ -6,6 +6,7 @@
 //! three interleaved; `empty_us` is the sandbox running a patch that does nothing).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use phoenix::sandbox::{Limits, Sandbox};
@@ -48,13 +49,15 @@ fn main() {
     let sandbox = Sandbox::new(Limits::default(), cache.path().to_owned()).expect("sandbox");
     let hash = blake3::hash(&wasm).to_hex().to_string();
     sandbox.prepare(&hash, &wasm).expect("compiles");
-    let view: BTreeMap<String, String> = [("app", "demo"), ("kind", "disk_full")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let view: Arc<BTreeMap<String, String>> = Arc::new(
+        [("app", "demo"), ("kind", "disk_full")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
     let mut patch = || {
         let plan = sandbox
-            .run("disk-cleanup", &hash, &wasm, view.clone())
+            .run("disk-cleanup", &hash, &wasm, Arc::clone(&view))
             .expect("plans");
         assert_eq!(plan.len(), 1);
     };
@@ -66,9 +69,10 @@ fn main() {
     )
     .expect("valid");
     let empty_hash = blake3::hash(&empty).to_hex().to_string();
+    let no_fields = Arc::new(BTreeMap::new());
     let mut empty_patch = || {
         let plan = sandbox
-            .run("empty", &empty_hash, &empty, BTreeMap::new())
+            .run("empty", &empty_hash, &empty, Arc::clone(&no_fields))
             .expect("runs");
         assert!(plan.is_empty());
     };

@@ -663,7 +663,7 @@ async fn shadow_run(state: &AppState, fault: &Fault) -> Result<serde_json::Value
     let Some(wasm) = state.store.patch_module(&record.hash)? else {
         return Ok(serde_json::Value::Null);
     };
-    let view = crate::patch::view_of(fault);
+    let view = Arc::new(crate::patch::view_of(fault));
     let sandbox = Arc::clone(&state.sandbox);
     let (name, hash) = (record.name.clone(), record.hash.clone());
     let outcome = tokio::task::spawn_blocking(move || sandbox.run(&name, &hash, &wasm, view))
@@ -1140,7 +1140,7 @@ async fn shadow_patch(
             .into_iter()
             .rev()
             .filter_map(|fault| {
-                let view = crate::patch::view_of(&fault);
+                let view = Arc::new(crate::patch::view_of(&fault));
                 let run = fault.run?;
                 let candidate = sandbox.run(&patch_name, &hash, &wasm, view);
                 let same = candidate.as_ref().is_ok_and(|plan| *plan == run.plan);

@@ -920,13 +920,17 @@ impl Engine {
     /// Runs the patch on this thread when the sandbox can bound the run tightly (most patches
     /// plan in microseconds); else, and for a run over that bound, gives the fault's view back
     /// to run it elsewhere.
-    fn plan_inline(&self, prepared: &Prepared, fault: &Fault) -> Result<PlanOutcome, FaultView> {
+    fn plan_inline(
+        &self,
+        prepared: &Prepared,
+        fault: &Fault,
+    ) -> Result<PlanOutcome, Arc<FaultView>> {
         let record = &prepared.record;
         let started = std::time::Instant::now();
         let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.parts
                 .sandbox
-                .run_inline(&record.name, &record.hash, view_of(fault))
+                .run_inline(&record.name, &record.hash, Arc::new(view_of(fault)))
         }));
         let outcome = match inline {
             Ok(Inline::Done(outcome)) => Ok(outcome),
@@ -941,7 +945,7 @@ impl Engine {
     async fn plan_elsewhere(
         &self,
         prepared: &Prepared,
-        view: FaultView,
+        view: Arc<FaultView>,
     ) -> Result<Result<PlanOutcome, Verdict>, EngineError> {
         let record = &prepared.record;
         let Some(wasm) = self.parts.store.patch_module(&record.hash)? else {

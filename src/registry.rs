@@ -97,7 +97,7 @@ pub fn evaluate(sandbox: &Sandbox, patch: &PatchSource) -> (Vec<String>, Vec<Tes
                 &patch.manifest.name,
                 &patch.hash,
                 &patch.wasm,
-                test.fault.view(),
+                std::sync::Arc::new(test.fault.view()),
             );
             let detail = match (&got, &test.expect_error) {
                 (Ok(plan), None) if *plan == test.expect => String::new(),

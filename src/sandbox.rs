@@ -179,7 +179,8 @@ fn kinds(types: impl Iterator<Item = ValType>) -> Vec<ValKind> {
 
 /// What one run may touch: the fault it reads and the plan it builds, plus what went wrong.
 struct HostState {
-    fault: FaultView,
+    /// None between runs.
+    fault: Option<Arc<FaultView>>,
     plan: Vec<Action>,
     limits: Limits,
     /// The instance's exported memory, once instantiated.
@@ -197,7 +198,7 @@ impl HostState {
     /// The state of a store between runs.
     fn idle(limits: &Limits) -> HostState {
         HostState {
-            fault: FaultView::new(),
+            fault: None,
             plan: Vec::new(),
             limits: limits.clone(),
             memory: None,
@@ -265,12 +266,36 @@ pub struct Sandbox {
     cache_dir: PathBuf,
     compiler: Compiler,
     /// Compiled modules with their imports already resolved, by content hash.
-    modules: Mutex<HashMap<String, Arc<Prepared>>>,
+    modules: Mutex<Modules>,
     /// Live instances, at most the pool's size (one past it would fail to instantiate): each
     /// run takes a slot, and a warm store keeps those of its runs until it is dropped.
     pool: Pool,
     /// [`INLINE_WALL_TIME`], but for tests.
     inline_wall_time: Duration,
+}
+
+/// Loaded modules by content hash.
+type Modules = HashMap<String, Arc<Prepared>, std::hash::BuildHasherDefault<DigestHasher>>;
+
+/// Hashes the map's keys, blake3 digests in hex, with a multiply per 8 bytes: SipHash, the
+/// default, was ~3% of a warm run for its resistance to chosen keys, which digests of the
+/// stored modules cannot be.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A module ready to run: imports resolved, and its exports looked up once (by index, not by
@@ -320,7 +345,7 @@ pub enum Inline {
     Done(Result<Vec<Action>, RunError>),
     /// Not run here (module not loaded, slow, or no free slot) or stopped at the inline budget:
     /// run it with [`Sandbox::run`] on a blocking thread. Gives the fault view back.
-    Elsewhere(FaultView),
+    Elsewhere(Arc<FaultView>),
 }
 
 /// How a run is bounded.
@@ -533,7 +558,8 @@ fn host_fault_get(
     let (data, state) = memory.data_and_store_mut(&mut caller);
     let Some(value) = state
         .fault
-        .get(String::from_utf8_lossy(&data[key]).as_ref())
+        .as_deref()
+        .and_then(|view| view.get(String::from_utf8_lossy(&data[key]).as_ref()))
     else {
         return Ok(-1);
     };
@@ -650,7 +676,7 @@ impl Sandbox {
             limits,
             cache_dir,
             compiler: Compiler::InProcess,
-            modules: Mutex::new(HashMap::new()),
+            modules: Mutex::new(Modules::default()),
             pool: Pool::new(POOL_SLOTS),
             inline_wall_time: INLINE_WALL_TIME,
         })
@@ -786,7 +812,7 @@ impl Sandbox {
             .ok_or_else(|| "the compiled module does not load into this engine".to_string())
     }
 
-    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Prepared>>> {
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, Modules> {
         // A panic while holding this lock cannot leave the map inconsistent: recover it.
         self.modules
             .lock()
@@ -840,7 +866,7 @@ impl Sandbox {
         patch: &str,
         hash: &str,
         wasm: &[u8],
-        fault: FaultView,
+        fault: Arc<FaultView>,
     ) -> Result<Vec<Action>, RunError> {
         let module = self.module(hash, wasm)?;
         let budget = Budget {
@@ -865,7 +891,7 @@ impl Sandbox {
     ///
     /// Saves the hop to a blocking thread and back (two thread wake-ups) for the usual patch,
     /// which plans in a few microseconds.
-    pub fn run_inline(&self, patch: &str, hash: &str, fault: FaultView) -> Inline {
+    pub fn run_inline(&self, patch: &str, hash: &str, fault: Arc<FaultView>) -> Inline {
         let Some(module) = self.lock_modules().get(hash).cloned() else {
             return Inline::Elsewhere(fault);
         };
@@ -883,7 +909,7 @@ impl Sandbox {
             ticks: self.deadline_ticks().min(2),
         };
         let started = Instant::now();
-        let (outcome, mut state) = self.execute(&module, fault, &budget, slot, warm);
+        let (outcome, mut state) = self.execute(&module, Arc::clone(&fault), &budget, slot, warm);
         let result = self.finish(outcome, &mut state);
         let out_of_fuel = matches!(result, Err(RunError::OutOfFuel));
         let deadline = matches!(result, Err(RunError::Deadline(_)));
@@ -902,7 +928,7 @@ impl Sandbox {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
         if out_of_fuel || deadline {
-            return Inline::Elsewhere(state.fault);
+            return Inline::Elsewhere(fault);
         }
         Self::write_logs(patch, &mut state);
         Self::report_fuel(&state);
@@ -925,13 +951,13 @@ impl Sandbox {
     fn execute(
         &self,
         module: &Prepared,
-        fault: FaultView,
+        fault: Arc<FaultView>,
         budget: &Budget,
         slot: Slot<'_>,
         warm: Option<WarmStore>,
     ) -> (wasmtime::Result<i32>, HostState) {
         let state = HostState {
-            fault,
+            fault: Some(fault),
             plan: Vec::new(),
             limits: self.limits.clone(),
             memory: None,
@@ -1214,7 +1240,7 @@ mod tests {
         let hash = blake3::hash(wasm).to_hex().to_string();
         let mut fault = FaultView::new();
         fault.insert("kind".into(), "disk_full".into());
-        sandbox.run("test", &hash, wasm, fault)
+        sandbox.run("test", &hash, wasm, Arc::new(fault))
     }
 
     const EXEC: &str = r#"{\"kind\":\"exec\",\"command\":\"cleanup\"}"#;
@@ -1250,7 +1276,7 @@ mod tests {
     fn inline(sandbox: &Sandbox, wasm: &[u8]) -> Option<Result<Vec<Action>, RunError>> {
         let mut fault = FaultView::new();
         fault.insert("kind".into(), "disk_full".into());
-        match sandbox.run_inline("test", &hash(wasm), fault) {
+        match sandbox.run_inline("test", &hash(wasm), Arc::new(fault)) {
             Inline::Done(outcome) => Some(outcome),
             Inline::Elsewhere(view) => {
                 assert_eq!(view.get("kind").map(String::as_str), Some("disk_full"));
@@ -1575,7 +1601,7 @@ mod tests {
         let sandbox = Sandbox::new(Limits::default(), dir.path().to_owned()).unwrap();
         // Loaded from the cache (the wasm passed is garbage, so compiling would fail).
         assert_eq!(
-            sandbox.run("t", &hash, b"not wasm", FaultView::new()),
+            sandbox.run("t", &hash, b"not wasm", Arc::new(FaultView::new())),
             Ok(vec![])
         );
     }
