@@ -139,6 +139,10 @@ struct Commits {
     /// sled's log file, when each journal record and checkpoint is to be synced
     /// (`store_fsync`).
     fsync: std::sync::OnceLock<std::fs::File>,
+    /// Tests: the next group's apply writes its first key only, then fails (as a sled write
+    /// error part-way through would), after its journal record is written.
+    #[cfg(test)]
+    fail_next_apply: std::sync::atomic::AtomicBool,
 }
 
 impl Commits {
@@ -1889,7 +1893,16 @@ fn journal_then_apply(
                 started.elapsed().as_secs_f64(),
             );
         })
-        .and_then(|()| apply(tree, &group.writes));
+        .and_then(|()| {
+            #[cfg(test)]
+            if commits.fail_next_apply.swap(false, Ordering::Relaxed) {
+                let first = group.writes.iter().take(1);
+                let first: Pending = first.map(|(k, v)| (k.clone(), v.clone())).collect();
+                apply(tree, &first)?;
+                return Err(StoreError::Io("injected apply failure".into()));
+            }
+            apply(tree, &group.writes)
+        });
     if payload.capacity() > PAYLOAD_KEPT {
         *payload = Vec::new();
     }
@@ -3023,6 +3036,47 @@ mod tests {
             reopen(&dir.path().join("db")).snapshot().await.unwrap(),
             written
         );
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_apply_fails_stops_the_store_and_is_replayed_whole_at_the_next_start() {
+        let (dir, store) = open();
+        // Checkpoints as often as possible: none may take the failed group's record away.
+        store
+            .commits
+            .checkpoint_after_ms
+            .store(0, Ordering::Relaxed);
+        let kept = reported(&store, "a").await;
+        store.commits.fail_next_apply.store(true, Ordering::Relaxed);
+        // A new fault is several keys (fault, history, fingerprint, open count): sled gets the
+        // first only.
+        let failed = store.report(report("b"), Source::Api, None).await;
+        assert!(failed.is_err(), "{failed:?}");
+        let refused = store.report(report("c"), Source::Api, None).await;
+        assert!(refused.is_err(), "a write after a failed one: {refused:?}");
+        assert!(store.problem().is_some_and(|p| p.contains("injected")));
+        drop(store);
+
+        // The journal holds the failed group whole (not acknowledged, but written): replayed,
+        // it is all there, and nothing after it is.
+        let recovered = reopen(&dir.path().join("db"));
+        assert_eq!(recovered.open_faults_of("a").unwrap(), 1);
+        assert_eq!(recovered.open_faults_of("b").unwrap(), 1);
+        assert_eq!(recovered.open_faults_of("c").unwrap(), 0);
+        let open = recovered.open_fault_ids().unwrap();
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(open.contains(&kept.id));
+        for id in &open {
+            let fault = recovered.fault(id).unwrap().expect("listed fault exists");
+            assert_eq!(recovered.history(id).unwrap().len(), 1, "{fault:?}");
+        }
+        // A repeat of b counts an occurrence of the replayed fault.
+        let repeat = recovered
+            .report(report("b"), Source::Api, None)
+            .await
+            .unwrap();
+        assert!(!repeat.created);
+        assert_eq!(repeat.fault.occurrences, 2);
     }
 
     #[tokio::test]
