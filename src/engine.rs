@@ -11,7 +11,7 @@
 //! - One fault is driven by at most one task at a time (the in-flight set); at most `workers`
 //!   faults are driven at once (a semaphore).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -149,12 +149,43 @@ struct Engine {
     parts: EngineParts,
     /// The engine's own queue, for wake-ups it schedules (approval expiry).
     queue: mpsc::UnboundedSender<Work>,
-    in_flight: Mutex<HashSet<String>>,
+    in_flight: Mutex<InFlight>,
     workers: Arc<Semaphore>,
     /// Policy snapshots known to be in the store, by hash (see [`Engine::keep_policy`]).
     policies: Mutex<HashMap<String, Arc<Policy>>>,
     /// HTTP verification probes, shared by faults verifying the same URL at once.
     probes: HttpProbes,
+}
+
+/// The faults being driven. One is driven by one task at a time; a request to drive it that
+/// comes meanwhile (an approval written while the task reads the fault) is not dropped but
+/// remembered, and the fault is driven again, read afresh, once the task is done: else the
+/// task could have read the fault just before the change, and nothing would act on it.
+#[derive(Default)]
+struct InFlight {
+    /// Fault id -> whether it is to be driven again.
+    driving: HashMap<String, bool>,
+}
+
+impl InFlight {
+    /// Whether to start driving `id` now (else it is driven again after the current task).
+    fn start(&mut self, id: &str) -> bool {
+        match self.driving.get_mut(id) {
+            Some(again) => {
+                *again = true;
+                false
+            }
+            None => {
+                self.driving.insert(id.to_owned(), false);
+                true
+            }
+        }
+    }
+
+    /// The task driving `id` is done: whether to drive it again.
+    fn finish(&mut self, id: &str) -> bool {
+        self.driving.remove(id).unwrap_or(false)
+    }
 }
 
 /// Starts the engine's dispatcher and enqueues every open fault (crash recovery).
@@ -166,7 +197,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
         workers: Arc::new(Semaphore::new(parts.workers)),
         probes: HttpProbes::new(parts.http.clone()),
         parts,
-        in_flight: Mutex::new(HashSet::new()),
+        in_flight: Mutex::new(InFlight::default()),
         policies: Mutex::new(HashMap::new()),
     });
     if !open.is_empty() {
@@ -185,7 +216,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
                     continue;
                 }
             };
-            if !engine.lock_in_flight().insert(id.clone()) {
+            if !engine.lock_in_flight().start(&id) {
                 continue;
             }
             let Ok(permit) = Arc::clone(&engine.workers).acquire_owned().await else {
@@ -196,8 +227,10 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
             tokio::spawn(
                 async move {
                     engine.drive(&id, written.map(|fault| *fault)).await;
-                    engine.lock_in_flight().remove(&id);
                     drop(permit);
+                    if engine.lock_in_flight().finish(&id) {
+                        let _ = engine.queue.send(Work::Drive(id, None));
+                    }
                 }
                 .instrument(span),
             );
@@ -508,7 +541,7 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
         // The set stays consistent even if a holder panicked: recover it.
         self.in_flight
             .lock()
@@ -1381,5 +1414,25 @@ impl Engine {
                     .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+
+    #[test]
+    fn a_request_to_drive_a_fault_being_driven_drives_it_again_afterwards() {
+        let mut in_flight = InFlight::default();
+        assert!(in_flight.start("a"));
+        assert!(in_flight.start("b"));
+        // An approval of `a` is written while its task runs: not now, but after.
+        assert!(!in_flight.start("a"));
+        assert!(!in_flight.start("a"));
+        assert!(in_flight.finish("a"), "the request made meanwhile is kept");
+        assert!(!in_flight.finish("b"), "nothing asked for `b` meanwhile");
+        // The second drive of `a` starts afresh, and nothing more follows it.
+        assert!(in_flight.start("a"));
+        assert!(!in_flight.finish("a"));
     }
 }
