@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::policy::Capabilities;
 
 /// One thing a patch asks phoenix to do. The wire form is internally tagged:
-/// `{"kind": "exec", "command": "cleanup"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+/// `{"kind": "exec", "command": "cleanup"}` (read by hand: see `ActionVisitor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
     /// Run a command declared in the policy, by name. Its argv is fixed by the policy.
     Exec { command: String },
@@ -42,6 +42,159 @@ pub enum Action {
 
 fn default_method() -> String {
     "POST".into()
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
+        deserializer.deserialize_map(ActionVisitor)
+    }
+}
+
+/// Reads an action. serde's derive for an internally tagged enum buffers the whole object
+/// before it reads the tag (a third of an action's parse, which every patch run pays); this
+/// reads `kind` first when it comes first, as phoenix writes it and patches do, and the other
+/// fields straight into the variant's. Only an object whose `kind` comes later is buffered.
+/// Unknown, missing and duplicate fields are refused either way.
+struct ActionVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ActionVisitor {
+    type Value = Action;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an action object with a `kind`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Action, A::Error> {
+        use serde::de::Error;
+        let first = match map.next_key::<FirstKey>()? {
+            None => return Err(A::Error::missing_field("kind")),
+            Some(FirstKey::Kind) => {
+                let kind = map.next_value()?;
+                return fields_of(kind, serde::de::value::MapAccessDeserializer::new(map));
+            }
+            Some(FirstKey::Other(key)) => key,
+        };
+        let mut buffered = serde_json::Map::new();
+        buffered.insert(first, map.next_value()?);
+        while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+            if buffered.contains_key(&key) {
+                return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
+            }
+            buffered.insert(key, value);
+        }
+        let kind = buffered
+            .remove("kind")
+            .ok_or_else(|| A::Error::missing_field("kind"))?;
+        let kind = ActionKind::deserialize(kind).map_err(A::Error::custom)?;
+        fields_of(kind, serde_json::Value::Object(buffered)).map_err(A::Error::custom)
+    }
+}
+
+/// An action object's first key: `kind`, or another (kept, for the buffered path).
+enum FirstKey {
+    Kind,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for FirstKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FirstKey, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = FirstKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<FirstKey, E> {
+                Ok(match key {
+                    "kind" => FirstKey::Kind,
+                    other => FirstKey::Other(other.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ActionKind {
+    Exec,
+    Restart,
+    Signal,
+    WriteFile,
+    Http,
+}
+
+/// The fields of an action of `kind` (all but `kind`), from `fields`.
+fn fields_of<'de, D: serde::Deserializer<'de>>(
+    kind: ActionKind,
+    fields: D,
+) -> Result<Action, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Exec {
+        command: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Restart {
+        program: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Signal {
+        program: String,
+        signal: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WriteFile {
+        path: String,
+        content: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Http {
+        #[serde(default = "default_method")]
+        method: String,
+        url: String,
+        #[serde(default)]
+        body: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    }
+    Ok(match kind {
+        ActionKind::Exec => {
+            let Exec { command } = Exec::deserialize(fields)?;
+            Action::Exec { command }
+        }
+        ActionKind::Restart => {
+            let Restart { program } = Restart::deserialize(fields)?;
+            Action::Restart { program }
+        }
+        ActionKind::Signal => {
+            let Signal { program, signal } = Signal::deserialize(fields)?;
+            Action::Signal { program, signal }
+        }
+        ActionKind::WriteFile => {
+            let WriteFile { path, content } = WriteFile::deserialize(fields)?;
+            Action::WriteFile { path, content }
+        }
+        ActionKind::Http => {
+            let Http {
+                method,
+                url,
+                body,
+                headers,
+            } = Http::deserialize(fields)?;
+            Action::Http {
+                method,
+                url,
+                body,
+                headers,
+            }
+        }
+    })
 }
 
 impl Action {
@@ -479,6 +632,128 @@ mod tests {
             check(&[with("X-Request-Id", "abc\tdef")], &caps(), Path::new("/")),
             Ok(())
         );
+    }
+
+    /// Every kind of action, with every field set.
+    fn one_of_each() -> Vec<Action> {
+        vec![
+            Action::Exec {
+                command: "cleanup".into(),
+            },
+            Action::Restart {
+                program: "web".into(),
+            },
+            Action::Signal {
+                program: "web".into(),
+                signal: "HUP".into(),
+            },
+            Action::WriteFile {
+                path: "conf/a".into(),
+                content: "x = \"1\"\n".into(),
+            },
+            Action::Http {
+                method: "PUT".into(),
+                url: "http://127.0.0.1:9000/admin/x".into(),
+                body: Some("{}".into()),
+                headers: [("x-a".to_string(), "1".to_string())].into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn an_action_reads_back_whatever_the_order_of_its_fields() {
+        for action in one_of_each() {
+            let written = serde_json::to_value(&action).unwrap();
+            let serde_json::Value::Object(fields) = written else {
+                panic!("not an object")
+            };
+            // As written (`kind` first), with `kind` last, in TOML, and from a value.
+            let kind_first = serde_json::to_string(&action).unwrap();
+            assert!(kind_first.starts_with(r#"{"kind":"#), "{kind_first}");
+            let mut reordered: Vec<(&str, &serde_json::Value)> = fields
+                .iter()
+                .filter(|(k, _)| *k != "kind")
+                .map(|(k, v)| (k.as_str(), v))
+                .collect();
+            reordered.push(("kind", &fields["kind"]));
+            let kind_last = format!(
+                "{{{}}}",
+                reordered
+                    .iter()
+                    .map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            assert!(kind_last.ends_with(&format!(r#""kind":{}}}"#, fields["kind"])));
+            for text in [&kind_first, &kind_last] {
+                assert_eq!(
+                    serde_json::from_str::<Action>(text).unwrap(),
+                    action,
+                    "{text}"
+                );
+            }
+            let toml = toml::to_string(&action).unwrap();
+            assert_eq!(toml::from_str::<Action>(&toml).unwrap(), action, "{toml}");
+            let value = serde_json::Value::Object(fields);
+            assert_eq!(serde_json::from_value::<Action>(value).unwrap(), action);
+        }
+        // Defaults of an HTTP call, either way round.
+        for text in [
+            r#"{"kind":"http","url":"http://h/"}"#,
+            r#"{"url":"http://h/","kind":"http"}"#,
+        ] {
+            assert_eq!(
+                serde_json::from_str::<Action>(text).unwrap(),
+                http("http://h/")
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_action_is_refused_whatever_the_order_of_its_fields() {
+        for (text, why) in [
+            (
+                r#"{"kind":"exec","command":"a","argv":[]}"#,
+                "unknown field `argv`",
+            ),
+            (
+                r#"{"argv":[],"kind":"exec","command":"a"}"#,
+                "unknown field `argv`",
+            ),
+            (
+                r#"{"kind":"exec","command":"a","command":"b"}"#,
+                "duplicate field `command`",
+            ),
+            (
+                r#"{"command":"a","command":"b","kind":"exec"}"#,
+                "duplicate field `command`",
+            ),
+            (
+                r#"{"kind":"exec","command":"a","kind":"exec"}"#,
+                "unknown field `kind`",
+            ),
+            (
+                r#"{"command":"a","kind":"exec","kind":"exec"}"#,
+                "duplicate field `kind`",
+            ),
+            (r#"{"kind":"exec"}"#, "missing field `command`"),
+            (r#"{"command":"a"}"#, "missing field `kind`"),
+            (r#"{}"#, "missing field `kind`"),
+            (r#"{"kind":"format_disk"}"#, "unknown variant `format_disk`"),
+            (
+                r#"{"command":"a","kind":"format_disk"}"#,
+                "unknown variant `format_disk`",
+            ),
+            (r#"{"kind":7,"command":"a"}"#, "expected value"),
+            (r#"{"kind":"exec","command":7}"#, "invalid type"),
+            (r#"["exec","a"]"#, "invalid type"),
+            (r#""exec""#, "invalid type"),
+        ] {
+            let error = serde_json::from_str::<Action>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(why), "{text}: {error}");
+        }
     }
 
     #[test]

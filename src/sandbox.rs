@@ -375,15 +375,16 @@ const COMPILE_REFUSED: u8 = 65;
 /// it wait for a free slot: they are short (fuel and deadline bound them).
 const POOL_SLOTS: u32 = 64;
 
-/// Runs one store serves before it is dropped (with their instances). Eight save most of a
-/// store's cost (creation, module registration, teardown: ~0.4 us a run when each has its own)
-/// while bounding what a store keeps.
-const WARM_RUNS: u32 = 8;
+/// Runs one store serves before it is dropped (with their instances): a store's own cost
+/// (creation, module registration, teardown) was ~0.4 us a run when each run had its own; 16
+/// runs share it, while what a store keeps stays bounded.
+const WARM_RUNS: u32 = 16;
 
-/// Warm stores kept at most. Their instances hold slots: at most
-/// `WARM_STORES * (WARM_RUNS - 1)` = 28 of the 64 while no run uses them, so runs never wait
-/// on idle stores.
-const WARM_STORES: usize = 4;
+/// Warm stores kept at most (one per engine thread runs inline; others make their own).
+/// Their instances hold slots: at most `WARM_STORES * (WARM_RUNS - 1)` = 30 of the 64 while no
+/// run uses them, so runs never wait on idle stores.
+const WARM_STORES: usize = 2;
+const _: () = assert!(WARM_STORES as u32 * (WARM_RUNS - 1) <= POOL_SLOTS / 2);
 
 /// A store whose memory is larger than this after its run is not kept: its instances keep
 /// their memory (what they touched of it) until the store is dropped.
@@ -609,7 +610,8 @@ fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::
     let (memory, range) = checked_range(&mut caller, ptr, len, 1024)?;
     let (data, state) = memory.data_and_store_mut(&mut caller);
     state.log_lines += 1;
-    if state.log_lines <= MAX_LOG_LINES {
+    // Kept only if phoenix's log takes patch lines at all (the level of `log_patch_line`).
+    if state.log_lines <= MAX_LOG_LINES && tracing::enabled!(tracing::Level::INFO) {
         state
             .logs
             .push(String::from_utf8_lossy(&data[range]).into_owned());
