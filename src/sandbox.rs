@@ -487,6 +487,20 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Slots to give back when dropped.
+struct GiveBack<'a> {
+    pool: &'a Pool,
+    slots: u32,
+}
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        if self.slots > 0 {
+            self.pool.give_back(self.slots);
+        }
+    }
+}
+
 /// Epoch tick length: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -609,6 +623,8 @@ fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::
     // The line must lie in the module's memory; only its first KiB is kept.
     let (memory, range) = checked_range(&mut caller, ptr, len, 1024)?;
     let (data, state) = memory.data_and_store_mut(&mut caller);
+    #[cfg(test)]
+    assert_ne!(&data[range.clone()], b"test: panic", "a run that panics");
     state.log_lines += 1;
     // Kept only if phoenix's log takes patch lines at all (the level of `log_patch_line`).
     if state.log_lines <= MAX_LOG_LINES && tracing::enabled!(tracing::Level::INFO) {
@@ -968,6 +984,12 @@ impl Sandbox {
             logs: Vec::new(),
             fuel_used: 0,
         };
+        // If the run panics, the store is dropped unfinished: the slots of its earlier runs'
+        // instances are given back then (after the store: locals drop in reverse order).
+        let mut kept_on_unwind = GiveBack {
+            pool: &self.pool,
+            slots: 0,
+        };
         let mut warm = match warm {
             Some(mut warm) => {
                 *warm.store.data_mut() = state;
@@ -983,6 +1005,7 @@ impl Sandbox {
                 }
             }
         };
+        kept_on_unwind.slots = warm.kept_slots;
         let store = &mut warm.store;
         store.set_epoch_deadline(budget.ticks);
         let outcome = store.set_fuel(budget.fuel).and_then(|()| {
@@ -1015,6 +1038,7 @@ impl Sandbox {
         let memory_bytes = state.memory.map_or(0, |memory| memory.data_size(&*store));
         let reusable =
             outcome.is_ok() && state.failure.is_none() && memory_bytes <= WARM_MEMORY_MAX;
+        kept_on_unwind.slots = 0; // `finish` accounts for them
         self.pool.finish(slot, warm, reusable);
         (outcome, state)
     }
@@ -1456,6 +1480,26 @@ mod tests {
             instances += 1;
         }
         assert_eq!(instances as usize, taken.len());
+    }
+
+    #[test]
+    fn a_run_that_panics_gives_back_the_slots_of_its_store() {
+        let (_dir, sandbox) = sandbox(Limits::default());
+        let clean = module("", "", "(i32.const 0)");
+        let panics = module(
+            r#"(import "phoenix" "log" (func $log (param i32 i32)))"#,
+            "test: panic",
+            "(call $log (i32.const 0) (i32.const 11)) (i32.const 0)",
+        );
+        for _ in 0..3 {
+            assert_eq!(run(&sandbox, &clean), Ok(Vec::new()));
+        }
+        assert_eq!(free_slots(&sandbox), POOL_SLOTS as usize - 3);
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&sandbox, &panics)));
+        assert!(panicked.is_err());
+        assert_eq!(free_slots(&sandbox), POOL_SLOTS as usize);
+        assert_eq!(run(&sandbox, &clean), Ok(Vec::new()));
     }
 
     #[test]
