@@ -56,6 +56,12 @@ impl Events {
         let _ = self.sender.send(event);
     }
 
+    /// Whether anything receives events now (an event stream or a webhook): an event
+    /// published when nothing does is dropped, so callers may skip building it.
+    pub fn listened_to(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<PushEvent> {
         self.sender.subscribe()
     }
