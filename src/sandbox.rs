@@ -413,8 +413,20 @@ struct PoolState {
     warm: Vec<WarmStore>,
 }
 
-/// A run's claim on one slot, for its instance; given back when dropped.
-struct Slot<'a>(&'a Pool);
+/// Slots held, given back when dropped: a run's one slot for its instance, or those of a warm
+/// store's earlier instances while a run uses it.
+struct Slots<'a> {
+    pool: &'a Pool,
+    count: u32,
+}
+
+impl Drop for Slots<'_> {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            self.pool.give_back(self.count);
+        }
+    }
+}
 
 impl Pool {
     fn new(slots: u32) -> Pool {
@@ -433,7 +445,7 @@ impl Pool {
     }
 
     /// A slot (waiting for one if none is free) and a warm store, if one is kept.
-    fn take(&self) -> (Slot<'_>, Option<WarmStore>) {
+    fn take(&self) -> (Slots<'_>, Option<WarmStore>) {
         let mut state = self.lock();
         while state.free == 0 {
             state.waiting += 1;
@@ -441,25 +453,25 @@ impl Pool {
             state.waiting -= 1;
         }
         state.free -= 1;
-        (Slot(self), state.warm.pop())
+        (self.one_slot(), state.warm.pop())
     }
 
     /// A slot and a warm store (if one is kept), if a slot is free now, without waiting.
-    fn try_take(&self) -> Option<(Slot<'_>, Option<WarmStore>)> {
+    fn try_take(&self) -> Option<(Slots<'_>, Option<WarmStore>)> {
         let mut state = self.lock();
         if state.free == 0 {
             return None;
         }
         state.free -= 1;
-        Some((Slot(self), state.warm.pop()))
+        Some((self.one_slot(), state.warm.pop()))
     }
 
     /// Ends a run in `warm`, whose instance has `slot`: keeps the store for the next runs if
     /// `reusable`, it has room for another run and fewer than `WARM_STORES` are kept; else
     /// drops it (outside the lock: that frees its instances) and then gives its slots back.
-    fn finish(&self, slot: Slot<'_>, mut warm: WarmStore, reusable: bool) {
-        std::mem::forget(slot); // counted in `kept_slots` from here on
-        warm.kept_slots += 1;
+    fn finish(&self, mut slot: Slots<'_>, mut warm: WarmStore, reusable: bool) {
+        // Counted in `kept_slots` from here on.
+        warm.kept_slots += std::mem::take(&mut slot.count);
         if reusable && warm.kept_slots < WARM_RUNS {
             let mut state = self.lock();
             if state.warm.len() < WARM_STORES {
@@ -472,31 +484,19 @@ impl Pool {
         self.give_back(kept);
     }
 
+    /// One slot just taken from the count (under the lock).
+    fn one_slot(&self) -> Slots<'_> {
+        Slots {
+            pool: self,
+            count: 1,
+        }
+    }
+
     fn give_back(&self, count: u32) {
         let mut state = self.lock();
         state.free += count;
         if state.waiting > 0 {
             self.freed.notify_all();
-        }
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.give_back(1);
-    }
-}
-
-/// Slots to give back when dropped.
-struct GiveBack<'a> {
-    pool: &'a Pool,
-    slots: u32,
-}
-
-impl Drop for GiveBack<'_> {
-    fn drop(&mut self) {
-        if self.slots > 0 {
-            self.pool.give_back(self.slots);
         }
     }
 }
@@ -971,24 +971,18 @@ impl Sandbox {
         module: &Prepared,
         fault: Arc<FaultView>,
         budget: &Budget,
-        slot: Slot<'_>,
+        slot: Slots<'_>,
         warm: Option<WarmStore>,
     ) -> (wasmtime::Result<i32>, HostState) {
         let state = HostState {
             fault: Some(fault),
-            plan: Vec::new(),
-            limits: self.limits.clone(),
-            memory: None,
-            failure: None,
-            log_lines: 0,
-            logs: Vec::new(),
-            fuel_used: 0,
+            ..HostState::idle(&self.limits)
         };
         // If the run panics, the store is dropped unfinished: the slots of its earlier runs'
         // instances are given back then (after the store: locals drop in reverse order).
-        let mut kept_on_unwind = GiveBack {
+        let mut kept_on_unwind = Slots {
             pool: &self.pool,
-            slots: 0,
+            count: 0,
         };
         let mut warm = match warm {
             Some(mut warm) => {
@@ -1005,7 +999,7 @@ impl Sandbox {
                 }
             }
         };
-        kept_on_unwind.slots = warm.kept_slots;
+        kept_on_unwind.count = warm.kept_slots;
         let store = &mut warm.store;
         store.set_epoch_deadline(budget.ticks);
         let outcome = store.set_fuel(budget.fuel).and_then(|()| {
@@ -1038,7 +1032,7 @@ impl Sandbox {
         let memory_bytes = state.memory.map_or(0, |memory| memory.data_size(&*store));
         let reusable =
             outcome.is_ok() && state.failure.is_none() && memory_bytes <= WARM_MEMORY_MAX;
-        kept_on_unwind.slots = 0; // `finish` accounts for them
+        kept_on_unwind.count = 0; // `finish` accounts for them
         self.pool.finish(slot, warm, reusable);
         (outcome, state)
     }
