@@ -264,6 +264,14 @@ struct Sealed {
 }
 type Job = Box<dyn FnOnce(&sled::Tree, &mut Group) -> Completion + Send>;
 
+/// What the committer is told: a job to run, that the journal thread is done with the group
+/// it had (applied: the committer may hand it the next), or that the store was dropped.
+enum Work {
+    Job(Job),
+    JournalFree,
+    Close,
+}
+
 /// Writes not yet in sled, by key (`None`: removed): a group's, journaled as one record.
 type Pending = BTreeMap<Vec<u8>, Option<sled::IVec>>;
 
@@ -835,7 +843,7 @@ pub struct Store {
     /// Most open faults one app may have; a new one past it is refused.
     max_open_per_app: u64,
     db: sled::Db,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Work>,
     commits: Arc<Commits>,
     dir: std::path::PathBuf,
     min_free_bytes: u64,
@@ -843,6 +851,14 @@ pub struct Store {
     /// Until when (ms after `opened`) the disk is known to have room (see `check_free_space`).
     plenty_until: AtomicU64,
     registry: std::sync::Mutex<RegistryCache>,
+}
+
+impl Drop for Store {
+    /// Lets the committer end once it has run every job sent before (the journal thread holds
+    /// a sender too, so the channel alone would not tell it).
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Work::Close);
+    }
 }
 
 impl Store {
@@ -880,10 +896,10 @@ impl Store {
         let next_segment = replay_journal(&db, &journal_dir)?;
         let journal = Journal::start(&journal_dir, next_segment)
             .map_err(|e| sync_error(&e, "starting the store's journal"))?;
-        let (jobs, receiver) = mpsc::channel::<Job>();
-        // A rendezvous: the committer hands a group over only when the journal is free, so jobs
-        // that arrive during a sync form one group (one record), not many small ones.
-        let (sealed, to_journal) = mpsc::sync_channel::<Sealed>(0);
+        let (jobs, receiver) = mpsc::channel::<Work>();
+        // The committer hands a group over only when the journal has said it is free, so the
+        // slot is always empty then.
+        let (sealed, to_journal) = mpsc::sync_channel::<Sealed>(1);
         // The journal hands over a closed segment only when the checkpointer is idle.
         let (closed, to_checkpoint) = mpsc::sync_channel::<u64>(1);
         let tree: sled::Tree = (*db).clone();
@@ -901,8 +917,8 @@ impl Store {
         thread::Builder::new()
             .name("phoenix-journal".into())
             .spawn({
-                let commits = Arc::clone(&commits);
-                move || journal_loop(journal, &tree, &to_journal, &closed, &commits)
+                let (commits, free) = (Arc::clone(&commits), jobs.clone());
+                move || journal_loop(journal, &tree, &to_journal, &free, &closed, &commits)
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store's journal: {e}")))?;
         thread::Builder::new()
@@ -1017,7 +1033,9 @@ impl Store {
                 let _ = reply.send(result.and_then(|value| stored.map(|()| value)));
             })
         });
-        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        self.jobs
+            .send(Work::Job(job))
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1757,30 +1775,62 @@ impl Store {
     }
 }
 
-/// The first stage of group commit: runs the jobs that queued up and hands their writes to
-/// [`journal_loop`] as soon as that is free. So one group runs while the one before it is
-/// being journaled, and jobs that arrive meanwhile wait to form the next group.
-fn commit_loop(tree: &sled::Tree, jobs: &mpsc::Receiver<Job>, sealed: &mpsc::SyncSender<Sealed>) {
+/// The first stage of group commit: runs jobs as they come and hands the writes of those run
+/// so far to [`journal_loop`] whenever that is free. Jobs that arrive while the journal syncs
+/// a group all join the next one, so under load each sync answers about half the writers
+/// waiting (a group sealed at once and then held until the journal is free would leave the
+/// jobs arriving meanwhile to a third group and a third sync).
+fn commit_loop(tree: &sled::Tree, jobs: &mpsc::Receiver<Work>, sealed: &mpsc::SyncSender<Sealed>) {
     let mut group = Group {
         fingerprints: FingerprintIndex::load(tree),
         ..Group::default()
     };
-    while let Ok(first) = jobs.recv() {
-        let mut completions = vec![first(tree, &mut group)];
+    let mut completions: Vec<Completion> = Vec::new();
+    // Jobs received while the group was full and the journal busy: they start the next group.
+    let mut held: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    let mut journal_busy = false;
+    let mut closing = false;
+    loop {
+        // Run what is waiting, without blocking, until the group is full.
         while completions.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => completions.push(job(tree, &mut group)),
-                Err(_) => break,
+            let work = match held.pop_front() {
+                Some(job) => Work::Job(job),
+                None => match jobs.try_recv() {
+                    Ok(work) => work,
+                    Err(_) => break,
+                },
+            };
+            match work {
+                Work::Job(job) => completions.push(job(tree, &mut group)),
+                Work::JournalFree => journal_busy = false,
+                Work::Close => closing = true,
             }
         }
-        let next = seal(&mut group, completions);
-        let writes = Arc::clone(&next.writes);
-        // Returns once the journal thread takes it, which it does after it is done with the
-        // group before: that one is in the tree now, so only this one need be read from memory.
-        if sealed.send(next).is_err() {
+        if !journal_busy && !completions.is_empty() {
+            let next = seal(&mut group, std::mem::take(&mut completions));
+            // The group before is in the tree now: only this one need be read from memory.
+            group.inflight = Arc::clone(&next.writes);
+            if sealed.send(next).is_err() {
+                return;
+            }
+            journal_busy = true;
+            continue;
+        }
+        if closing && completions.is_empty() && held.is_empty() {
             return;
         }
-        group.inflight = writes;
+        // Nothing to hand over yet: wait for a job or for the journal.
+        match jobs.recv() {
+            Ok(Work::Job(job)) if completions.len() < MAX_GROUP => {
+                completions.push(job(tree, &mut group));
+            }
+            Ok(Work::Job(job)) => held.push_back(job),
+            Ok(Work::JournalFree) => journal_busy = false,
+            Ok(Work::Close) => closing = true,
+            // Only the journal thread is left holding a sender once the store is dropped, and
+            // it keeps it until it ends.
+            Err(_) => return,
+        }
     }
 }
 
@@ -1809,6 +1859,7 @@ fn journal_loop(
     mut journal: Journal,
     tree: &sled::Tree,
     groups: &mpsc::Receiver<Sealed>,
+    free: &mpsc::Sender<Work>,
     closed: &mpsc::SyncSender<u64>,
     commits: &Commits,
 ) {
@@ -1832,6 +1883,9 @@ fn journal_loop(
                     commits.breaker_positions().clear();
                     failed = Some(error.clone());
                 }
+                // Applied (or failed for good): the committer may hand over the next group
+                // while this one's writers are answered.
+                let _ = free.send(Work::JournalFree);
                 for complete in group.completions {
                     complete(stored.clone());
                 }
