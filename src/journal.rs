@@ -2,14 +2,14 @@
 //!
 //! sled makes writes durable with `flush`, which costs its I/O threads and the flusher ~0.3–0.6
 //! ms per group of writes. Instead, each group's key writes are appended to a journal file and
-//! synced (one `write` and one `fdatasync`, ~0.1 ms here); sled is flushed only at a
+//! synced (one `write` and one `fdatasync`, ~0.15–0.25 ms on this project's test machines); sled is flushed only at a
 //! *checkpoint*, after which the journal files it covers are deleted. Opening the store replays
 //! the files that are left onto sled: every write in them is a plain put or removal of a key,
 //! so replaying them onto whatever sled recovered (a state at or after the oldest file's start)
 //! ends in the state the last synced record left, whatever part of it sled had kept already.
 //!
 //! The journal is a directory of segment files `{number:016x}.log`, written in order; records
-//! are only appended. A record is `[length: u32 LE][checksum: first 8 bytes of blake3 of the
+//! are only appended, over zeros written ahead of them (a zero length ends the records). A record is `[length: u32 LE][checksum: first 8 bytes of blake3 of the
 //! payload][payload]`; the payload is a sequence of writes, each `[1][key length: u32 LE][key]
 //! [value length: u32 LE][value]` (a put) or `[0][key length: u32 LE][key]` (a removal).
 //! Reading stops at the first record that is short or fails its checksum: that is where a
@@ -138,6 +138,10 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:016x}.log"))
 }
 
+/// Zeros written ahead of a segment's records, a step at a time (see [`Journal::append`]).
+const ZERO_STEP: u64 = 1 << 20;
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// The segment being appended to.
 pub struct Journal {
     dir: PathBuf,
@@ -145,6 +149,8 @@ pub struct Journal {
     number: u64,
     /// Bytes of the segment known to be whole records (written, and synced if asked).
     len: u64,
+    /// The file's size: zeros written ahead of the records; `None` once that failed.
+    zeroed: Option<u64>,
     /// Where a record is framed before its one write (reused).
     frame: Vec<u8>,
 }
@@ -164,6 +170,7 @@ impl Journal {
             file,
             number,
             len: 0,
+            zeroed: Some(0),
             frame: Vec::new(),
         })
     }
@@ -190,6 +197,7 @@ impl Journal {
         self.frame.extend_from_slice(&length.to_le_bytes());
         self.frame.extend_from_slice(&checksum(payload));
         self.frame.extend_from_slice(payload);
+        self.zero_ahead(self.len + self.frame.len() as u64);
         let written = self
             .file
             .write_all_at(&self.frame, self.len)
@@ -207,9 +215,42 @@ impl Journal {
                 // Whatever part of it was written is cut off, so nothing after it can look
                 // like a record that was acknowledged.
                 let _ = self.file.set_len(self.len);
+                self.zeroed = None;
                 Err(error)
             }
         }
+    }
+
+    /// Writes zeros past the records, a step at a time, so that the file holds at least `end`
+    /// bytes: a record then overwrites blocks the file already has, and its `fdatasync`
+    /// writes that data only. A record that grows the file makes the sync also commit the
+    /// file system's journal (the new size and blocks), which on ext4 first writes out what
+    /// other files have pending, sled's among them: appends synced 0.21–0.34 ms here,
+    /// overwrites 0.15–0.24 ms. Zeros read as the end of the records. If the zeros cannot
+    /// be written (a full disk), the segment gets plain appends.
+    fn zero_ahead(&mut self, end: u64) {
+        let Some(zeroed) = self.zeroed else {
+            return;
+        };
+        if end <= zeroed {
+            return;
+        }
+        let target = end.next_multiple_of(ZERO_STEP);
+        let mut at = zeroed;
+        while at < target {
+            let chunk = (target - at).min(ZEROS.len() as u64);
+            if self
+                .file
+                .write_all_at(&ZEROS[..chunk as usize], at)
+                .is_err()
+            {
+                let _ = self.file.set_len(zeroed);
+                self.zeroed = None;
+                return;
+            }
+            at += chunk;
+        }
+        self.zeroed = Some(target);
     }
 
     /// Bytes in the current segment.
@@ -268,17 +309,20 @@ mod tests {
         journal.append(&second, true).unwrap();
         journal.append(&[], true).unwrap(); // nothing to write: no record
         let path = segment_path(dir.path(), 1);
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(journal.len(), bytes.len() as u64);
-        assert_eq!(records(&bytes), vec![&first[..], &second[..]]);
+        let zeroed = std::fs::read(&path).unwrap();
+        assert_eq!(zeroed.len() as u64, ZERO_STEP, "zeros ahead of the records");
+        assert_eq!(records(&zeroed), vec![&first[..], &second[..]]);
+        let (bytes, ahead) = zeroed.split_at(journal.len() as usize);
+        assert!(ahead.iter().all(|&byte| byte == 0));
+        assert_eq!(records(bytes), vec![&first[..], &second[..]]);
 
         let first_end = HEADER + first.len();
         for cut in 0..bytes.len() {
             let expected = usize::from(cut >= first_end);
             assert_eq!(records(&bytes[..cut]).len(), expected, "cut at {cut}");
         }
-        let mut flipped = bytes.clone();
-        let last = flipped.len() - 1;
+        let mut flipped = zeroed.clone();
+        let last = bytes.len() - 1;
         flipped[last] ^= 1;
         assert_eq!(records(&flipped), vec![&first[..]]);
     }
@@ -320,5 +364,25 @@ mod tests {
         assert_eq!(journal.len(), (HEADER + first.len()) as u64);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(records(&bytes), vec![&first[..]]);
+    }
+
+    #[test]
+    fn a_record_past_the_zeros_written_ahead_writes_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::start(dir.path(), 1).unwrap();
+        let small = payload(&[(b"a", Some(b"1"))]);
+        let big_value = vec![7u8; ZERO_STEP as usize + 10];
+        let big = payload(&[(b"b", Some(&big_value))]);
+        for record in [&small, &big, &small] {
+            journal.append(record, false).unwrap();
+        }
+        let bytes = std::fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            2 * ZERO_STEP,
+            "the big record's end, rounded up"
+        );
+        assert!(bytes[journal.len() as usize..].iter().all(|&b| b == 0));
+        assert_eq!(records(&bytes), vec![&small[..], &big[..], &small[..]]);
     }
 }
