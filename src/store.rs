@@ -8,11 +8,12 @@
 //! fault's sequence number and the fingerprint dedup stay correct). The committer then runs the
 //! other writes that queued up meanwhile, each seeing the ones before it, and hands the group's
 //! writes to the journal thread, which appends them to the write-ahead journal as one record
-//! (see [`crate::journal`]), syncs it once, and only then applies them to sled (group commit):
-//! every caller is answered after that, so an acknowledged write is on disk, and N concurrent
-//! writers cost one record and one fsync, not N. A write that fails leaves nothing in its group.
-//! While the journal thread works on one group, the committer runs the next, reading the
-//! writes of the group in flight from memory (they may not be in sled yet).
+//! (see [`crate::journal`]) and syncs it once; only then does the apply thread apply them to
+//! sled (group commit) and answer every caller, so an acknowledged write is on disk, and N
+//! concurrent writers cost one record and one fsync, not N. A write that fails leaves nothing
+//! in its group. The stages overlap: while one group is applied, the next is synced and the
+//! one after runs in the committer, which reads the two groups in flight from memory (they may
+//! not be in sled yet).
 //!
 //! sled itself is flushed only at checkpoints (a closed journal segment at a time); a start
 //! replays the journal left since the last one. sled's own atomic batches are not used: each
@@ -120,6 +121,8 @@ struct Commits {
     /// hold every write sled holds, in order, so no later group may be applied after a
     /// failed one; phoenix must restart (it does by itself once a full disk has room).
     failure: std::sync::Mutex<Option<StoreError>>,
+    /// `failure` is set (read per group, without the lock).
+    failed: std::sync::atomic::AtomicBool,
     /// Bumped after each applied group that wrote a patch record or an active version.
     registry_generation: AtomicU64,
     /// Breaker positions by name (None: no record), for the engine's check of every fault
@@ -151,6 +154,32 @@ impl Commits {
         self.breaker_positions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a group could not be journaled or applied (the first such error stays).
+    fn fail(&self, error: &StoreError) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            tracing::error!(message = "Store write failed; it is not acknowledged, and the store takes no more writes until phoenix restarts.", %error);
+            *failure = Some(error.clone());
+            self.breaker_positions().clear();
+            self.failed.store(true, Ordering::Release);
+        }
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why no more groups may be journaled or applied, if a group failed.
+    fn failed(&self) -> Option<StoreError> {
+        if !self.has_failed() {
+            return None;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Why the store takes no writes now: a group that failed, else the last checkpoint.
@@ -280,9 +309,10 @@ type Pending = BTreeMap<Vec<u8>, Option<sled::IVec>>;
 #[derive(Default)]
 struct Group {
     pending: Pending,
-    /// The writes of the group the journal thread is working on: it may not have applied
-    /// them to the tree yet, so reads look here first. Every earlier group is in the tree.
-    inflight: Arc<Pending>,
+    /// The writes of the last two groups handed over, older first: the apply thread may not
+    /// have applied them to the tree yet (one is applied while the next is synced), so reads
+    /// look here first, newer before older. Every earlier group is in the tree.
+    inflight: [Arc<Pending>; 2],
     /// Fault records written by this group's jobs, in order: the fault written, or `None`
     /// when written in a form the cache cannot follow (raw bytes, a removal).
     faults: Vec<(Vec<u8>, Option<Box<Fault>>)>,
@@ -428,7 +458,8 @@ impl Writer<'_> {
             .own
             .get(key)
             .or_else(|| self.group.pending.get(key))
-            .or_else(|| self.group.inflight.get(key));
+            .or_else(|| self.group.inflight[1].get(key))
+            .or_else(|| self.group.inflight[0].get(key));
         match known
             .map(Option::as_ref)
             .or_else(|| self.group.fingerprints.lookup(key))
@@ -510,10 +541,11 @@ impl Writer<'_> {
     }
 
     /// The records under `prefix` in key order, as this job sees them without its own
-    /// writes: the tree, overlaid with the group in flight and this group's earlier writes.
+    /// writes: the tree, overlaid with the groups in flight and this group's earlier writes.
     fn scan(&self, prefix: &[u8]) -> Merged {
         let mut overlay: BTreeMap<Vec<u8>, Option<sled::IVec>> = BTreeMap::new();
-        for layer in [&*self.group.inflight, &self.group.pending] {
+        let [older, newer] = &self.group.inflight;
+        for layer in [&**older, &**newer, &self.group.pending] {
             let under = layer
                 .range::<[u8], _>((
                     std::ops::Bound::Included(prefix),
@@ -914,13 +946,23 @@ impl Store {
                 move || commit_loop(&tree, &receiver, &sealed)
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store committer: {e}")))?;
+        // A rendezvous: the journal hands a group over when the apply thread is done with
+        // the one before (see `journal_loop`).
+        let (journaled, to_apply) = mpsc::sync_channel::<Journaled>(0);
         thread::Builder::new()
             .name("phoenix-journal".into())
             .spawn({
                 let (commits, free) = (Arc::clone(&commits), jobs.clone());
-                move || journal_loop(journal, &tree, &to_journal, &free, &closed, &commits)
+                move || journal_loop(journal, &to_journal, &journaled, &free, &commits)
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store's journal: {e}")))?;
+        thread::Builder::new()
+            .name("phoenix-store-apply".into())
+            .spawn({
+                let commits = Arc::clone(&commits);
+                move || apply_loop(&tree, &to_apply, &closed, &commits)
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the store's apply thread: {e}")))?;
         thread::Builder::new()
             .name("phoenix-checkpoint".into())
             .spawn({
@@ -1808,8 +1850,10 @@ fn commit_loop(tree: &sled::Tree, jobs: &mpsc::Receiver<Work>, sealed: &mpsc::Sy
         }
         if !journal_busy && !completions.is_empty() {
             let next = seal(&mut group, std::mem::take(&mut completions));
-            // The group before is in the tree now: only this one need be read from memory.
-            group.inflight = Arc::clone(&next.writes);
+            // The journal took the group handed over last only once the one before that was
+            // in the tree: only those two and this one need be read from memory.
+            let newer = std::mem::take(&mut group.inflight[1]);
+            group.inflight = [newer, Arc::clone(&next.writes)];
             if sealed.send(next).is_err() {
                 return;
             }
@@ -1850,45 +1894,45 @@ fn seal(group: &mut Group, completions: Vec<Completion>) -> Sealed {
     }
 }
 
-/// The second stage: per group, one journal record, then its writes applied to the tree, then
-/// its answers. Groups are answered in the order they were run, each only once its record is
-/// durable, so an acknowledged write is on disk. Between groups, the journal moves on to a new
-/// segment once the current one is big or old enough, and hands the closed one to
-/// [`checkpoint_loop`].
+/// What the journal thread hands the apply thread, in journal order.
+enum Journaled {
+    /// A group whose record is durable (or that failed: nothing of it is to be applied).
+    Group(Sealed, Result<(), StoreError>),
+    /// The segment with this number holds no more records: checkpoint it once every group
+    /// before this message is applied.
+    SegmentClosed(u64),
+}
+
+/// The second stage: per group, one journal record, synced, then the group goes to
+/// [`apply_loop`]. The hand-over waits for the apply thread to finish the group before, so
+/// while one group is applied the next is synced, and at most two are not yet in the tree.
+/// Between groups, the journal moves on to a new segment once the current one is big or old
+/// enough, and sends the closed one's number down the same way.
 fn journal_loop(
     mut journal: Journal,
-    tree: &sled::Tree,
     groups: &mpsc::Receiver<Sealed>,
+    journaled: &mpsc::SyncSender<Journaled>,
     free: &mpsc::Sender<Work>,
-    closed: &mpsc::SyncSender<u64>,
     commits: &Commits,
 ) {
     let mut segment_started = std::time::Instant::now();
     let mut payload = Vec::new();
-    // This thread alone sets `Commits::failure`: its own copy spares a lock per group.
-    let mut failed: Option<StoreError> = None;
     loop {
         match groups.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(group) => {
-                let stored = match &failed {
-                    Some(error) => Err(error.clone()),
-                    None => journal_then_apply(&mut journal, tree, &group, &mut payload, commits),
+                let written = match commits.failed() {
+                    Some(error) => Err(error),
+                    None => journal_group(&mut journal, &group, &mut payload, commits),
                 };
-                if let Err(error) = &stored
-                    && failed.is_none()
-                {
-                    tracing::error!(message = "Store write failed; it is not acknowledged, and the store takes no more writes until phoenix restarts.", %error);
-                    *commits.failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(error.clone());
-                    commits.breaker_positions().clear();
-                    failed = Some(error.clone());
+                if let Err(error) = &written {
+                    commits.fail(error);
                 }
-                // Applied (or failed for good): the committer may hand over the next group
-                // while this one's writers are answered.
+                if journaled.send(Journaled::Group(group, written)).is_err() {
+                    return;
+                }
+                // The group before is applied now (the apply thread took this one): the
+                // committer may hand over the next.
                 let _ = free.send(Work::JournalFree);
-                for complete in group.completions {
-                    complete(stored.clone());
-                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -1898,12 +1942,12 @@ fn journal_loop(
             || (!journal.is_empty() && segment_started.elapsed().as_millis() as u64 >= after);
         // Once a group failed, sled may hold part of it: its journal record must stay for
         // the next start to replay, so nothing more is checkpointed.
-        if due && failed.is_none() && !commits.checkpointing.load(Ordering::Acquire) {
+        if due && !commits.has_failed() && !commits.checkpointing.load(Ordering::Acquire) {
             match journal.rotate() {
                 Ok(number) => {
                     segment_started = std::time::Instant::now();
                     commits.checkpointing.store(true, Ordering::Release);
-                    if closed.send(number).is_err() {
+                    if journaled.send(Journaled::SegmentClosed(number)).is_err() {
                         return;
                     }
                 }
@@ -1916,12 +1960,9 @@ fn journal_loop(
     }
 }
 
-/// Writes one group's record to the journal, then applies its writes to the tree and tells
-/// readers what changed. After it fails once, [`journal_loop`] calls it no more (see
-/// [`Commits::failure`]).
-fn journal_then_apply(
+/// Writes one group's record to the journal (and syncs it).
+fn journal_group(
     journal: &mut Journal,
-    tree: &sled::Tree,
     group: &Sealed,
     payload: &mut Vec<u8>,
     commits: &Commits,
@@ -1938,29 +1979,68 @@ fn journal_then_apply(
             None => crate::journal::encode_remove(payload, key),
         }
     }
-    let stored = journal
+    let written = journal
         .append(payload, commits.fsync.get().is_some())
-        .map_err(|e| sync_error(&e, "writing the store's journal"))
-        .inspect(|()| {
-            crate::metrics::metrics().observe(
-                "phoenix_store_flush_seconds",
-                started.elapsed().as_secs_f64(),
-            );
-        })
-        .and_then(|()| {
-            #[cfg(test)]
-            if commits.fail_next_apply.swap(false, Ordering::Relaxed) {
-                let first = group.writes.iter().take(1);
-                let first: Pending = first.map(|(k, v)| (k.clone(), v.clone())).collect();
-                apply(tree, &first)?;
-                return Err(StoreError::Io("injected apply failure".into()));
-            }
-            apply(tree, &group.writes)
-        });
+        .map_err(|e| sync_error(&e, "writing the store's journal"));
+    if written.is_ok() {
+        crate::metrics::metrics().observe(
+            "phoenix_store_flush_seconds",
+            started.elapsed().as_secs_f64(),
+        );
+    }
     if payload.capacity() > PAYLOAD_KEPT {
         *payload = Vec::new();
     }
-    stored?;
+    written
+}
+
+/// The third stage: applies each journaled group to the tree, tells readers what changed,
+/// and answers its writers, in journal order; and passes each closed segment on to
+/// [`checkpoint_loop`] once every group in it is applied. After a failure (of this group or
+/// one before), a group is answered with it and not applied.
+fn apply_loop(
+    tree: &sled::Tree,
+    journaled: &mpsc::Receiver<Journaled>,
+    closed: &mpsc::SyncSender<u64>,
+    commits: &Commits,
+) {
+    while let Ok(next) = journaled.recv() {
+        match next {
+            Journaled::Group(group, written) => {
+                let stored = written.and_then(|()| match commits.failed() {
+                    Some(error) => Err(error),
+                    None => apply_group(tree, &group, commits),
+                });
+                if let Err(error) = &stored {
+                    commits.fail(error);
+                }
+                for complete in group.completions {
+                    complete(stored.clone());
+                }
+            }
+            Journaled::SegmentClosed(number) => {
+                if commits.has_failed() {
+                    // Kept for the next start to replay; the journal closes no more.
+                    continue;
+                }
+                if closed.send(number).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Applies one journaled group's writes to the tree and tells readers what changed.
+fn apply_group(tree: &sled::Tree, group: &Sealed, commits: &Commits) -> Result<(), StoreError> {
+    #[cfg(test)]
+    if commits.fail_next_apply.swap(false, Ordering::Relaxed) {
+        let first = group.writes.iter().take(1);
+        let first: Pending = first.map(|(k, v)| (k.clone(), v.clone())).collect();
+        apply(tree, &first)?;
+        return Err(StoreError::Io("injected apply failure".into()));
+    }
+    apply(tree, &group.writes)?;
     if group.registry_changed {
         commits.registry_generation.fetch_add(1, Ordering::Release);
     }
@@ -1989,7 +2069,7 @@ fn apply(tree: &sled::Tree, writes: &Pending) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The third stage: a checkpoint per closed journal segment: flushes sled (everything in the
+/// The last stage: a checkpoint per closed journal segment: flushes sled (everything in the
 /// segment was applied before it closed, so the flush covers it), then deletes the segments it
 /// made redundant. A failed checkpoint keeps them (the next one that succeeds deletes them) and
 /// is reported by [`Store::problem`].
