@@ -146,6 +146,9 @@ struct Commits {
     /// error part-way through would), after its journal record is written.
     #[cfg(test)]
     fail_next_apply: std::sync::atomic::AtomicBool,
+    /// Tests: the apply thread waits this long (ms) before applying each group.
+    #[cfg(test)]
+    apply_delay_ms: AtomicU64,
 }
 
 impl Commits {
@@ -2034,6 +2037,10 @@ fn apply_loop(
 /// Applies one journaled group's writes to the tree and tells readers what changed.
 fn apply_group(tree: &sled::Tree, group: &Sealed, commits: &Commits) -> Result<(), StoreError> {
     #[cfg(test)]
+    thread::sleep(std::time::Duration::from_millis(
+        commits.apply_delay_ms.load(Ordering::Relaxed),
+    ));
+    #[cfg(test)]
     if commits.fail_next_apply.swap(false, Ordering::Relaxed) {
         let first = group.writes.iter().take(1);
         let first: Pending = first.map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -2891,6 +2898,70 @@ mod tests {
             "{groups} groups: none was in flight while the next ran"
         );
         assert_eq!(store.open_faults_of("a").unwrap(), writers * reports_each);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_sees_the_writes_of_both_groups_not_yet_applied() {
+        // While group 1 (a fault of app x) is being applied, slowly, group 2 (app y) is
+        // synced and waits for the apply thread, and group 3 (x again) runs: it must read x's
+        // open count from group 1, in memory, not from the tree.
+        let (_dir, store) = open();
+        store.commits.apply_delay_ms.store(400, Ordering::Relaxed);
+        let store = Arc::new(store);
+        let send = |app: &'static str, kind: &'static str| {
+            let store = store.clone();
+            let mut report = report(app);
+            report.kind = kind.into();
+            tokio::spawn(async move { store.report(report, Source::Api, None).await })
+        };
+        let journaled = |groups: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while store.flushes() < groups {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "group {groups} never journaled"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        let first = send("x", "one");
+        journaled(1);
+        let second = send("y", "two");
+        journaled(2);
+        let third = send("x", "three");
+        for task in [first, second, third] {
+            assert!(task.await.unwrap().unwrap().created);
+        }
+        assert_eq!(store.flushes(), 3, "one group each");
+        assert_eq!(store.open_faults_of("x").unwrap(), 2);
+        assert_eq!(store.open_faults_of("y").unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_past_a_full_group_wait_for_the_next_one() {
+        let (_dir, store) = open();
+        store.commits.apply_delay_ms.store(50, Ordering::Relaxed);
+        let store = Arc::new(store);
+        let writers = 3 * MAX_GROUP;
+        let tasks: Vec<_> = (0..writers)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut report = report("a");
+                    report.kind = format!("kind{i}");
+                    store.report(report, Source::Api, None).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(120), task);
+            assert!(answered.await.unwrap().unwrap().unwrap().created);
+        }
+        assert_eq!(store.open_faults_of("a").unwrap(), writers as u64);
+        assert!(
+            store.flushes() >= 3,
+            "groups hold at most {MAX_GROUP} writes"
+        );
     }
 
     #[tokio::test]
