@@ -296,8 +296,9 @@ struct Sealed {
 }
 type Job = Box<dyn FnOnce(&sled::Tree, &mut Group) -> Completion + Send>;
 
-/// What the committer is told: a job to run, that the journal thread is done with the group
-/// it had (applied: the committer may hand it the next), or that the store was dropped.
+/// What the committer is told: a job to run, that the journal thread can take the next group
+/// (it handed the one it had to the apply thread, which had applied the one before), or that
+/// the store was dropped.
 enum Work {
     Job(Job),
     JournalFree,
@@ -484,7 +485,9 @@ impl Writer<'_> {
         if let Some(fault) = self.group.cache.0.remove(key) {
             return Ok(Some(fault));
         }
-        get(self.tree, key)
+        // Not cached (never read, or taken out by a job that then failed): the groups in
+        // flight may hold a write of it that the tree does not have yet.
+        self.get(key)
     }
 
     /// Writes a fault record (and tells the cache, once applied).
@@ -3075,6 +3078,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(committer_view(&store, &id).await.occurrences, 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fault_taken_from_the_cache_by_a_failed_job_is_read_from_the_groups_in_flight() {
+        // Group 1 adds an occurrence and is held in the apply thread; group 2's job takes the
+        // fault out of the cache and fails; the next job must read group 1's write from
+        // memory, not the tree's older record.
+        let (_dir, store) = open();
+        let id = store
+            .report(report("a"), Source::Api, None)
+            .await
+            .unwrap()
+            .fault
+            .id;
+        store.commits.apply_delay_ms.store(400, Ordering::Relaxed);
+        let store = Arc::new(store);
+        let journaled = |groups: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while store.flushes() < groups {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "group {groups} never journaled"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        let before = store.flushes();
+        let job = |fail: bool| {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::spawn(async move {
+                store
+                    .commit(move |w| {
+                        let key = fault_key(&id);
+                        let mut fault = existing_fault(w, &key, &id)?;
+                        fault.occurrences += 1;
+                        w.put_fault(&key, &fault)?;
+                        if fail {
+                            return Err(StoreError::NotFound("refused".into()));
+                        }
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        let added = job(false);
+        journaled(before + 1);
+        let refused = job(true);
+        journaled(before + 2);
+        let seen = committer_view(&store, &id).await;
+        assert!(added.await.unwrap().is_ok());
+        assert!(refused.await.unwrap().is_err());
+        assert_eq!(seen.occurrences, 2);
     }
 
     /// The fault as a job on the committer reads it (through the committer's cache).
