@@ -2917,20 +2917,10 @@ mod tests {
             report.kind = kind.into();
             tokio::spawn(async move { store.report(report, Source::Api, None).await })
         };
-        let journaled = |groups: u64| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while store.flushes() < groups {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "group {groups} never journaled"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        };
         let first = send("x", "one");
-        journaled(1);
+        journaled(&store, 1).await;
         let second = send("y", "two");
-        journaled(2);
+        journaled(&store, 2).await;
         let third = send("x", "three");
         for task in [first, second, third] {
             assert!(task.await.unwrap().unwrap().created);
@@ -3094,16 +3084,6 @@ mod tests {
             .id;
         store.commits.apply_delay_ms.store(400, Ordering::Relaxed);
         let store = Arc::new(store);
-        let journaled = |groups: u64| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while store.flushes() < groups {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "group {groups} never journaled"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        };
         let before = store.flushes();
         let job = |fail: bool| {
             let (store, id) = (store.clone(), id.clone());
@@ -3123,13 +3103,25 @@ mod tests {
             })
         };
         let added = job(false);
-        journaled(before + 1);
+        journaled(&store, before + 1).await;
         let refused = job(true);
-        journaled(before + 2);
+        journaled(&store, before + 2).await;
         let seen = committer_view(&store, &id).await;
         assert!(added.await.unwrap().is_ok());
         assert!(refused.await.unwrap().is_err());
         assert_eq!(seen.occurrences, 2);
+    }
+
+    /// Waits until the journal thread has taken `groups` groups in all (bounded).
+    async fn journaled(store: &Store, groups: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.flushes() < groups {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group {groups} never journaled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// The fault as a job on the committer reads it (through the committer's cache).

@@ -61,8 +61,18 @@ async fn an_alert_resolved_before_any_action_closes_its_fault_without_acting() {
     let env = gated_env();
     let daemon = env.start();
     let gate = daemon.report_id(r#"{"app":"gate","kind":"hold"}"#).await;
+    // Its report is written on its way to `patching` already; the one worker is taken once
+    // the engine has started its action (which then waits for `release`).
     daemon
-        .wait_for(&gate, "patching", |f| f["state"] == "patching")
+        .wait_for(&gate, "its action started", |f| {
+            f["history"].as_array().is_some_and(|history| {
+                history.iter().any(|entry| {
+                    entry["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("action 1/1 started"))
+                })
+            })
+        })
         .await;
 
     let firing = notification("firing", json!([alert("firing", "web", "DiskFull", "f1")]));
