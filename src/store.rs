@@ -1834,7 +1834,7 @@ fn commit_loop(tree: &sled::Tree, jobs: &mpsc::Receiver<Work>, sealed: &mpsc::Sy
         ..Group::default()
     };
     let mut completions: Vec<Completion> = Vec::new();
-    // Jobs received while the group was full and the journal busy: they start the next group.
+    // Jobs received but not run yet (the group was full, or the committer was waiting).
     let mut held: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     let mut journal_busy = false;
     let mut closing = false;
@@ -1869,11 +1869,9 @@ fn commit_loop(tree: &sled::Tree, jobs: &mpsc::Receiver<Work>, sealed: &mpsc::Sy
         if closing && completions.is_empty() && held.is_empty() {
             return;
         }
-        // Nothing to hand over yet: wait for a job or for the journal.
+        // Nothing to hand over yet: wait for a job (run at the top, if the group has room) or
+        // for the journal.
         match jobs.recv() {
-            Ok(Work::Job(job)) if completions.len() < MAX_GROUP => {
-                completions.push(job(tree, &mut group));
-            }
             Ok(Work::Job(job)) => held.push_back(job),
             Ok(Work::JournalFree) => journal_busy = false,
             Ok(Work::Close) => closing = true,
