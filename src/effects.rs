@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use crate::plan::Action;
-use std::os::unix::fs::PermissionsExt;
 
 use crate::fault::Undo;
+use crate::files::{self, DirEntry, Found};
 use crate::plan::writable_target;
 use crate::policy::Capabilities;
 use crate::supervisor::{Supervisor, signal_by_name};
@@ -133,17 +133,20 @@ impl Effects {
                 ))
             }
             Action::WriteFile { path, content } => {
-                let target = self.checked_target(path, caps)?;
-                let mode = std::fs::metadata(&target)
-                    .map(|m| m.permissions().mode() & 0o7777)
-                    .unwrap_or(NEW_FILE_MODE);
-                replace_file(&target, content.as_bytes(), mode)
-                    .map_err(|e| EffectError::File(format!("{}: {e}", target.display())))?;
-                Ok(format!(
-                    "wrote {} bytes to {}",
-                    content.len(),
-                    target.display()
-                ))
+                let entry = self.checked_target(path, caps)?;
+                let shown = entry.path().display().to_string();
+                let bytes = content.clone().into_bytes();
+                let written = bytes.len();
+                off_the_runtime(move || {
+                    let mode = match entry.find() {
+                        Ok(Found::File { mode }) => mode,
+                        _ => NEW_FILE_MODE,
+                    };
+                    entry.replace(mode, |file| std::io::Write::write_all(file, &bytes))
+                })
+                .await
+                .map_err(|e| EffectError::File(format!("{shown}: {e}")))?;
+                Ok(format!("wrote {written} bytes to {shown}"))
             }
             Action::Restart { program } => {
                 if !caps.covers_program(program) {
@@ -217,15 +220,16 @@ impl Effects {
 
 impl Effects {
     /// The file a `write_file` action may replace: allowed by the policy (lexically), its
-    /// directory really inside an allowed directory once symlinks are resolved, and not itself a
-    /// symlink or anything but a regular file.
-    fn checked_target(&self, path: &str, caps: &Capabilities) -> Result<PathBuf, EffectError> {
+    /// directory really inside an allowed directory once symlinks are resolved (then opened
+    /// without following any, see [`crate::files`]), and not itself a symlink or anything but a
+    /// regular file.
+    fn checked_target(&self, path: &str, caps: &Capabilities) -> Result<DirEntry, EffectError> {
         let denied = |why: &str| EffectError::NotAllowed(format!("write to `{path}`: {why}"));
         let target = writable_target(path, caps, &self.work_dir)
             .ok_or_else(|| denied("not under a writable directory"))?;
-        let parent = target
-            .parent()
-            .ok_or_else(|| denied("no parent directory"))?;
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Err(denied("no parent directory"));
+        };
         let real_parent = parent
             .canonicalize()
             .map_err(|e| denied(&format!("its directory: {e}")))?;
@@ -239,10 +243,16 @@ impl Effects {
                 "its directory resolves outside the writable directories",
             ));
         }
-        match std::fs::symlink_metadata(&target) {
-            Ok(meta) if meta.file_type().is_symlink() => Err(denied("it is a symlink")),
-            Ok(meta) if !meta.is_file() => Err(denied("it is not a regular file")),
-            _ => Ok(real_parent.join(target.file_name().unwrap_or_default())),
+        let entry = DirEntry::open(&real_parent.join(name))
+            .map_err(|e| denied(&format!("its directory: {e}")))?;
+        match entry.find() {
+            Ok(Found::Symlink) => Err(denied("it is a symlink")),
+            Ok(Found::Other) => Err(denied("it is not a regular file")),
+            Ok(Found::Nothing | Found::File { .. }) => Ok(entry),
+            Err(e) => Err(EffectError::File(format!(
+                "{}: {e}",
+                entry.path().display()
+            ))),
         }
     }
 
@@ -257,109 +267,79 @@ impl Effects {
         let Action::WriteFile { path, .. } = action else {
             return Ok(None);
         };
-        let target = self.checked_target(path, caps)?;
-        let file_error =
-            |e: std::io::Error| EffectError::File(format!("backing up {}: {e}", target.display()));
-        match std::fs::metadata(&target) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o7777;
-                if let Some(dir) = backup.parent() {
-                    std::fs::create_dir_all(dir).map_err(file_error)?;
-                }
-                // Copied by the kernel, not read into memory: the file may be a large log a
-                // patch empties.
-                copy_file(&target, backup, 0o600).map_err(file_error)?;
-                Ok(Some(Undo::RestoreFile {
-                    path: target,
-                    backup: Some(backup.to_owned()),
-                    mode: Some(mode),
-                }))
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Some(Undo::RestoreFile {
+        let entry = self.checked_target(path, caps)?;
+        let target = entry.path();
+        let backup = backup.to_owned();
+        let shown = target.display().to_string();
+        off_the_runtime(move || {
+            let Found::File { mode } = entry.find()? else {
+                // Not there: undone by removing what the action creates. (A symlink or other
+                // kind appearing since the check is refused when the action writes.)
+                return Ok(Undo::RestoreFile {
                     path: target,
                     backup: None,
                     mode: None,
-                }))
-            }
-            Err(error) => Err(file_error(error)),
-        }
-    }
-
-    /// Undoes one action; idempotent, so a rollback interrupted by a crash can run again.
-    pub async fn undo(&self, undo: &Undo) -> Result<String, EffectError> {
-        match undo {
-            Undo::RestoreFile {
-                path,
+                });
+            };
+            // Copied by the kernel, not read into memory: the file may be a large log a patch
+            // empties.
+            let mut source = entry.open_regular()?;
+            files::replace_own_file(&backup, 0o600, |file| {
+                std::io::copy(&mut source, file).map(|_| ())
+            })?;
+            Ok(Undo::RestoreFile {
+                path: target,
                 backup: Some(backup),
-                mode,
-            } => {
-                if let Err(error) = std::fs::metadata(backup) {
-                    return Err(EffectError::File(format!(
-                        "reading backup {}: {error}",
-                        backup.display()
-                    )));
-                }
-                copy_file(backup, path, mode.unwrap_or(NEW_FILE_MODE))
-                    .map_err(|e| EffectError::File(format!("restoring {}: {e}", path.display())))?;
-                Ok(format!("restored {}", path.display()))
-            }
-            Undo::RestoreFile {
-                path, backup: None, ..
-            } => match std::fs::remove_file(path) {
-                Ok(()) => Ok(format!(
-                    "removed {} (it did not exist before)",
-                    path.display()
-                )),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Ok(format!("{} already absent", path.display()))
-                }
-                Err(e) => Err(EffectError::File(format!(
-                    "removing {}: {e}",
-                    path.display()
-                ))),
-            },
+                mode: Some(mode),
+            })
+        })
+        .await
+        .map(Some)
+        .map_err(|e| EffectError::File(format!("backing up {shown}: {e}")))
+    }
+
+    /// Undoes one action; idempotent, so a rollback interrupted by a crash can run again. The
+    /// recorded path has no symlinks along it; one put there since is refused, not followed.
+    pub async fn undo(&self, undo: &Undo) -> Result<String, EffectError> {
+        let Undo::RestoreFile { path, backup, mode } = undo.clone();
+        let shown = path.display().to_string();
+        match backup {
+            Some(backup) => off_the_runtime(move || {
+                let mut source = std::fs::File::open(&backup).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("reading backup {}: {e}", backup.display()),
+                    )
+                })?;
+                DirEntry::open(&path)?.replace(mode.unwrap_or(NEW_FILE_MODE), |file| {
+                    std::io::copy(&mut source, file).map(|_| ())
+                })
+            })
+            .await
+            .map(|()| format!("restored {shown}"))
+            .map_err(|e| EffectError::File(format!("restoring {shown}: {e}"))),
+            None => off_the_runtime(move || DirEntry::open(&path)?.remove())
+                .await
+                .map(|removed| {
+                    if removed {
+                        format!("removed {shown} (it did not exist before)")
+                    } else {
+                        format!("{shown} already absent")
+                    }
+                })
+                .map_err(|e| EffectError::File(format!("removing {shown}: {e}"))),
         }
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, given
-/// `mode`, renamed over `path`, and the directory flushed so the rename survives a crash.
-fn replace_file(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    replace_with(path, mode, |file| std::io::Write::write_all(file, bytes))
-}
-
-/// Replaces `to` with a copy of the file `from`, atomically and durably, as [`replace_file`]
-/// does, without reading it into memory.
-fn copy_file(from: &std::path::Path, to: &std::path::Path, mode: u32) -> std::io::Result<()> {
-    let mut source = std::fs::File::open(from)?;
-    replace_with(to, mode, |file| {
-        std::io::copy(&mut source, file).map(|_| ())
-    })
-}
-
-/// Writes a temporary file beside `path` with `fill`, gives it `mode`, flushes it, and renames it
-/// over `path` (then flushes the directory): readers see the old file or the new one, never half.
-fn replace_with(
-    path: &std::path::Path,
-    mode: u32,
-    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("no file name"))?;
-    let temp = dir.join(format!(".{}.phoenix-tmp", name.to_string_lossy()));
-    {
-        let mut file = std::fs::File::create(&temp)?;
-        fill(&mut file)?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+/// Runs blocking file work (a copy may be large) on tokio's blocking pool, not on a worker
+/// thread that serves the API.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("file task: {e}"))))
 }
 
 /// The variables of phoenix's environment that commands inherit; everything else is dropped.

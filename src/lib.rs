@@ -15,6 +15,7 @@ pub mod effects;
 pub mod engine;
 pub mod events;
 pub mod fault;
+pub mod files;
 pub mod intake;
 pub mod journal;
 pub mod logging;

@@ -106,6 +106,16 @@ async fn every_adversarial_patch_is_contained_while_ordinary_faults_heal() {
     std::fs::write(env.path("outside/secret"), "untouched").unwrap();
     std::os::unix::fs::symlink("../outside", env.path("allowed/escape")).unwrap();
     std::os::unix::fs::symlink("../outside/secret", env.path("allowed/passwd-link")).unwrap();
+    std::os::unix::fs::symlink("../outside/secret", env.path("allowed/.fresh.phoenix-tmp"))
+        .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        env.path("allowed/pipe").as_path(),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
 
     let generated = env.path("oversized.wasm");
     std::fs::write(&generated, oversized_module()).unwrap();

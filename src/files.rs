@@ -1,0 +1,323 @@
+//! Replacing a file that a `write_file` action (or its rollback) targets, without ever following
+//! a symlink a local user or the monitored app left in the way.
+//!
+//! The target's directory is opened once, one component at a time from `/` with `O_NOFOLLOW`,
+//! along a path already free of symlinks (canonicalized by the caller and checked to be inside a
+//! writable directory); every operation after that is relative to that open directory. So a
+//! component swapped for a symlink after the check is refused instead of followed, a symlink at
+//! the target's name is never written through, and the temporary file is created exclusively
+//! (`O_EXCL | O_NOFOLLOW`) under a fresh name, never opened through a link planted at a
+//! predictable one.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+/// A file name inside a directory opened without following links.
+#[derive(Debug)]
+pub struct DirEntry {
+    dir: OwnedFd,
+    dir_path: PathBuf,
+    name: OsString,
+}
+
+/// What is at an entry's name now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    Nothing,
+    /// A regular file, with its permission bits.
+    File {
+        mode: u32,
+    },
+    Symlink,
+    /// A directory, FIFO, socket or device.
+    Other,
+}
+
+/// Gives every temporary file of this process a name not used before.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Attempts at a fresh temporary name before giving up (only names planted by someone else
+/// collide).
+const TEMP_ATTEMPTS: u32 = 16;
+
+impl DirEntry {
+    /// Opens the directory of `path` (absolute, without `.`, `..` or symlinks along it) without
+    /// following any link; `path`'s last component is the entry's name.
+    pub fn open(path: &Path) -> io::Result<DirEntry> {
+        let (Some(dir_path), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::other("no directory and file name"));
+        };
+        let dir = open_dir_nofollow(dir_path)?;
+        Ok(DirEntry {
+            dir,
+            dir_path: dir_path.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The entry's full path (for messages and for undo records).
+    pub fn path(&self) -> PathBuf {
+        self.dir_path.join(&self.name)
+    }
+
+    /// What is at the name, not following a symlink.
+    pub fn find(&self) -> io::Result<Found> {
+        match rustix::fs::statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(match FileType::from_raw_mode(stat.st_mode) {
+                FileType::RegularFile => Found::File {
+                    mode: stat.st_mode & 0o7777,
+                },
+                FileType::Symlink => Found::Symlink,
+                _ => Found::Other,
+            }),
+            Err(rustix::io::Errno::NOENT) => Ok(Found::Nothing),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Opens the regular file at the name for reading; refuses a symlink, and anything but a
+    /// regular file without blocking on it (a FIFO would wait for a writer).
+    pub fn open_regular(&self) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &self.dir,
+            &self.name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        if !FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode).is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Replaces the entry with a file of `mode` that `fill` writes: a fresh temporary file beside
+    /// it, filled, flushed, renamed over the name, then the directory flushed. Readers see the
+    /// old file or the new one, never half; on any failure the temporary file is removed.
+    pub fn replace(
+        &self,
+        mode: u32,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (temp_name, fd) = self.create_temp()?;
+        let written = (|| {
+            let mut file = File::from(fd);
+            fill(&mut file)?;
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))?;
+            file.sync_all()?;
+            rustix::fs::renameat(&self.dir, &temp_name, &self.dir, &self.name)?;
+            Ok(())
+        })();
+        if let Err(error) = written {
+            let _ = rustix::fs::unlinkat(&self.dir, &temp_name, AtFlags::empty());
+            return Err(error);
+        }
+        rustix::fs::fsync(&self.dir)?;
+        Ok(())
+    }
+
+    /// Removes the entry (a symlink there is removed, not followed). `Ok(false)` when there was
+    /// nothing to remove.
+    pub fn remove(&self) -> io::Result<bool> {
+        match rustix::fs::unlinkat(&self.dir, &self.name, AtFlags::empty()) {
+            Ok(()) => {
+                rustix::fs::fsync(&self.dir)?;
+                Ok(true)
+            }
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Creates a temporary file under a name nothing has used, exclusively: an existing name
+    /// (a leftover, or a link someone planted) is skipped, never opened.
+    fn create_temp(&self) -> io::Result<(OsString, OwnedFd)> {
+        let mut last = io::Error::other("no temporary name tried");
+        for _ in 0..TEMP_ATTEMPTS {
+            let name = temp_name(TEMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+            match rustix::fs::openat(
+                &self.dir,
+                &name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => return Ok((name, fd)),
+                Err(rustix::io::Errno::EXIST) => last = rustix::io::Errno::EXIST.into(),
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Replaces one of phoenix's own files (a backup in the data directory), creating its
+/// directory if needed, the same way as [`DirEntry::replace`]. The data directory is trusted: a
+/// symlink along it (`/var/lib/phoenix` moved to a larger disk) is resolved first.
+pub fn replace_own_file(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other("no directory and file name"));
+    };
+    std::fs::create_dir_all(dir)?;
+    DirEntry::open(&dir.canonicalize()?.join(name))?.replace(mode, fill)
+}
+
+/// `.phoenix-tmp-PID-N`: short (a long target name cannot push it past the name limit) and
+/// hidden; the process id keeps two phoenix processes sharing a directory apart.
+fn temp_name(n: u64) -> OsString {
+    format!(".phoenix-tmp-{}-{n}", std::process::id()).into()
+}
+
+/// Opens the directory at `path` one component at a time with `O_NOFOLLOW`: a symlink anywhere
+/// along it is an error (`ELOOP` or `ENOTDIR`), not followed. Intermediate directories are
+/// opened `O_PATH` (they need only search permission); the last for reading, so it can be
+/// flushed.
+fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    if !path.is_absolute() {
+        return Err(io::Error::other("not an absolute path"));
+    }
+    let names: Vec<&OsStr> = path
+        .components()
+        .map(|component| match component {
+            Component::RootDir => Ok(None),
+            Component::Normal(name) => Ok(Some(name)),
+            _ => Err(io::Error::other("`.` or `..` in the path")),
+        })
+        .filter_map(Result::transpose)
+        .collect::<io::Result<_>>()?;
+    let search = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::openat(
+        rustix::fs::CWD,
+        "/",
+        if names.is_empty() { read } else { search },
+        Mode::empty(),
+    )?;
+    for (index, name) in names.iter().enumerate() {
+        let flags = if index + 1 == names.len() {
+            read
+        } else {
+            search
+        };
+        dir = rustix::fs::openat(&dir, *name, flags, Mode::empty())?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "phoenix-files-{name}-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.canonicalize().unwrap()
+    }
+
+    #[test]
+    fn replace_writes_the_file_with_its_mode_and_leaves_no_temporary_file() {
+        let dir = temp_dir("replace");
+        let entry = DirEntry::open(&dir.join("app.conf")).unwrap();
+        assert_eq!(entry.find().unwrap(), Found::Nothing);
+        entry
+            .replace(0o640, |file| io::Write::write_all(file, b"new"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("app.conf")).unwrap(),
+            "new"
+        );
+        assert_eq!(entry.find().unwrap(), Found::File { mode: 0o640 });
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+        // A failing fill leaves the old file and no temporary one.
+        let failed = entry.replace(0o640, |_| Err(io::Error::other("disk full")));
+        assert!(failed.is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("app.conf")).unwrap(),
+            "new"
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn links_planted_at_every_temporary_name_are_skipped_not_followed() {
+        let dir = temp_dir("planted");
+        std::fs::write(dir.join("secret"), "untouched").unwrap();
+        let next = TEMP_COUNTER.load(Ordering::Relaxed);
+        for n in next..next + 4 {
+            std::os::unix::fs::symlink(dir.join("secret"), dir.join(temp_name(n))).unwrap();
+        }
+        let entry = DirEntry::open(&dir.join("target")).unwrap();
+        entry
+            .replace(0o644, |file| io::Write::write_all(file, b"written"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("secret")).unwrap(),
+            "untouched"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("target")).unwrap(),
+            "written"
+        );
+        assert!(!dir.join("target").is_symlink());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_along_the_path_or_at_the_name_is_refused() {
+        let dir = temp_dir("links");
+        std::fs::create_dir(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        let through = DirEntry::open(&dir.join("link/file")).unwrap_err();
+        let refused = [rustix::io::Errno::LOOP, rustix::io::Errno::NOTDIR];
+        assert!(
+            refused
+                .map(|e| Some(e.raw_os_error()))
+                .contains(&through.raw_os_error()),
+            "{through}"
+        );
+
+        std::fs::write(dir.join("real/secret"), "s").unwrap();
+        std::os::unix::fs::symlink(dir.join("real/secret"), dir.join("name")).unwrap();
+        let entry = DirEntry::open(&dir.join("name")).unwrap();
+        assert_eq!(entry.find().unwrap(), Found::Symlink);
+        assert!(entry.open_regular().is_err());
+        assert!(entry.remove().unwrap(), "removes the link itself");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("real/secret")).unwrap(),
+            "s"
+        );
+        assert!(!entry.remove().unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = temp_dir("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("pipe").as_path(),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let entry = DirEntry::open(&dir.join("pipe")).unwrap();
+        assert_eq!(entry.find().unwrap(), Found::Other);
+        assert!(entry.open_regular().is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
