@@ -257,7 +257,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         work_dir: config.base_dir.clone(),
         workers: config.workers,
         supervisor: supervisor.clone(),
-        backup_dir: config.data_dir.join("backups"),
+        backup_dir: backup_dir(&config.data_dir),
         global_breaker: config.breaker.clone(),
         rate_limit: config.rate_limit.clone(),
         events: events.clone(),
@@ -296,7 +296,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         );
     }
     start_sources(&config, &intake)?;
-    spawn_retention(Arc::clone(&store), config.retention);
+    spawn_retention(
+        Arc::clone(&store),
+        config.retention,
+        backup_dir(&config.data_dir),
+    );
     crate::events::spawn_webhooks(&events, config.webhooks.clone(), http_for_webhooks);
     let exit_intake = intake.clone();
     tokio::spawn(async move {
@@ -445,9 +449,15 @@ fn spawn_watchdog(
     });
 }
 
+/// Where the engine keeps the bytes a `write_file` replaced, one folder per fault.
+fn backup_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("backups")
+}
+
 /// Deletes faults that ended more than `retention` ago, now and then (a tenth of the retention,
-/// at most hourly), so the store does not grow without bound.
-fn spawn_retention(store: Arc<Store>, retention: std::time::Duration) {
+/// at most hourly), so the store does not grow without bound; then the file backups of faults
+/// no longer stored.
+fn spawn_retention(store: Arc<Store>, retention: std::time::Duration, backups: std::path::PathBuf) {
     let every = (retention / 10).clamp(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(3600),
@@ -469,8 +479,46 @@ fn spawn_retention(store: Arc<Store>, retention: std::time::Duration) {
                 }
                 Err(error) => tracing::error!(message = "Compaction failed.", %error),
             }
+            let (store, backups) = (Arc::clone(&store), backups.clone());
+            match tokio::task::spawn_blocking(move || remove_orphaned_backups(&store, &backups))
+                .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(message = "Backups of deleted faults removed.", removed)
+                }
+                Ok(Err(error)) => tracing::error!(message = "Removing old backups failed.", %error),
+                Err(error) => tracing::error!(message = "Removing old backups failed.", %error),
+            }
         }
     });
+}
+
+/// Removes the backup folder of every fault the store no longer has (compacted, also by an
+/// earlier run that stopped before removing its folders). A fault's folder is made only after
+/// the fault is stored, and open faults are never compacted, so a folder still needed for an
+/// undo is never removed. Returns how many folders went.
+fn remove_orphaned_backups(store: &Store, backups: &std::path::Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(backups) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let stored = store
+            .fault(&id)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if stored.is_none() && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// SIGHUP asks for a reload, as with most daemons.

@@ -117,3 +117,60 @@ async fn ended_faults_are_compacted_after_the_retention_period_and_open_ones_sta
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The bytes a `write_file` replaced are kept (in `data_dir/backups/FAULT`) while the fault is
+/// stored, for its undo, and deleted with it once retention compacts it; a folder left by a
+/// fault already gone is deleted at the next sweep.
+#[tokio::test]
+async fn file_backups_stay_while_their_fault_is_stored_and_go_with_it() {
+    let env = Env::new();
+    env.write_config("retention = \"1s\"");
+    std::fs::create_dir_all(env.path("conf")).unwrap();
+    std::fs::write(env.path("conf/app.conf"), "old\n").unwrap();
+    let write = r#"{"kind":"write_file","path":"conf/app.conf","content":"new\n"}"#;
+    env.patch("rewrite", &common::planner(&[write]), "");
+    // Verification waits for the test to create `ready`: the fault stays open meanwhile.
+    env.policy(
+        "web",
+        "[match]\napp = \"web\"\n[patch]\nname = \"rewrite\"\n[capabilities]\nwritable_dirs = [\"conf\"]\n[verify]\ncommand = [\"test\", \"-e\", \"ready\"]\nwithin = \"60s\"\ninterval = \"100ms\"\n",
+    );
+    let daemon = env.start();
+    let id = daemon.report_id(r#"{"app":"web","kind":"k"}"#).await;
+    daemon
+        .wait_for(&id, "verification", |f| f["state"] == "testing")
+        .await;
+    let backups = env.path(&format!("data/backups/{id}"));
+    assert!(backups.join("1-1").exists(), "the backup of conf/app.conf");
+
+    // A folder of a fault already gone, put in place (whole) now: once it is removed, a sweep
+    // has run that also saw the open fault's folder, which must still be there.
+    let orphan = env.path("data/backups/f-long-gone");
+    std::fs::create_dir_all(env.path("scratch")).unwrap();
+    std::fs::write(env.path("scratch/1-1"), "old").unwrap();
+    std::fs::rename(env.path("scratch"), &orphan).unwrap();
+    let started = Instant::now();
+    while orphan.exists() {
+        assert!(started.elapsed() < DEADLINE, "the orphan was never removed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(backups.join("1-1")).unwrap(),
+        "old\n",
+        "an open fault keeps its backup"
+    );
+
+    std::fs::write(env.path("ready"), "").unwrap();
+    assert_eq!(daemon.wait_terminal(&id).await["state"], "healed");
+    let started = Instant::now();
+    while backups.exists() || daemon.get(&format!("/v1/faults/{id}")).await.0 != 404 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the healed fault and its backup were never deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(env.path("conf/app.conf")).unwrap(),
+        "new\n"
+    );
+}
