@@ -21,6 +21,9 @@ use crate::supervisor::{Supervisor, signal_by_name};
 /// Output kept from a command, per stream.
 const OUTPUT_LIMIT: usize = 2048;
 
+/// How long a command's output is read after it exits, for what is still in the pipes.
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(100);
+
 /// Why an action failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -349,8 +352,9 @@ const COMMAND_ENV: [&str; 8] = [
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs `argv` in `work_dir` with stdin closed, killing it (its whole process group) after
-/// `timeout`. Returns its trimmed,
-/// truncated stdout (None when empty) on exit status 0.
+/// `timeout`. It is done when it exits, even if something it started in the background still
+/// holds its output (that keeps running). Returns its trimmed, truncated stdout (None when
+/// empty) on exit status 0.
 pub async fn run_command(
     argv: &[String],
     timeout: Duration,
@@ -391,15 +395,32 @@ pub async fn run_command(
     let group = child
         .id()
         .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
     let run = async {
-        let (out, err, status) =
-            tokio::join!(read_limited(stdout), read_limited(stderr), child.wait());
-        (out, err, status)
+        let reading = async {
+            tokio::join!(
+                read_limited(stdout, &mut out),
+                read_limited(stderr, &mut err)
+            )
+        };
+        tokio::pin!(reading);
+        let exited = tokio::select! {
+            _ = &mut reading => None,
+            status = child.wait() => Some(status),
+        };
+        match exited {
+            // Something it started in the background (a server a start script launched) may
+            // hold its output open: the command is done when it exits; read on only briefly.
+            Some(status) => {
+                let _ = tokio::time::timeout(OUTPUT_AFTER_EXIT, &mut reading).await;
+                status
+            }
+            None => child.wait().await,
+        }
     };
-    let (out, err, status) = match tokio::time::timeout(timeout, run).await {
-        Ok(result) => result,
+    let status = match tokio::time::timeout(timeout, run).await {
+        Ok(status) => status,
         Err(_) => {
             // The whole group: a shell's children would otherwise live on. (Dropping the child
             // handle also kills and reaps the direct child.)
@@ -414,22 +435,22 @@ pub async fn run_command(
         stderr: e.to_string(),
     })?;
     if status.success() {
-        Ok(Some(out).filter(|o| !o.is_empty()))
+        Ok(Some(shown_output(&out)).filter(|o| !o.is_empty()))
     } else {
         Err(EffectError::Failed {
             status: status.to_string(),
-            stderr: err,
+            stderr: shown_output(&err),
         })
     }
 }
 
-/// Reads a whole stream but keeps only its first [`OUTPUT_LIMIT`] bytes (so a chatty command
-/// cannot block on a full pipe, nor fill phoenix's memory).
-async fn read_limited<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>) -> String {
+/// Reads a whole stream into `kept`, keeping only its first [`OUTPUT_LIMIT`] bytes (so a chatty
+/// command cannot block on a full pipe, nor fill phoenix's memory). What was read stays in
+/// `kept` if the read is cut short.
+async fn read_limited<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, kept: &mut Vec<u8>) {
     let Some(mut stream) = stream else {
-        return String::new();
+        return;
     };
-    let mut kept = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
         match stream.read(&mut buffer).await {
@@ -440,7 +461,11 @@ async fn read_limited<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>) -> Str
             }
         }
     }
-    let mut text = String::from_utf8_lossy(&kept).trim().to_owned();
+}
+
+/// Output as shown in history: trimmed text, `…` when it was cut at [`OUTPUT_LIMIT`].
+fn shown_output(kept: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(kept).trim().to_owned();
     if kept.len() >= OUTPUT_LIMIT {
         text.push('…');
     }
@@ -498,6 +523,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(outcome, "exit 0; stdout: F1 disk_full");
+    }
+
+    #[tokio::test]
+    async fn a_command_is_done_when_it_exits_even_if_what_it_started_holds_its_output() {
+        // A start script that leaves its server running with the script's stdout and stderr:
+        // the command's outcome is its own exit, not the server's.
+        let starts_a_server = caps(
+            &["sh", "-c", "sleep 5 & echo started"],
+            Duration::from_secs(4),
+        );
+        let outcome = effects()
+            .apply(
+                &Action::Exec {
+                    command: "c".into(),
+                },
+                &starts_a_server,
+                &env(),
+            )
+            .await;
+        assert_eq!(outcome.unwrap(), "exit 0; stdout: started");
     }
 
     #[tokio::test]
