@@ -480,14 +480,15 @@ fn spawn_retention(store: Arc<Store>, retention: std::time::Duration, backups: s
                 Err(error) => tracing::error!(message = "Compaction failed.", %error),
             }
             let (store, backups) = (Arc::clone(&store), backups.clone());
-            match tokio::task::spawn_blocking(move || remove_orphaned_backups(&store, &backups))
-                .await
-            {
-                Ok(Ok(0)) => {}
-                Ok(Ok(removed)) => {
+            let swept =
+                tokio::task::spawn_blocking(move || remove_orphaned_backups(&store, &backups))
+                    .await
+                    .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked)));
+            match swept {
+                Ok(0) => {}
+                Ok(removed) => {
                     tracing::info!(message = "Backups of deleted faults removed.", removed)
                 }
-                Ok(Err(error)) => tracing::error!(message = "Removing old backups failed.", %error),
                 Err(error) => tracing::error!(message = "Removing old backups failed.", %error),
             }
         }
