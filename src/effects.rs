@@ -506,22 +506,21 @@ mod tests {
         )
     }
 
+    /// Applies `exec` of `command` with `caps` (which declare command `c`).
+    async fn exec(command: &str, caps: &Capabilities) -> Result<String, EffectError> {
+        let action = Action::Exec {
+            command: command.into(),
+        };
+        effects().apply(&action, caps, &env()).await
+    }
+
     #[tokio::test]
     async fn exec_runs_the_declared_argv_with_the_fault_in_its_environment() {
         let caps = caps(
             &["sh", "-c", "echo $PHOENIX_FAULT_ID $PHOENIX_KIND"],
             Duration::from_secs(10),
         );
-        let outcome = effects()
-            .apply(
-                &Action::Exec {
-                    command: "c".into(),
-                },
-                &caps,
-                &env(),
-            )
-            .await
-            .unwrap();
+        let outcome = exec("c", &caps).await.unwrap();
         assert_eq!(outcome, "exit 0; stdout: F1 disk_full");
     }
 
@@ -533,15 +532,7 @@ mod tests {
             &["sh", "-c", "sleep 5 & echo started"],
             Duration::from_secs(4),
         );
-        let outcome = effects()
-            .apply(
-                &Action::Exec {
-                    command: "c".into(),
-                },
-                &starts_a_server,
-                &env(),
-            )
-            .await;
+        let outcome = exec("c", &starts_a_server).await;
         assert_eq!(outcome.unwrap(), "exit 0; stdout: started");
     }
 
@@ -551,38 +542,12 @@ mod tests {
             &["sh", "-c", "echo boom >&2; exit 3"],
             Duration::from_secs(10),
         );
-        let err = effects()
-            .apply(
-                &Action::Exec {
-                    command: "c".into(),
-                },
-                &failing,
-                &env(),
-            )
-            .await
-            .unwrap_err();
+        let err = exec("c", &failing).await.unwrap_err();
         assert_eq!(err.to_string(), "exited with exit status: 3; stderr: boom");
         let slow = caps(&["sleep", "30"], Duration::from_millis(100));
-        let err = effects()
-            .apply(
-                &Action::Exec {
-                    command: "c".into(),
-                },
-                &slow,
-                &env(),
-            )
-            .await
-            .unwrap_err();
+        let err = exec("c", &slow).await.unwrap_err();
         assert!(matches!(err, EffectError::Timeout(_)), "{err}");
-        let undeclared = effects()
-            .apply(
-                &Action::Exec {
-                    command: "x".into(),
-                },
-                &slow,
-                &env(),
-            )
-            .await;
+        let undeclared = exec("x", &slow).await;
         assert!(matches!(undeclared, Err(EffectError::NotAllowed(_))));
     }
 }

@@ -226,6 +226,10 @@ mod tests {
         dir.canonicalize().unwrap()
     }
 
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap()
+    }
+
     #[test]
     fn replace_writes_the_file_with_its_mode_and_leaves_no_temporary_file() {
         let dir = temp_dir("replace");
@@ -234,20 +238,14 @@ mod tests {
         entry
             .replace(0o640, |file| io::Write::write_all(file, b"new"))
             .unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.join("app.conf")).unwrap(),
-            "new"
-        );
+        assert_eq!(read(&dir, "app.conf"), "new");
         assert_eq!(entry.find().unwrap(), Found::File { mode: 0o640 });
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 
         // A failing fill leaves the old file and no temporary one.
         let failed = entry.replace(0o640, |_| Err(io::Error::other("disk full")));
         assert!(failed.is_err());
-        assert_eq!(
-            std::fs::read_to_string(dir.join("app.conf")).unwrap(),
-            "new"
-        );
+        assert_eq!(read(&dir, "app.conf"), "new");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -264,14 +262,8 @@ mod tests {
         entry
             .replace(0o644, |file| io::Write::write_all(file, b"written"))
             .unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dir.join("secret")).unwrap(),
-            "untouched"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("target")).unwrap(),
-            "written"
-        );
+        assert_eq!(read(&dir, "secret"), "untouched");
+        assert_eq!(read(&dir, "target"), "written");
         assert!(!dir.join("target").is_symlink());
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -296,10 +288,7 @@ mod tests {
         assert_eq!(entry.find().unwrap(), Found::Symlink);
         assert!(entry.open_regular().is_err());
         assert!(entry.remove().unwrap(), "removes the link itself");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("real/secret")).unwrap(),
-            "s"
-        );
+        assert_eq!(read(&dir, "real/secret"), "s");
         assert!(!entry.remove().unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
