@@ -141,8 +141,10 @@ impl Effects {
                 let bytes = content.clone().into_bytes();
                 let written = bytes.len();
                 off_the_runtime(move || {
+                    // New content keeps the file's mode but never its setuid or setgid bit, as
+                    // when the kernel lets someone else write a file.
                     let mode = match entry.find() {
-                        Ok(Found::File { mode }) => mode,
+                        Ok(Found::File { mode }) => mode & !0o6000,
                         _ => NEW_FILE_MODE,
                     };
                     entry.replace(mode, |file| std::io::Write::write_all(file, &bytes))
@@ -512,6 +514,45 @@ mod tests {
             command: command.into(),
         };
         effects().apply(&action, caps, &env()).await
+    }
+
+    #[tokio::test]
+    async fn a_written_file_keeps_its_mode_but_not_setuid_and_its_undo_restores_both() {
+        let work = std::env::temp_dir().join(format!("phoenix-effects-{}", std::process::id()));
+        let conf = work.join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        let target = conf.join("tool");
+        std::fs::write(&target, "old").unwrap();
+        let mode = |path: &std::path::Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+        };
+        rustix::fs::chmod(&target, rustix::fs::Mode::from_raw_mode(0o6750)).unwrap();
+        let effects = Effects::new(
+            action_http_client().unwrap(),
+            work.clone(),
+            Supervisor::default(),
+        );
+        let mut caps = Capabilities::default();
+        caps.writable_dirs.push("conf".into());
+        let action = Action::WriteFile {
+            path: "conf/tool".into(),
+            content: "new".into(),
+        };
+
+        let undo = effects
+            .prepare_undo(&action, &caps, &work.join("backup/1-1"))
+            .await
+            .unwrap()
+            .unwrap();
+        effects.apply(&action, &caps, &env()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+        assert_eq!(mode(&target), 0o750);
+
+        effects.undo(&undo).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
+        assert_eq!(mode(&target), 0o6750);
+        std::fs::remove_dir_all(work).unwrap();
     }
 
     #[tokio::test]
