@@ -141,13 +141,13 @@ impl Effects {
                 let bytes = content.clone().into_bytes();
                 let written = bytes.len();
                 off_the_runtime(move || {
-                    // New content keeps the file's mode but never its setuid or setgid bit, as
-                    // when the kernel lets someone else write a file.
-                    let mode = match entry.find() {
-                        Ok(Found::File { mode }) => mode & !0o6000,
-                        _ => NEW_FILE_MODE,
+                    // New content keeps the file's owner and mode, but never its setuid or
+                    // setgid bit, as when the kernel lets someone else write a file.
+                    let (mode, owner) = match entry.find()? {
+                        Found::File { mode, owner } => (mode & !0o6000, Some(owner)),
+                        _ => (NEW_FILE_MODE, None),
                     };
-                    entry.replace(mode, |file| std::io::Write::write_all(file, &bytes))
+                    entry.replace(mode, owner, |file| std::io::Write::write_all(file, &bytes))
                 })
                 .await
                 .map_err(|e| EffectError::File(format!("{shown}: {e}")))?;
@@ -277,13 +277,14 @@ impl Effects {
         let backup = backup.to_owned();
         let shown = target.display().to_string();
         off_the_runtime(move || {
-            let Found::File { mode } = entry.find()? else {
+            let Found::File { mode, owner } = entry.find()? else {
                 // Not there: undone by removing what the action creates. (A symlink or other
                 // kind appearing since the check is refused when the action writes.)
                 return Ok(Undo::RestoreFile {
                     path: target,
                     backup: None,
                     mode: None,
+                    owner: None,
                 });
             };
             // Copied by the kernel, not read into memory: the file may be a large log a patch
@@ -296,6 +297,7 @@ impl Effects {
                 path: target,
                 backup: Some(backup),
                 mode: Some(mode),
+                owner: Some(owner),
             })
         })
         .await
@@ -306,7 +308,12 @@ impl Effects {
     /// Undoes one action; idempotent, so a rollback interrupted by a crash can run again. The
     /// recorded path has no symlinks along it; one put there since is refused, not followed.
     pub async fn undo(&self, undo: &Undo) -> Result<String, EffectError> {
-        let Undo::RestoreFile { path, backup, mode } = undo.clone();
+        let Undo::RestoreFile {
+            path,
+            backup,
+            mode,
+            owner,
+        } = undo.clone();
         let shown = path.display().to_string();
         match backup {
             Some(backup) => off_the_runtime(move || {
@@ -316,7 +323,8 @@ impl Effects {
                         format!("reading backup {}: {e}", backup.display()),
                     )
                 })?;
-                DirEntry::open(&path)?.replace(mode.unwrap_or(NEW_FILE_MODE), |file| {
+                let mode = mode.unwrap_or(NEW_FILE_MODE);
+                DirEntry::open(&path)?.replace(mode, owner, |file| {
                     std::io::copy(&mut source, file).map(|_| ())
                 })
             })
@@ -552,6 +560,48 @@ mod tests {
         effects.undo(&undo).await.unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
         assert_eq!(mode(&target), 0o6750);
+        std::fs::remove_dir_all(work).unwrap();
+    }
+
+    /// Root only (CI runs as root): an unprivileged process cannot give a file away.
+    #[tokio::test]
+    async fn a_written_file_keeps_its_owner_and_its_undo_restores_it() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to own a file as another user");
+            return;
+        }
+        let work = std::env::temp_dir().join(format!("phoenix-owner-{}", std::process::id()));
+        std::fs::create_dir_all(work.join("conf")).unwrap();
+        let target = work.join("conf/app.conf");
+        std::fs::write(&target, "old").unwrap();
+        let owner = |path: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        std::os::unix::fs::chown(&target, Some(4321), Some(8765)).unwrap();
+        let effects = Effects::new(
+            action_http_client().unwrap(),
+            work.clone(),
+            Supervisor::default(),
+        );
+        let mut caps = Capabilities::default();
+        caps.writable_dirs.push("conf".into());
+        let action = Action::WriteFile {
+            path: "conf/app.conf".into(),
+            content: "new".into(),
+        };
+        let undo = effects
+            .prepare_undo(&action, &caps, &work.join("backup/1-1"))
+            .await
+            .unwrap()
+            .unwrap();
+        effects.apply(&action, &caps, &env()).await.unwrap();
+        assert_eq!(owner(&target), (4321, 8765));
+        std::os::unix::fs::chown(&target, Some(0), Some(0)).unwrap();
+        effects.undo(&undo).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
+        assert_eq!(owner(&target), (4321, 8765));
         std::fs::remove_dir_all(work).unwrap();
     }
 

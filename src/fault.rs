@@ -384,12 +384,15 @@ impl ApprovalRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Undo {
-    /// Put a file back: its previous bytes are in `backup` (with its `mode`), or, when `backup`
-    /// is `None`, the file did not exist and is removed.
+    /// Put a file back: its previous bytes are in `backup` (with its `mode` and `owner`), or,
+    /// when `backup` is `None`, the file did not exist and is removed.
     RestoreFile {
         path: std::path::PathBuf,
         backup: Option<std::path::PathBuf>,
         mode: Option<u32>,
+        /// Absent in records written before phoenix kept owners.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<crate::files::FileOwner>,
     },
 }
 

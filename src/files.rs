@@ -26,13 +26,21 @@ pub struct DirEntry {
     name: OsString,
 }
 
+/// A file's owner and group, kept when phoenix replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What is at an entry's name now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
     Nothing,
-    /// A regular file, with its permission bits.
+    /// A regular file, with its permission bits and owner.
     File {
         mode: u32,
+        owner: FileOwner,
     },
     Symlink,
     /// A directory, FIFO, socket or device.
@@ -72,6 +80,10 @@ impl DirEntry {
             Ok(stat) => Ok(match FileType::from_raw_mode(stat.st_mode) {
                 FileType::RegularFile => Found::File {
                     mode: stat.st_mode & 0o7777,
+                    owner: FileOwner {
+                        uid: stat.st_uid,
+                        gid: stat.st_gid,
+                    },
                 },
                 FileType::Symlink => Found::Symlink,
                 _ => Found::Other,
@@ -96,18 +108,24 @@ impl DirEntry {
         Ok(File::from(fd))
     }
 
-    /// Replaces the entry with a file of `mode` that `fill` writes: a fresh temporary file beside
-    /// it, filled, flushed, renamed over the name, then the directory flushed. Readers see the
-    /// old file or the new one, never half; on any failure the temporary file is removed.
+    /// Replaces the entry with a file of `mode` (and `owner`, when given) that `fill` writes: a
+    /// fresh temporary file beside it, filled, flushed, renamed over the name, then the directory
+    /// flushed. Readers see the old file or the new one, never half; on any failure (an owner
+    /// phoenix may not give, too) the temporary file is removed and the entry left as it was.
     pub fn replace(
         &self,
         mode: u32,
+        owner: Option<FileOwner>,
         fill: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
         let (temp_name, fd) = self.create_temp()?;
         let written = (|| {
             let mut file = File::from(fd);
             fill(&mut file)?;
+            if let Some(owner) = owner {
+                give_owner(&file, owner)?;
+            }
+            // After the owner: changing it clears setuid and setgid bits.
             rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))?;
             file.sync_all()?;
             rustix::fs::renameat(&self.dir, &temp_name, &self.dir, &self.name)?;
@@ -167,7 +185,37 @@ pub fn replace_own_file(
         return Err(io::Error::other("no directory and file name"));
     };
     std::fs::create_dir_all(dir)?;
-    DirEntry::open(&dir.canonicalize()?.join(name))?.replace(mode, fill)
+    DirEntry::open(&dir.canonicalize()?.join(name))?.replace(mode, None, fill)
+}
+
+/// Gives `file` the owner and group of the file it replaces, when it has not got them already
+/// (the usual case, and no `chown` call then: the shipped systemd unit filters it out).
+/// Unprivileged, phoenix can keep only its own user and its groups; otherwise the app would find
+/// its file owned by someone else (and maybe unreadable), so that is an error that says what to
+/// do.
+fn give_owner(file: &File, owner: FileOwner) -> io::Result<()> {
+    let stat = rustix::fs::fstat(file)?;
+    if (stat.st_uid, stat.st_gid) == (owner.uid, owner.gid) {
+        return Ok(());
+    }
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(owner.uid),
+        rustix::fs::Gid::from_raw(owner.gid),
+    );
+    match rustix::fs::fchown(file, Some(uid), Some(gid)) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::PERM) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "cannot keep its owner {}:{} (phoenix runs as uid {}): give phoenix's user the \
+                 file, or run phoenix with CAP_CHOWN",
+                owner.uid,
+                owner.gid,
+                rustix::process::geteuid().as_raw()
+            ),
+        )),
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 /// `.phoenix-tmp-PID-N`: short (a long target name cannot push it past the name limit) and
@@ -236,14 +284,18 @@ mod tests {
         let entry = DirEntry::open(&dir.join("app.conf")).unwrap();
         assert_eq!(entry.find().unwrap(), Found::Nothing);
         entry
-            .replace(0o640, |file| io::Write::write_all(file, b"new"))
+            .replace(0o640, None, |file| io::Write::write_all(file, b"new"))
             .unwrap();
         assert_eq!(read(&dir, "app.conf"), "new");
-        assert_eq!(entry.find().unwrap(), Found::File { mode: 0o640 });
+        assert!(
+            matches!(entry.find().unwrap(), Found::File { mode: 0o640, .. }),
+            "{:?}",
+            entry.find()
+        );
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 
         // A failing fill leaves the old file and no temporary one.
-        let failed = entry.replace(0o640, |_| Err(io::Error::other("disk full")));
+        let failed = entry.replace(0o640, None, |_| Err(io::Error::other("disk full")));
         assert!(failed.is_err());
         assert_eq!(read(&dir, "app.conf"), "new");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
@@ -260,7 +312,7 @@ mod tests {
         }
         let entry = DirEntry::open(&dir.join("target")).unwrap();
         entry
-            .replace(0o644, |file| io::Write::write_all(file, b"written"))
+            .replace(0o644, None, |file| io::Write::write_all(file, b"written"))
             .unwrap();
         assert_eq!(read(&dir, "secret"), "untouched");
         assert_eq!(read(&dir, "target"), "written");
