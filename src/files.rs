@@ -7,7 +7,7 @@
 //! component swapped for a symlink after the check is refused instead of followed, a symlink at
 //! the target's name is never written through, and the temporary file is created exclusively
 //! (`O_EXCL | O_NOFOLLOW`) under a fresh name, never opened through a link planted at a
-//! predictable one.
+//! predictable one. A replacement keeps the old file's owner and group, or fails.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
