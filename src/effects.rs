@@ -524,85 +524,99 @@ mod tests {
         effects().apply(&action, caps, &env()).await
     }
 
+    /// A work dir whose `conf/file` holds "old", and a `write_file` of "new" to it.
+    struct Rewrite {
+        work: PathBuf,
+        target: PathBuf,
+        effects: Effects,
+        caps: Capabilities,
+        action: Action,
+    }
+
+    impl Rewrite {
+        fn new(test: &str) -> Rewrite {
+            let work = std::env::temp_dir().join(format!("phoenix-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(work.join("conf")).unwrap();
+            let target = work.join("conf/file");
+            std::fs::write(&target, "old").unwrap();
+            let mut caps = Capabilities::default();
+            caps.writable_dirs.push("conf".into());
+            Rewrite {
+                effects: Effects::new(
+                    action_http_client().unwrap(),
+                    work.clone(),
+                    Supervisor::default(),
+                ),
+                action: Action::WriteFile {
+                    path: "conf/file".into(),
+                    content: "new".into(),
+                },
+                work,
+                target,
+                caps,
+            }
+        }
+
+        /// Backs the file up and writes "new" over it, as the engine does; returns the undo.
+        async fn apply(&self) -> Undo {
+            let backup = self.work.join("backup/1-1");
+            let undo = (self.effects)
+                .prepare_undo(&self.action, &self.caps, &backup)
+                .await
+                .unwrap()
+                .unwrap();
+            (self.effects)
+                .apply(&self.action, &self.caps, &env())
+                .await
+                .unwrap();
+            assert_eq!(std::fs::read_to_string(&self.target).unwrap(), "new");
+            undo
+        }
+
+        async fn undo(&self, undo: &Undo) {
+            self.effects.undo(undo).await.unwrap();
+            assert_eq!(std::fs::read_to_string(&self.target).unwrap(), "old");
+        }
+
+        fn metadata(&self) -> std::fs::Metadata {
+            std::fs::metadata(&self.target).unwrap()
+        }
+    }
+
+    impl Drop for Rewrite {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.work);
+        }
+    }
+
     #[tokio::test]
     async fn a_written_file_keeps_its_mode_but_not_setuid_and_its_undo_restores_both() {
-        let work = std::env::temp_dir().join(format!("phoenix-effects-{}", std::process::id()));
-        let conf = work.join("conf");
-        std::fs::create_dir_all(&conf).unwrap();
-        let target = conf.join("tool");
-        std::fs::write(&target, "old").unwrap();
-        let mode = |path: &std::path::Path| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
-        };
-        rustix::fs::chmod(&target, rustix::fs::Mode::from_raw_mode(0o6750)).unwrap();
-        let effects = Effects::new(
-            action_http_client().unwrap(),
-            work.clone(),
-            Supervisor::default(),
-        );
-        let mut caps = Capabilities::default();
-        caps.writable_dirs.push("conf".into());
-        let action = Action::WriteFile {
-            path: "conf/tool".into(),
-            content: "new".into(),
-        };
-
-        let undo = effects
-            .prepare_undo(&action, &caps, &work.join("backup/1-1"))
-            .await
-            .unwrap()
-            .unwrap();
-        effects.apply(&action, &caps, &env()).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
-        assert_eq!(mode(&target), 0o750);
-
-        effects.undo(&undo).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
-        assert_eq!(mode(&target), 0o6750);
-        std::fs::remove_dir_all(work).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let rewrite = Rewrite::new("setuid");
+        let mode = || rewrite.metadata().permissions().mode() & 0o7777;
+        rustix::fs::chmod(&rewrite.target, rustix::fs::Mode::from_raw_mode(0o6750)).unwrap();
+        let undo = rewrite.apply().await;
+        assert_eq!(mode(), 0o750);
+        rewrite.undo(&undo).await;
+        assert_eq!(mode(), 0o6750);
     }
 
     /// Root only (CI runs as root): an unprivileged process cannot give a file away.
     #[tokio::test]
     async fn a_written_file_keeps_its_owner_and_its_undo_restores_it() {
+        use std::os::unix::fs::MetadataExt;
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: needs root to own a file as another user");
             return;
         }
-        let work = std::env::temp_dir().join(format!("phoenix-owner-{}", std::process::id()));
-        std::fs::create_dir_all(work.join("conf")).unwrap();
-        let target = work.join("conf/app.conf");
-        std::fs::write(&target, "old").unwrap();
-        let owner = |path: &std::path::Path| {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(path).unwrap();
-            (meta.uid(), meta.gid())
-        };
-        std::os::unix::fs::chown(&target, Some(4321), Some(8765)).unwrap();
-        let effects = Effects::new(
-            action_http_client().unwrap(),
-            work.clone(),
-            Supervisor::default(),
-        );
-        let mut caps = Capabilities::default();
-        caps.writable_dirs.push("conf".into());
-        let action = Action::WriteFile {
-            path: "conf/app.conf".into(),
-            content: "new".into(),
-        };
-        let undo = effects
-            .prepare_undo(&action, &caps, &work.join("backup/1-1"))
-            .await
-            .unwrap()
-            .unwrap();
-        effects.apply(&action, &caps, &env()).await.unwrap();
-        assert_eq!(owner(&target), (4321, 8765));
-        std::os::unix::fs::chown(&target, Some(0), Some(0)).unwrap();
-        effects.undo(&undo).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
-        assert_eq!(owner(&target), (4321, 8765));
-        std::fs::remove_dir_all(work).unwrap();
+        let rewrite = Rewrite::new("owner");
+        let owner = || (rewrite.metadata().uid(), rewrite.metadata().gid());
+        std::os::unix::fs::chown(&rewrite.target, Some(4321), Some(8765)).unwrap();
+        let undo = rewrite.apply().await;
+        assert_eq!(owner(), (4321, 8765));
+        std::os::unix::fs::chown(&rewrite.target, Some(0), Some(0)).unwrap();
+        rewrite.undo(&undo).await;
+        assert_eq!(owner(), (4321, 8765));
     }
 
     #[tokio::test]
