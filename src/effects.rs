@@ -21,7 +21,7 @@ use crate::supervisor::{Supervisor, signal_by_name};
 /// Output kept from a command, per stream.
 const OUTPUT_LIMIT: usize = 2048;
 
-/// How long a command's output is read after it exits, for what is still in the pipes.
+/// How long phoenix waits, once a command exits, for the output it wrote to be read.
 const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(100);
 
 /// Why an action failed.
@@ -363,8 +363,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Runs `argv` in `work_dir` with stdin closed, killing it (its whole process group) after
 /// `timeout`. It is done when it exits, even if something it started in the background still
-/// holds its output (that keeps running). Returns its trimmed, truncated stdout (None when
-/// empty) on exit status 0.
+/// holds its output (that keeps running; what it writes later is read and dropped). Returns its
+/// trimmed, truncated stdout (None when empty) on exit status 0.
 pub async fn run_command(
     argv: &[String],
     timeout: Duration,
@@ -405,29 +405,23 @@ pub async fn run_command(
     let group = child
         .id()
         .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    // Read by tasks of their own: what the command leaves running in the background (a server
+    // a start script launched) may hold its output open and write to it long after; it is read
+    // and dropped until it closes, so those writes never fail with SIGPIPE.
+    let (out, err) = (Captured::default(), Captured::default());
+    let mut readers = (
+        tokio::spawn(read_limited(child.stdout.take(), out.clone())),
+        tokio::spawn(read_limited(child.stderr.take(), err.clone())),
+    );
     let run = async {
-        let reading = async {
-            tokio::join!(
-                read_limited(stdout, &mut out),
-                read_limited(stderr, &mut err)
-            )
-        };
-        tokio::pin!(reading);
-        let exited = tokio::select! {
-            _ = &mut reading => None,
-            status = child.wait() => Some(status),
-        };
-        match exited {
-            // Something it started in the background (a server a start script launched) may
-            // hold its output open: the command is done when it exits; read on only briefly.
-            Some(status) => {
-                let _ = tokio::time::timeout(OUTPUT_AFTER_EXIT, &mut reading).await;
-                status
-            }
-            None => child.wait().await,
-        }
+        let status = child.wait().await;
+        // The command is done when it exits; what it wrote just before is read in a moment.
+        let _ = tokio::time::timeout(OUTPUT_AFTER_EXIT, async {
+            let _ = (&mut readers.0).await;
+            let _ = (&mut readers.1).await;
+        })
+        .await;
+        status
     };
     let status = match tokio::time::timeout(timeout, run).await {
         Ok(status) => status,
@@ -445,19 +439,34 @@ pub async fn run_command(
         stderr: e.to_string(),
     })?;
     if status.success() {
-        Ok(Some(shown_output(&out)).filter(|o| !o.is_empty()))
+        Ok(Some(out.shown()).filter(|o| !o.is_empty()))
     } else {
         Err(EffectError::Failed {
             status: status.to_string(),
-            stderr: shown_output(&err),
+            stderr: err.shown(),
         })
     }
 }
 
-/// Reads a whole stream into `kept`, keeping only its first [`OUTPUT_LIMIT`] bytes (so a chatty
-/// command cannot block on a full pipe, nor fill phoenix's memory). What was read stays in
-/// `kept` if the read is cut short.
-async fn read_limited<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, kept: &mut Vec<u8>) {
+/// The first [`OUTPUT_LIMIT`] bytes of a command's stream, shared with the task reading it.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// As shown in history: trimmed text, `…` when it was cut at [`OUTPUT_LIMIT`].
+    fn shown(&self) -> String {
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut text = String::from_utf8_lossy(&kept).trim().to_owned();
+        if kept.len() >= OUTPUT_LIMIT {
+            text.push('…');
+        }
+        text
+    }
+}
+
+/// Reads a whole stream to its end, keeping only its first [`OUTPUT_LIMIT`] bytes in `kept`
+/// (so a chatty command cannot block on a full pipe, nor fill phoenix's memory).
+async fn read_limited<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, kept: Captured) {
     let Some(mut stream) = stream else {
         return;
     };
@@ -466,20 +475,12 @@ async fn read_limited<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, kept: 
         match stream.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let mut kept = kept.0.lock().unwrap_or_else(|p| p.into_inner());
                 let room = OUTPUT_LIMIT.saturating_sub(kept.len());
                 kept.extend_from_slice(&buffer[..n.min(room)]);
             }
         }
     }
-}
-
-/// Output as shown in history: trimmed text, `…` when it was cut at [`OUTPUT_LIMIT`].
-fn shown_output(kept: &[u8]) -> String {
-    let mut text = String::from_utf8_lossy(kept).trim().to_owned();
-    if kept.len() >= OUTPUT_LIMIT {
-        text.push('…');
-    }
-    text
 }
 
 #[cfg(test)]
@@ -639,6 +640,31 @@ mod tests {
         );
         let outcome = exec("c", &starts_a_server).await;
         assert_eq!(outcome.unwrap(), "exit 0; stdout: started");
+    }
+
+    #[tokio::test]
+    async fn what_a_command_leaves_running_can_still_write_its_output_after_it_exits() {
+        // The server writes to the script's stdout after the script is done: phoenix keeps
+        // reading (and dropping) it, so that write does not kill the server with SIGPIPE.
+        let alive = std::env::temp_dir().join(format!("phoenix-alive-{}", std::process::id()));
+        let script = format!(
+            "(sleep 0.5; echo late; echo later >&2; touch {}) & echo started",
+            alive.display()
+        );
+        let starts_a_server = caps(&["sh", "-c", &script], Duration::from_secs(4));
+        assert_eq!(
+            exec("c", &starts_a_server).await.unwrap(),
+            "exit 0; stdout: started"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !alive.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background process died writing its output"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_file(alive).unwrap();
     }
 
     #[tokio::test]
