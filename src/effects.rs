@@ -413,17 +413,7 @@ pub async fn run_command(
         tokio::spawn(read_limited(child.stdout.take(), out.clone())),
         tokio::spawn(read_limited(child.stderr.take(), err.clone())),
     );
-    let run = async {
-        let status = child.wait().await;
-        // The command is done when it exits; what it wrote just before is read in a moment.
-        let _ = tokio::time::timeout(OUTPUT_AFTER_EXIT, async {
-            let _ = (&mut readers.0).await;
-            let _ = (&mut readers.1).await;
-        })
-        .await;
-        status
-    };
-    let status = match tokio::time::timeout(timeout, run).await {
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
             // The whole group: a shell's children would otherwise live on. (Dropping the child
@@ -434,6 +424,12 @@ pub async fn run_command(
             return Err(EffectError::Timeout(timeout));
         }
     };
+    // The command is done when it exits; what it wrote just before is read in a moment.
+    let _ = tokio::time::timeout(OUTPUT_AFTER_EXIT, async {
+        let _ = (&mut readers.0).await;
+        let _ = (&mut readers.1).await;
+    })
+    .await;
     let status = status.map_err(|e| EffectError::Failed {
         status: "unknown".into(),
         stderr: e.to_string(),
