@@ -512,9 +512,9 @@ fn remove_orphaned_backups(store: &Store, backups: &std::path::Path) -> std::io:
             continue;
         };
         let stored = store
-            .fault(&id)
+            .has_fault(&id)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        if stored.is_none() && entry.file_type()?.is_dir() {
+        if !stored && entry.file_type()?.is_dir() {
             std::fs::remove_dir_all(entry.path())?;
             removed += 1;
         }

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use crate::plan::Action;
 
 use crate::fault::Undo;
-use crate::files::{self, DirEntry, Found};
+use crate::files::{self, DirEntry, Found, TempName};
 use crate::plan::writable_target;
 use crate::policy::Capabilities;
 use crate::supervisor::{Supervisor, signal_by_name};
@@ -115,12 +115,14 @@ impl Effects {
         }
     }
 
-    /// Applies one action; returns a one-line summary of what happened.
+    /// Applies one action, given the undo [`Effects::prepare_undo`] recorded for it (a write
+    /// uses the temporary name recorded there); returns a one-line summary of what happened.
     pub async fn apply(
         &self,
         action: &Action,
         caps: &Capabilities,
         fault: &FaultEnv,
+        undo: Option<&Undo>,
     ) -> Result<String, EffectError> {
         match action {
             Action::Exec { command } => {
@@ -140,6 +142,7 @@ impl Effects {
                 let shown = entry.path().display().to_string();
                 let bytes = content.clone().into_bytes();
                 let written = bytes.len();
+                let temp = undo.and_then(Undo::temp).map(str::to_owned);
                 off_the_runtime(move || {
                     // New content keeps the file's owner and mode, but never its setuid or
                     // setgid bit, as when the kernel lets someone else write a file.
@@ -147,7 +150,10 @@ impl Effects {
                         Found::File { mode, owner } => (mode & !0o6000, Some(owner)),
                         _ => (NEW_FILE_MODE, None),
                     };
-                    entry.replace(mode, owner, |file| std::io::Write::write_all(file, &bytes))
+                    let temp = temp.as_deref().map_or(TempName::Fresh, TempName::Recorded);
+                    entry.replace(temp, mode, owner, |file| {
+                        std::io::Write::write_all(file, &bytes)
+                    })
                 })
                 .await
                 .map_err(|e| EffectError::File(format!("{shown}: {e}")))?;
@@ -274,6 +280,10 @@ impl Effects {
         };
         let entry = self.checked_target(path, caps)?;
         let target = entry.path();
+        // One name per recorded write (its backup path is unique to it).
+        let temp = Some(files::recorded_temp_name(
+            backup.as_os_str().as_encoded_bytes(),
+        ));
         let backup = backup.to_owned();
         let shown = target.display().to_string();
         off_the_runtime(move || {
@@ -285,6 +295,7 @@ impl Effects {
                     backup: None,
                     mode: None,
                     owner: None,
+                    temp,
                 });
             };
             // Copied by the kernel, not read into memory: the file may be a large log a patch
@@ -298,6 +309,7 @@ impl Effects {
                 backup: Some(backup),
                 mode: Some(mode),
                 owner: Some(owner),
+                temp,
             })
         })
         .await
@@ -305,14 +317,34 @@ impl Effects {
         .map_err(|e| EffectError::File(format!("backing up {shown}: {e}")))
     }
 
+    /// Removes what an action interrupted by a crash may have left behind (a write's temporary
+    /// file), when it is not to be undone; what was removed, if anything. The undo does this too.
+    pub async fn clear_leftover(&self, undo: &Undo) -> Result<Option<String>, EffectError> {
+        let Undo::RestoreFile {
+            path,
+            temp: Some(temp),
+            ..
+        } = undo.clone()
+        else {
+            return Ok(None);
+        };
+        let shown = path.display().to_string();
+        off_the_runtime(move || DirEntry::open(&path)?.remove_leftover(&temp))
+            .await
+            .map(|removed| removed.then(|| format!("removed the temporary file of {shown}")))
+            .map_err(|e| EffectError::File(format!("removing the temporary file of {shown}: {e}")))
+    }
+
     /// Undoes one action; idempotent, so a rollback interrupted by a crash can run again. The
     /// recorded path has no symlinks along it; one put there since is refused, not followed.
+    /// What the write left at its temporary name, if a crash stopped it there, goes too.
     pub async fn undo(&self, undo: &Undo) -> Result<String, EffectError> {
         let Undo::RestoreFile {
             path,
             backup,
             mode,
             owner,
+            temp,
         } = undo.clone();
         let shown = path.display().to_string();
         match backup {
@@ -324,23 +356,30 @@ impl Effects {
                     )
                 })?;
                 let mode = mode.unwrap_or(NEW_FILE_MODE);
-                DirEntry::open(&path)?.replace(mode, owner, |file| {
+                let temp = temp.as_deref().map_or(TempName::Fresh, TempName::Recorded);
+                DirEntry::open(&path)?.replace(temp, mode, owner, |file| {
                     std::io::copy(&mut source, file).map(|_| ())
                 })
             })
             .await
             .map(|()| format!("restored {shown}"))
             .map_err(|e| EffectError::File(format!("restoring {shown}: {e}"))),
-            None => off_the_runtime(move || DirEntry::open(&path)?.remove())
-                .await
-                .map(|removed| {
-                    if removed {
-                        format!("removed {shown} (it did not exist before)")
-                    } else {
-                        format!("{shown} already absent")
-                    }
-                })
-                .map_err(|e| EffectError::File(format!("removing {shown}: {e}"))),
+            None => off_the_runtime(move || {
+                let entry = DirEntry::open(&path)?;
+                if let Some(temp) = &temp {
+                    entry.remove_leftover(temp)?;
+                }
+                entry.remove()
+            })
+            .await
+            .map(|removed| {
+                if removed {
+                    format!("removed {shown} (it did not exist before)")
+                } else {
+                    format!("{shown} already absent")
+                }
+            })
+            .map_err(|e| EffectError::File(format!("removing {shown}: {e}"))),
         }
     }
 }
@@ -518,7 +557,7 @@ mod tests {
         let action = Action::Exec {
             command: command.into(),
         };
-        effects().apply(&action, caps, &env()).await
+        effects().apply(&action, caps, &env(), None).await
     }
 
     /// A work dir whose `conf/file` holds "old", and a `write_file` of "new" to it.
@@ -563,7 +602,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             (self.effects)
-                .apply(&self.action, &self.caps, &env())
+                .apply(&self.action, &self.caps, &env(), Some(&undo))
                 .await
                 .unwrap();
             assert_eq!(std::fs::read_to_string(&self.target).unwrap(), "new");
@@ -578,12 +617,78 @@ mod tests {
         fn metadata(&self) -> std::fs::Metadata {
             std::fs::metadata(&self.target).unwrap()
         }
+
+        /// What the target's directory holds, sorted.
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(self.work.join("conf"))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
     }
 
     impl Drop for Rewrite {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.work);
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_crash_leaves_at_a_writes_temporary_name_is_removed() {
+        let rewrite = Rewrite::new("leftover");
+        let backup = rewrite.work.join("backup/1-1");
+        let prepared = (rewrite.effects)
+            .prepare_undo(&rewrite.action, &rewrite.caps, &backup)
+            .await
+            .unwrap()
+            .unwrap();
+        let temp = rewrite.work.join("conf").join(prepared.temp().unwrap());
+        // A crash between creating the temporary file and renaming it leaves it behind.
+        let crash = || std::fs::write(&temp, "half-written").unwrap();
+
+        // Resumed without an undo (the verification passed): the engine clears it.
+        crash();
+        let cleared = rewrite.effects.clear_leftover(&prepared).await.unwrap();
+        assert!(cleared.unwrap().starts_with("removed the temporary file"));
+        assert_eq!(rewrite.names(), ["file"]);
+        assert_eq!(
+            rewrite.effects.clear_leftover(&prepared).await.unwrap(),
+            None
+        );
+
+        // The write run again (or a link planted at its name) removes it first, never follows it.
+        std::fs::write(rewrite.work.join("secret"), "untouched").unwrap();
+        std::os::unix::fs::symlink(rewrite.work.join("secret"), &temp).unwrap();
+        let undo = rewrite.apply().await;
+        assert_eq!(
+            undo.temp(),
+            prepared.temp(),
+            "the same write, the same name"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rewrite.work.join("secret")).unwrap(),
+            "untouched"
+        );
+        assert_eq!(rewrite.names(), ["file"]);
+
+        // Rolled back: the undo removes it too.
+        crash();
+        rewrite.undo(&undo).await;
+        assert_eq!(rewrite.names(), ["file"]);
+
+        // A name from a damaged record is never removed unless it is phoenix's own.
+        let Undo::RestoreFile { path, .. } = undo;
+        let foreign = Undo::RestoreFile {
+            path,
+            backup: None,
+            mode: None,
+            owner: None,
+            temp: Some("file".into()),
+        };
+        assert!(rewrite.effects.clear_leftover(&foreign).await.is_err());
+        assert_eq!(rewrite.names(), ["file"]);
     }
 
     #[tokio::test]

@@ -1144,10 +1144,22 @@ impl Engine {
         };
         let total = run.plan.len();
         if run.actions_started > run.actions_done {
-            let detail = format!(
+            let mut detail = format!(
                 "resumed after a restart: action {} of {total} may have run, so it is not repeated; verifying instead",
                 run.actions_started
             );
+            // The action stopped part-way may have left a temporary file (a write's).
+            let interrupted = run.undo.get(run.actions_started as usize - 1);
+            if let Some(Some(undo)) = interrupted {
+                match self.parts.effects.clear_leftover(undo).await {
+                    Ok(None) => {}
+                    Ok(Some(removed)) => detail.push_str(&format!(" ({removed})")),
+                    Err(error) => {
+                        tracing::warn!(message = "Could not remove an interrupted write's temporary file.", fault = %fault.id, %error);
+                        detail.push_str(&format!(" ({error})"));
+                    }
+                }
+            }
             return self
                 .transition(&fault, Event::Applied, detail, |_| {})
                 .await;
@@ -1179,6 +1191,7 @@ impl Engine {
                 }
             };
             let started = format!("action {number}/{total} started: {}", action.describe());
+            let recorded = undo.clone();
             fault = self
                 .parts
                 .store
@@ -1191,12 +1204,14 @@ impl Engine {
                         if let Some(run) = f.run.as_mut() {
                             run.actions_started = number;
                             run.undo.truncate(index);
-                            run.undo.push(undo);
+                            run.undo.push(recorded);
                         }
                     },
                 )
                 .await?;
-            let applied = self.parts.effects.apply(action, caps, &env).await;
+            let applied = (self.parts.effects)
+                .apply(action, caps, &env, undo.as_ref())
+                .await;
             let kind = serde_json::to_value(action)
                 .ok()
                 .and_then(|v| v["kind"].as_str().map(str::to_owned))

@@ -393,7 +393,20 @@ pub enum Undo {
         /// Absent in records written before phoenix kept owners.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<crate::files::FileOwner>,
+        /// The temporary name (in the file's directory) the write and its undo use, recorded
+        /// before either runs so that what a crash leaves there is removed. Absent in records
+        /// written before phoenix recorded it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        temp: Option<String>,
     },
+}
+
+impl Undo {
+    /// The recorded temporary name of the write this undoes, if any.
+    pub fn temp(&self) -> Option<&str> {
+        let Undo::RestoreFile { temp, .. } = self;
+        temp.as_deref()
+    }
 }
 
 /// What rolling back an attempt's changes achieved.

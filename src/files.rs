@@ -54,6 +54,28 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// collide).
 const TEMP_ATTEMPTS: u32 = 16;
 
+/// Every temporary name phoenix uses starts with this: names under it are phoenix's to remove.
+const TEMP_PREFIX: &str = ".phoenix-tmp-";
+
+/// The temporary name a replacement writes before renaming it over the target.
+#[derive(Debug, Clone, Copy)]
+pub enum TempName<'a> {
+    /// A name nothing has used (`.phoenix-tmp-PID-N`). What a crash leaves under it is found
+    /// by no one: for phoenix's own files, whose folders go whole.
+    Fresh,
+    /// A name recorded before the write (see [`recorded_temp_name`]), so that what a crash
+    /// leaves under it can be removed later ([`DirEntry::remove_leftover`]). Whatever is at it
+    /// when the write starts (such a leftover, or a link someone planted) is removed first,
+    /// never opened.
+    Recorded(&'a str),
+}
+
+/// The temporary name for one recorded write, derived from `key` (unique per write, e.g. the
+/// path of its backup): short, hidden, and the same each time it is asked for.
+pub fn recorded_temp_name(key: &[u8]) -> String {
+    format!("{TEMP_PREFIX}{}", &blake3::hash(key).to_hex()[..16])
+}
+
 impl DirEntry {
     /// Opens the directory of `path` (absolute, without `.`, `..` or symlinks along it) without
     /// following any link; `path`'s last component is the entry's name.
@@ -109,16 +131,21 @@ impl DirEntry {
     }
 
     /// Replaces the entry with a file of `mode` (and `owner`, when given) that `fill` writes: a
-    /// fresh temporary file beside it, filled, flushed, renamed over the name, then the directory
-    /// flushed. Readers see the old file or the new one, never half; on any failure (an owner
-    /// phoenix may not give, too) the temporary file is removed and the entry left as it was.
+    /// temporary file beside it (named as `temp` says), filled, flushed, renamed over the name,
+    /// then the directory flushed. Readers see the old file or the new one, never half; on any
+    /// failure (an owner phoenix may not give, too) the temporary file is removed and the entry
+    /// left as it was.
     pub fn replace(
         &self,
+        temp: TempName<'_>,
         mode: u32,
         owner: Option<FileOwner>,
         fill: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
-        let (temp_name, fd) = self.create_temp()?;
+        let (temp_name, fd) = match temp {
+            TempName::Fresh => self.create_temp()?,
+            TempName::Recorded(name) => self.create_recorded_temp(name)?,
+        };
         let written = (|| {
             let mut file = File::from(fd);
             fill(&mut file)?;
@@ -150,6 +177,33 @@ impl DirEntry {
             Err(rustix::io::Errno::NOENT) => Ok(false),
             Err(errno) => Err(errno.into()),
         }
+    }
+
+    /// Removes what a write interrupted by a crash left at its recorded temporary name `temp`
+    /// (a link there is removed, not followed). `Ok(false)` when nothing was there.
+    pub fn remove_leftover(&self, temp: &str) -> io::Result<bool> {
+        let name = checked_temp_name(temp)?;
+        match rustix::fs::unlinkat(&self.dir, name, AtFlags::empty()) {
+            Ok(()) => {
+                rustix::fs::fsync(&self.dir)?;
+                Ok(true)
+            }
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Creates the temporary file under its recorded name, exclusively, after removing what is
+    /// there: the leftover of an interrupted run of the same write, or a planted link.
+    fn create_recorded_temp(&self, temp: &str) -> io::Result<(OsString, OwnedFd)> {
+        self.remove_leftover(temp)?;
+        let fd = rustix::fs::openat(
+            &self.dir,
+            temp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok((temp.into(), fd))
     }
 
     /// Creates a temporary file under a name nothing has used, exclusively: an existing name
@@ -185,7 +239,7 @@ pub fn replace_own_file(
         return Err(io::Error::other("no directory and file name"));
     };
     std::fs::create_dir_all(dir)?;
-    DirEntry::open(&dir.canonicalize()?.join(name))?.replace(mode, None, fill)
+    DirEntry::open(&dir.canonicalize()?.join(name))?.replace(TempName::Fresh, mode, None, fill)
 }
 
 /// Gives `file` the owner and group of the file it replaces, when it has not got them already
@@ -221,7 +275,23 @@ fn give_owner(file: &File, owner: FileOwner) -> io::Result<()> {
 /// `.phoenix-tmp-PID-N`: short (a long target name cannot push it past the name limit) and
 /// hidden; the process id keeps two phoenix processes sharing a directory apart.
 fn temp_name(n: u64) -> OsString {
-    format!(".phoenix-tmp-{}-{n}", std::process::id()).into()
+    format!("{TEMP_PREFIX}{}-{n}", std::process::id()).into()
+}
+
+/// `temp` if it is one of phoenix's temporary names: a recorded name comes from the store, and
+/// phoenix removes only its own names, never another file of the directory.
+fn checked_temp_name(temp: &str) -> io::Result<&str> {
+    let own = temp.len() > TEMP_PREFIX.len()
+        && temp.len() <= 64
+        && temp.starts_with(TEMP_PREFIX)
+        && !temp.contains('/');
+    if own {
+        Ok(temp)
+    } else {
+        Err(io::Error::other(format!(
+            "`{temp}` is not a phoenix temporary file name"
+        )))
+    }
 }
 
 /// Opens the directory at `path` one component at a time with `O_NOFOLLOW`: a symlink anywhere
@@ -284,7 +354,9 @@ mod tests {
         let entry = DirEntry::open(&dir.join("app.conf")).unwrap();
         assert_eq!(entry.find().unwrap(), Found::Nothing);
         entry
-            .replace(0o640, None, |file| io::Write::write_all(file, b"new"))
+            .replace(TempName::Fresh, 0o640, None, |file| {
+                io::Write::write_all(file, b"new")
+            })
             .unwrap();
         assert_eq!(read(&dir, "app.conf"), "new");
         assert!(
@@ -295,7 +367,9 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 
         // A failing fill leaves the old file and no temporary one.
-        let failed = entry.replace(0o640, None, |_| Err(io::Error::other("disk full")));
+        let failed = entry.replace(TempName::Fresh, 0o640, None, |_| {
+            Err(io::Error::other("disk full"))
+        });
         assert!(failed.is_err());
         assert_eq!(read(&dir, "app.conf"), "new");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
@@ -312,7 +386,9 @@ mod tests {
         }
         let entry = DirEntry::open(&dir.join("target")).unwrap();
         entry
-            .replace(0o644, None, |file| io::Write::write_all(file, b"written"))
+            .replace(TempName::Fresh, 0o644, None, |file| {
+                io::Write::write_all(file, b"written")
+            })
             .unwrap();
         assert_eq!(read(&dir, "secret"), "untouched");
         assert_eq!(read(&dir, "target"), "written");

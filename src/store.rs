@@ -1564,6 +1564,11 @@ impl Store {
         get(&self.db, &fault_key(id))
     }
 
+    /// Whether fault `id` is stored, without decoding it.
+    pub fn has_fault(&self, id: &str) -> Result<bool, StoreError> {
+        self.db.contains_key(fault_key(id)).map_err(io)
+    }
+
     pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         let mut entries = Vec::new();
         for item in self.db.scan_prefix(history_prefix(id)) {
