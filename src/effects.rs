@@ -593,14 +593,19 @@ mod tests {
             }
         }
 
-        /// Backs the file up and writes "new" over it, as the engine does; returns the undo.
-        async fn apply(&self) -> Undo {
+        /// Backs the file up, as the engine does before the write; returns the undo.
+        async fn prepare(&self) -> Undo {
             let backup = self.work.join("backup/1-1");
-            let undo = (self.effects)
+            (self.effects)
                 .prepare_undo(&self.action, &self.caps, &backup)
                 .await
                 .unwrap()
-                .unwrap();
+                .unwrap()
+        }
+
+        /// Backs the file up and writes "new" over it, as the engine does; returns the undo.
+        async fn apply(&self) -> Undo {
+            let undo = self.prepare().await;
             (self.effects)
                 .apply(&self.action, &self.caps, &env(), Some(&undo))
                 .await
@@ -638,12 +643,7 @@ mod tests {
     #[tokio::test]
     async fn what_a_crash_leaves_at_a_writes_temporary_name_is_removed() {
         let rewrite = Rewrite::new("leftover");
-        let backup = rewrite.work.join("backup/1-1");
-        let prepared = (rewrite.effects)
-            .prepare_undo(&rewrite.action, &rewrite.caps, &backup)
-            .await
-            .unwrap()
-            .unwrap();
+        let prepared = rewrite.prepare().await;
         let temp = rewrite.work.join("conf").join(prepared.temp().unwrap());
         // A crash between creating the temporary file and renaming it leaves it behind.
         let crash = || std::fs::write(&temp, "half-written").unwrap();
