@@ -108,6 +108,7 @@ async fn every_adversarial_patch_is_contained_while_ordinary_faults_heal() {
     std::os::unix::fs::symlink("../outside/secret", env.path("allowed/passwd-link")).unwrap();
     std::os::unix::fs::symlink("../outside/secret", env.path("allowed/.fresh.phoenix-tmp"))
         .unwrap();
+    std::fs::hard_link(env.path("outside/secret"), env.path("allowed/hardlink")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
         env.path("allowed/pipe").as_path(),

@@ -1,6 +1,8 @@
 ;; Writes allowed/fresh, where a symlink to a file outside waits at the temporary name writes
-;; once used (.fresh.phoenix-tmp; the test plants it), then writes through a symlink: the first
-;; write must not go through the planted link, and it is rolled back.
+;; once used (.fresh.phoenix-tmp; the test plants it: the escape of 2026-12-02), then writes
+;; through a symlink: the first write must not go through the planted link, and it is rolled
+;; back. (Writes now use a name recorded per write, cleared before use: see the unit tests of
+;; effects.rs and files.rs.)
 ;; expect: apply_failed symlink
 (module
   (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
