@@ -111,3 +111,103 @@ async fn every_acknowledged_report_survives_a_kill_and_no_action_runs_twice() {
         assert_eq!(fault["state"], expected, "{fault:#}");
     }
 }
+
+/// What a crash between creating a `write_file`'s temporary file and renaming it leaves: the
+/// action recorded as started (not done) with the temporary name in its undo, and the file at
+/// that name. A kill cannot be aimed at those microseconds, so the test builds that state: a
+/// fault waiting for approval, backed up, its record set to where the crash would have left it,
+/// restored. The resume verifies instead of writing again, and removes the temporary file.
+#[tokio::test]
+async fn a_write_cut_short_by_a_crash_leaves_no_temporary_file_after_the_resume() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("conf")).unwrap();
+    std::fs::write(env.path("conf/app.conf"), "old\n").unwrap();
+    let write = r#"{"kind":"write_file","path":"conf/app.conf","content":"new\n"}"#;
+    env.patch("rewrite", &planner(&[write]), "");
+    env.policy(
+        "conf",
+        "[approval]\nrule = \"required\"\n[match]\napp = \"conf\"\n[patch]\nname = \"rewrite\"\n\
+         [capabilities]\nwritable_dirs = [\"conf\"]\n[verify]\ncommand = [\"true\"]\n",
+    );
+    let mut daemon = env.start();
+    let id = daemon.report_id(r#"{"app":"conf","kind":"drift"}"#).await;
+    daemon
+        .wait_for(&id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+    let addr = format!("http://{}", daemon.addr);
+    let (code, _, err) = env.run(&["--addr", &addr, "backup", "--out", "snapshot.jsonl"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // The crash: action 1 started, its undo recorded, its temporary file half-written.
+    let temp = ".phoenix-tmp-00000000000000ab";
+    std::fs::write(env.path("conf").join(temp), "ne").unwrap();
+    let target = std::fs::canonicalize(env.path("conf/app.conf")).unwrap();
+    let snapshot = std::fs::read_to_string(env.path("snapshot.jsonl")).unwrap();
+    let fault_key = hex(format!("f/{id}").as_bytes());
+    let mut edited = 0;
+    let lines: Vec<String> = snapshot
+        .lines()
+        .map(|line| {
+            let mut entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            if entry["k"] != fault_key.as_str() {
+                return line.to_owned();
+            }
+            let mut fault: serde_json::Value =
+                serde_json::from_slice(&unhex(entry["v"].as_str().unwrap())).unwrap();
+            fault["state"] = "patching".into();
+            fault["run"]["actions_started"] = 1.into();
+            fault["run"]["undo"] = serde_json::json!([{
+                "kind": "restore_file", "path": target, "backup": null, "mode": null, "temp": temp
+            }]);
+            entry["v"] = hex(&serde_json::to_vec(&fault).unwrap()).into();
+            edited += 1;
+            entry.to_string()
+        })
+        .collect();
+    assert_eq!(edited, 1, "the fault's record is in the backup");
+    std::fs::write(env.path("crashed.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::remove_dir_all(env.path("data/store")).unwrap();
+    let restore = [
+        "restore",
+        "--config",
+        "phoenix.toml",
+        "--from",
+        "crashed.jsonl",
+    ];
+    let (code, _, err) = env.run(&restore);
+    assert_eq!(code, 0, "{err}");
+
+    let daemon = env.start();
+    let fault = daemon.wait_terminal(&id).await;
+    assert_eq!(fault["state"], "healed", "{fault:#}");
+    let resumed = common::history_field(&fault, "detail")
+        .into_iter()
+        .find(|detail| detail.contains("resumed after a restart"))
+        .unwrap_or_else(|| panic!("no resume in the history: {fault:#}"));
+    assert!(resumed.contains("removed the temporary file"), "{resumed}");
+    let mut names: Vec<String> = std::fs::read_dir(env.path("conf"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app.conf"], "no temporary file left");
+    assert_eq!(
+        std::fs::read_to_string(env.path("conf/app.conf")).unwrap(),
+        "old\n",
+        "the write is not run again"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
