@@ -150,7 +150,7 @@ impl Effects {
                         Found::File { mode, owner } => (mode & !0o6000, Some(owner)),
                         _ => (NEW_FILE_MODE, None),
                     };
-                    let temp = temp.as_deref().map_or(TempName::Fresh, TempName::Recorded);
+                    let temp = TempName::from_record(temp.as_deref());
                     entry.replace(temp, mode, owner, |file| {
                         std::io::Write::write_all(file, &bytes)
                     })
@@ -356,7 +356,7 @@ impl Effects {
                     )
                 })?;
                 let mode = mode.unwrap_or(NEW_FILE_MODE);
-                let temp = temp.as_deref().map_or(TempName::Fresh, TempName::Recorded);
+                let temp = TempName::from_record(temp.as_deref());
                 DirEntry::open(&path)?.replace(temp, mode, owner, |file| {
                     std::io::copy(&mut source, file).map(|_| ())
                 })

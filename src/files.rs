@@ -70,6 +70,14 @@ pub enum TempName<'a> {
     Recorded(&'a str),
 }
 
+impl<'a> TempName<'a> {
+    /// The recorded name, when a record has one (records written before names were recorded
+    /// have none: their writes take a fresh name).
+    pub fn from_record(temp: Option<&'a str>) -> TempName<'a> {
+        temp.map_or(TempName::Fresh, TempName::Recorded)
+    }
+}
+
 /// The temporary name for one recorded write, derived from `key` (unique per write, e.g. the
 /// path of its backup): short, hidden, and the same each time it is asked for.
 pub fn recorded_temp_name(key: &[u8]) -> String {

@@ -146,29 +146,20 @@ async fn a_write_cut_short_by_a_crash_leaves_no_temporary_file_after_the_resume(
     std::fs::write(env.path("conf").join(temp), "ne").unwrap();
     let target = std::fs::canonicalize(env.path("conf/app.conf")).unwrap();
     let snapshot = std::fs::read_to_string(env.path("snapshot.jsonl")).unwrap();
-    let fault_key = hex(format!("f/{id}").as_bytes());
-    let mut edited = 0;
-    let lines: Vec<String> = snapshot
-        .lines()
-        .map(|line| {
-            let mut entry: serde_json::Value = serde_json::from_str(line).unwrap();
-            if entry["k"] != fault_key.as_str() {
-                return line.to_owned();
-            }
-            let mut fault: serde_json::Value =
-                serde_json::from_slice(&unhex(entry["v"].as_str().unwrap())).unwrap();
-            fault["state"] = "patching".into();
-            fault["run"]["actions_started"] = 1.into();
-            fault["run"]["undo"] = serde_json::json!([{
-                "kind": "restore_file", "path": target, "backup": null, "mode": null, "temp": temp
-            }]);
-            entry["v"] = hex(&serde_json::to_vec(&fault).unwrap()).into();
-            edited += 1;
-            entry.to_string()
-        })
-        .collect();
-    assert_eq!(edited, 1, "the fault's record is in the backup");
-    std::fs::write(env.path("crashed.jsonl"), lines.join("\n") + "\n").unwrap();
+    let mut entries = phoenix::backup::decode(&snapshot).unwrap();
+    let fault_key = format!("f/{id}").into_bytes();
+    let (_, record) = entries
+        .iter_mut()
+        .find(|(key, _)| *key == fault_key)
+        .expect("the fault's record is in the backup");
+    let mut fault: serde_json::Value = serde_json::from_slice(record).unwrap();
+    fault["state"] = "patching".into();
+    fault["run"]["actions_started"] = 1.into();
+    fault["run"]["undo"] = serde_json::json!([{
+        "kind": "restore_file", "path": target, "backup": null, "mode": null, "temp": temp
+    }]);
+    *record = serde_json::to_vec(&fault).unwrap();
+    std::fs::write(env.path("crashed.jsonl"), phoenix::backup::encode(&entries)).unwrap();
     std::fs::remove_dir_all(env.path("data/store")).unwrap();
     let restore = [
         "restore",
@@ -199,15 +190,4 @@ async fn a_write_cut_short_by_a_crash_leaves_no_temporary_file_after_the_resume(
         "old\n",
         "the write is not run again"
     );
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }
