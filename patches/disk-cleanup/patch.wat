@@ -4,7 +4,7 @@
   (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
   (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
   (import "phoenix" "log" (func $log (param i32 i32)))
-  (memory (export "memory") 1)
+  (memory (export "memory") 4096 (pagesize 1)) ;; 4 KiB: reset by a copy alone
 
   (data (i32.const 0) "kind")                                        ;; key, 4 bytes
   (data (i32.const 16) "disk_full")                                  ;; expected kind, 9 bytes
