@@ -1453,6 +1453,35 @@ mod tests {
     }
 
     #[test]
+    fn each_run_starts_from_the_modules_memory_whatever_its_page_size() {
+        // A run that finds the marks of an earlier one (its data byte overwritten, bytes set
+        // near the start and at the very end of the memory) declines. wasmtime resets a 4 KiB
+        // memory of 1-byte pages by copying alone, and a 64 KiB page partly by decommitting
+        // it; enough runs that pooled slots are reused after a decommit batch.
+        for (memory, last) in [("4096 (pagesize 1)", 4095), ("1", 65535)] {
+            let text = format!(
+                r#"(module
+                     (memory (export "memory") {memory})
+                     (data (i32.const 0) "d")
+                     (func (export "heal") (result i32)
+                       (if (i32.ne (i32.load8_u (i32.const 0)) (i32.const 100))
+                         (then (return (i32.const 7))))
+                       (if (i32.or (i32.load8_u (i32.const 100)) (i32.load8_u (i32.const {last})))
+                         (then (return (i32.const 8))))
+                       (i32.store8 (i32.const 0) (i32.const 101))
+                       (i32.store8 (i32.const 100) (i32.const 1))
+                       (i32.store8 (i32.const {last}) (i32.const 1))
+                       (i32.const 0)))"#
+            );
+            let wasm = wat_to_wasm(text.as_bytes()).unwrap();
+            let (_dir, sandbox) = sandbox(Limits::default());
+            for _ in 0..4 * POOL_SLOTS {
+                assert_eq!(run(&sandbox, &wasm), Ok(Vec::new()), "memory {memory}");
+            }
+        }
+    }
+
+    #[test]
     fn a_warm_store_holds_the_slots_of_the_instances_it_keeps_and_only_after_clean_runs() {
         let (_dir, sandbox) = sandbox(Limits::default());
         let clean = module("", "", "(i32.const 0)");
