@@ -12,7 +12,7 @@
 //! commit) and answer every caller, so an acknowledged write is on disk, and N concurrent
 //! writers cost one record and one fsync, not N. A write that fails leaves nothing in its
 //! group. The two stages overlap: while one group is synced and applied, the next runs in the
-//! committer, which reads the groups in flight from memory (they may not be in sled yet).
+//! committer, which reads the group in flight from memory (it may not be in sled yet).
 //!
 //! sled itself is flushed only at checkpoints (a closed journal segment at a time); a start
 //! replays the journal left since the last one. sled's own atomic batches are not used: each
@@ -311,12 +311,10 @@ type Pending = BTreeMap<Vec<u8>, Option<sled::IVec>>;
 #[derive(Default)]
 struct Group {
     pending: Pending,
-    /// The writes of the last two groups handed over, older first, read before the tree (newer
-    /// first): the journal thread may not have applied the newer yet. It takes a group only
-    /// once it has applied the one before, so the older is in the tree too; it is kept so that
-    /// reads stay right if a stage is ever put between the journal and the tree. Every earlier
-    /// group is in the tree.
-    inflight: [Arc<Pending>; 2],
+    /// The writes of the group handed over last, read before the tree: the journal thread may
+    /// not have applied them yet. Every earlier group is in the tree (the committer hands a
+    /// group over only once the journal thread has applied the one before).
+    inflight: Arc<Pending>,
     /// Fault records written by this group's jobs, in order: the fault written, or `None`
     /// when written in a form the cache cannot follow (raw bytes, a removal).
     faults: Vec<(Vec<u8>, Option<Box<Fault>>)>,
@@ -462,8 +460,7 @@ impl Writer<'_> {
             .own
             .get(key)
             .or_else(|| self.group.pending.get(key))
-            .or_else(|| self.group.inflight[1].get(key))
-            .or_else(|| self.group.inflight[0].get(key));
+            .or_else(|| self.group.inflight.get(key));
         match known
             .map(Option::as_ref)
             .or_else(|| self.group.fingerprints.lookup(key))
@@ -547,11 +544,10 @@ impl Writer<'_> {
     }
 
     /// The records under `prefix` in key order, as this job sees them without its own
-    /// writes: the tree, overlaid with the groups in flight and this group's earlier writes.
+    /// writes: the tree, overlaid with the group in flight and this group's earlier writes.
     fn scan(&self, prefix: &[u8]) -> Merged {
         let mut overlay: BTreeMap<Vec<u8>, Option<sled::IVec>> = BTreeMap::new();
-        let [older, newer] = &self.group.inflight;
-        for layer in [&**older, &**newer, &self.group.pending] {
+        for layer in [&*self.group.inflight, &self.group.pending] {
             let under = layer
                 .range::<[u8], _>((
                     std::ops::Bound::Included(prefix),
@@ -1851,10 +1847,9 @@ fn commit_loop(tree: &sled::Tree, jobs: &mpsc::Receiver<Work>, sealed: &mpsc::Sy
         }
         if !journal_busy && !completions.is_empty() {
             let next = seal(&mut group, std::mem::take(&mut completions));
-            // The journal took the group handed over last only once the one before that was
-            // in the tree: only those two and this one need be read from memory.
-            let newer = std::mem::take(&mut group.inflight[1]);
-            group.inflight = [newer, Arc::clone(&next.writes)];
+            // The journal is free: it has applied the group handed over last, which is in the
+            // tree now; only this one need be read from memory.
+            group.inflight = Arc::clone(&next.writes);
             if sealed.send(next).is_err() {
                 return;
             }
@@ -3039,10 +3034,10 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_fault_taken_from_the_cache_by_a_failed_job_is_read_from_the_groups_in_flight() {
-        // Group 1 adds an occurrence and is held before its apply; group 2's job takes the
-        // fault out of the cache and fails; the next job must read group 1's write from
-        // memory, not the tree's older record.
+    async fn a_fault_taken_from_the_cache_by_a_failed_job_is_read_from_the_group_in_flight() {
+        // Group 1 adds an occurrence and is held before its apply; meanwhile a job takes the
+        // fault out of the committer's cache and fails, and the next job must read group 1's
+        // write from memory, not the tree's older record.
         let (_dir, store) = open();
         let id = store
             .report(report("a"), Source::Api, None)
@@ -3053,9 +3048,9 @@ mod tests {
         store.commits.apply_delay_ms.store(400, Ordering::Relaxed);
         let store = Arc::new(store);
         let before = store.flushes();
-        let job = |fail: bool| {
+        let add = |fail: bool| {
             let (store, id) = (store.clone(), id.clone());
-            tokio::spawn(async move {
+            async move {
                 store
                     .commit(move |w| {
                         let key = fault_key(&id);
@@ -3068,15 +3063,15 @@ mod tests {
                         Ok(())
                     })
                     .await
-            })
+            }
         };
-        let added = job(false);
+        let added = tokio::spawn(add(false));
         journaled(&store, before + 1).await;
-        let refused = job(true);
-        journaled(&store, before + 2).await;
-        let seen = committer_view(&store, &id).await;
+        // Polled in this order by one task, the two jobs reach the committer in this order,
+        // while group 1 is held.
+        let (refused, seen) = tokio::join!(add(true), committer_view(&store, &id));
         assert!(added.await.unwrap().is_ok());
-        assert!(refused.await.unwrap().is_err());
+        assert!(refused.is_err());
         assert_eq!(seen.occurrences, 2);
     }
 
