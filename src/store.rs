@@ -1980,18 +1980,16 @@ fn journal_group(
 }
 
 /// Applies a group whose journal record was `written` to the tree, tells readers what
-/// changed, and answers its writers. After a failure (of this group or one before), the group
-/// is answered with it and not applied.
+/// changed, and answers its writers. A group that failed (`written` carries the failure of
+/// this group or of one before: the journal thread, the only one that records failures,
+/// checks before it writes) is answered with it and not applied.
 fn apply_and_answer(
     tree: &sled::Tree,
     group: Sealed,
     written: Result<(), StoreError>,
     commits: &Commits,
 ) {
-    let stored = written.and_then(|()| match commits.failed() {
-        Some(error) => Err(error),
-        None => apply_group(tree, &group, commits),
-    });
+    let stored = written.and_then(|()| apply_group(tree, &group, commits));
     if let Err(error) = &stored {
         commits.fail(error);
     }
