@@ -788,6 +788,24 @@ async fn decide(
     Ok(Json(serde_json::json!({ "approval": out })))
 }
 
+/// An operator's `by` (who acts: 1-128 characters, not all blank) and `reason` (at most 1024
+/// characters), as recorded in the audit log.
+fn operator_fields(by: &str, reason: &str) -> Result<(), ApiError> {
+    let by = by.trim();
+    if by.is_empty()
+        || by.chars().count() > crate::approval::MAX_ACTOR_CHARS
+        || reason.chars().count() > MAX_REASON_CHARS
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`by` must name who acts (1-128 characters); `reason` at most 1024",
+        ));
+    }
+    Ok(())
+}
+
+const MAX_REASON_CHARS: usize = 1024;
+
 async fn list_breakers(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -838,12 +856,7 @@ async fn operate_breaker(
     }
     let body = body.map_err(body_error)?;
     let input: OperatorIn = parse_json(&body, "invalid_request")?;
-    if input.by.trim().is_empty() || input.by.len() > 128 || input.reason.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "`by` must name who acts (1-128 characters); `reason` at most 1024",
-        ));
-    }
+    operator_fields(&input.by, &input.reason)?;
     let by = if identity.authenticated {
         identity.name.clone()
     } else {
@@ -1045,12 +1058,7 @@ async fn rollback_patch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let input: RollbackIn = json_body(body)?;
-    if input.by.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "`by` must name who rolls back",
-        ));
-    }
+    operator_fields(&input.by, &input.reason)?;
     let record = state.store.patch(&name, &input.to)?.ok_or_else(|| {
         ApiError::not_found(format!("patch `{name}` has no version {}", input.to))
     })?;
@@ -1071,7 +1079,7 @@ async fn rollback_patch(
     let actor = if identity.authenticated {
         identity.name.clone()
     } else {
-        input.by.clone()
+        input.by.trim().to_owned()
     };
     tracing::warn!(message = "Patch rolled back.", patch = %name, to = %record.version, hash = %record.hash, from = ?previous, by = %actor, reason = %input.reason);
     let detail = format!(

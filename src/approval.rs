@@ -30,6 +30,11 @@ pub enum DecisionError {
     Invalid(String),
 }
 
+/// Longest name of who decides or operates, in characters (the API's schema says the same).
+pub const MAX_ACTOR_CHARS: usize = 128;
+/// Longest comment on a decision, in characters.
+const MAX_COMMENT_CHARS: usize = 4096;
+
 /// Records `decision` on `fault`'s approval request; returns the history line for it.
 pub fn decide(
     fault: &mut Fault,
@@ -37,14 +42,14 @@ pub fn decide(
     now: Timestamp,
 ) -> Result<String, DecisionError> {
     let by = decision.by.trim();
-    if by.is_empty() || by.len() > 128 {
+    if by.is_empty() || by.chars().count() > MAX_ACTOR_CHARS {
         return Err(DecisionError::Invalid(
             "`by` must name who decides (1-128 characters)".into(),
         ));
     }
-    if decision.comment.len() > 4096 {
+    if decision.comment.chars().count() > MAX_COMMENT_CHARS {
         return Err(DecisionError::Invalid(
-            "`comment` is longer than 4096 bytes".into(),
+            "`comment` is longer than 4096 characters".into(),
         ));
     }
     let id = fault.id.clone();
@@ -213,5 +218,32 @@ mod tests {
             decide(&mut waiting(1, true), vote(" ", true), Timestamp(1)),
             Err(DecisionError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn names_and_comments_are_limited_in_characters_not_bytes() {
+        // 128 two-byte characters are a name; 129 are not. Likewise a comment of 4096.
+        assert!(
+            decide(
+                &mut waiting(1, true),
+                vote(&"é".repeat(128), true),
+                Timestamp(1)
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            decide(
+                &mut waiting(1, true),
+                vote(&"é".repeat(129), true),
+                Timestamp(1)
+            ),
+            Err(DecisionError::Invalid(_))
+        ));
+        for (chars, fits) in [(4096, true), (4097, false)] {
+            let mut decision = vote("alice", true);
+            decision.comment = "é".repeat(chars);
+            let outcome = decide(&mut waiting(1, true), decision, Timestamp(1));
+            assert_eq!(outcome.is_ok(), fits, "{chars} characters: {outcome:?}");
+        }
     }
 }

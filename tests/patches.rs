@@ -179,6 +179,18 @@ async fn uploads_are_checked_and_a_failing_one_changes_nothing() {
         )
         .await;
     assert_eq!(status, 404);
+    // Who rolls back and why go to the audit log: named, and bounded, before anything else.
+    let v1 = heal(&daemon, 2).await["run"]["patch_hash"].clone();
+    assert!(v1.is_string(), "{v1}");
+    for (by, reason) in [(" ", "x".to_owned()), ("bob", "x".repeat(1025))] {
+        let body = json!({"to": v1, "by": by, "reason": reason}).to_string();
+        let (status, answer, _) = daemon.post("/v1/patches/fix/rollback", &body, &[]).await;
+        assert_eq!(
+            (status, &answer["code"]),
+            (400, &json!("invalid_request")),
+            "{answer}"
+        );
+    }
 
     let bad = json!({"manifest": "name = \"fix\"", "wat": "(module)"}).to_string();
     let (status, body, _) = daemon.post("/v1/patches", &bad, &[]).await;
