@@ -26,6 +26,9 @@ struct RawConfig {
     patches_dir: PathBuf,
     workers: usize,
     max_body_bytes: usize,
+    max_connections: usize,
+    #[serde(with = "crate::policy::duration")]
+    connection_idle_timeout: std::time::Duration,
     store_cache_bytes: u64,
     min_free_bytes: u64,
     store_fsync: bool,
@@ -72,6 +75,8 @@ impl Default for RawConfig {
             patches_dir: PathBuf::from("patches"),
             workers: 16,
             max_body_bytes: 64 << 10,
+            max_connections: 512,
+            connection_idle_timeout: std::time::Duration::from_secs(60),
             store_cache_bytes: 8 << 20,
             min_free_bytes: 64 << 20,
             store_fsync: true,
@@ -109,6 +114,10 @@ pub struct Config {
     pub workers: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// HTTP connections open at once; more wait in the listen backlog (see `listener.rs`).
+    pub max_connections: usize,
+    /// An HTTP connection that moves no byte for this long is closed.
+    pub connection_idle_timeout: std::time::Duration,
     /// sled page cache size.
     pub store_cache_bytes: u64,
     /// Below this much free space in the data dir, new reports are refused (507) so that the
@@ -207,6 +216,19 @@ impl Config {
                 raw.max_body_bytes
             ));
         }
+        if raw.max_connections == 0 || raw.max_connections > 65_536 {
+            return Err(format!(
+                "`max_connections` must be between 1 and 65536 (got {})",
+                raw.max_connections
+            ));
+        }
+        // Longer than any request may take, so that only a silent connection is cut.
+        if raw.connection_idle_timeout <= crate::api::REQUEST_TIMEOUT {
+            return Err(format!(
+                "`connection_idle_timeout` must be longer than a request may take ({} s)",
+                crate::api::REQUEST_TIMEOUT.as_secs()
+            ));
+        }
         if raw.alertmanager.app_label.is_empty() || raw.alertmanager.kind_label.is_empty() {
             return Err(
                 "`alertmanager.app_label` and `alertmanager.kind_label` must not be empty".into(),
@@ -280,6 +302,8 @@ impl Config {
             base_dir: base.clone(),
             workers: raw.workers,
             max_body_bytes: raw.max_body_bytes,
+            max_connections: raw.max_connections,
+            connection_idle_timeout: raw.connection_idle_timeout,
             store_cache_bytes: raw.store_cache_bytes,
             min_free_bytes: raw.min_free_bytes,
             store_fsync: raw.store_fsync,

@@ -18,6 +18,7 @@ pub mod fault;
 pub mod files;
 pub mod intake;
 pub mod journal;
+pub mod listener;
 pub mod logging;
 pub mod machine;
 pub mod metrics;
