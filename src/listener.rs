@@ -128,15 +128,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(outcome) => {
-                this.note_written(&outcome);
-                Poll::Ready(outcome)
-            }
-            // A client that stops reading its answer holds the connection as surely as one
-            // that stops sending.
-            Poll::Pending => this.poll_idle(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.after_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -145,13 +138,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(outcome) => {
-                this.note_written(&outcome);
-                Poll::Ready(outcome)
-            }
-            Poll::Pending => this.poll_idle(cx).map(Err),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -168,9 +156,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
 }
 
 impl<S> GuardedStream<S> {
-    fn note_written(&mut self, outcome: &io::Result<usize>) {
-        if matches!(outcome, Ok(n) if *n > 0) {
-            self.last_progress = Instant::now();
+    /// A write that moved bytes is progress. One that cannot proceed waits for the socket or
+    /// the idle timeout: a client that stops reading its answer holds the connection as surely
+    /// as one that stops sending.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(outcome) => {
+                if matches!(outcome, Ok(n) if n > 0) {
+                    self.last_progress = Instant::now();
+                }
+                Poll::Ready(outcome)
+            }
+            Poll::Pending => self.poll_idle(cx).map(Err),
         }
     }
 }
