@@ -29,6 +29,8 @@ struct RawConfig {
     max_connections: usize,
     #[serde(with = "crate::policy::duration")]
     connection_idle_timeout: std::time::Duration,
+    #[serde(with = "crate::policy::duration")]
+    drain_timeout: std::time::Duration,
     store_cache_bytes: u64,
     min_free_bytes: u64,
     store_fsync: bool,
@@ -77,6 +79,7 @@ impl Default for RawConfig {
             max_body_bytes: 64 << 10,
             max_connections: 512,
             connection_idle_timeout: std::time::Duration::from_secs(60),
+            drain_timeout: crate::api::REQUEST_TIMEOUT,
             store_cache_bytes: 8 << 20,
             min_free_bytes: 64 << 20,
             store_fsync: true,
@@ -118,6 +121,8 @@ pub struct Config {
     pub max_connections: usize,
     /// An HTTP connection that moves no byte for this long is closed.
     pub connection_idle_timeout: std::time::Duration,
+    /// At shutdown, how long open HTTP connections may take to finish.
+    pub drain_timeout: std::time::Duration,
     /// sled page cache size.
     pub store_cache_bytes: u64,
     /// Below this much free space in the data dir, new reports are refused (507) so that the
@@ -229,6 +234,9 @@ impl Config {
                 crate::api::REQUEST_TIMEOUT.as_secs()
             ));
         }
+        if raw.drain_timeout.is_zero() {
+            return Err("`drain_timeout` must be positive".into());
+        }
         if raw.alertmanager.app_label.is_empty() || raw.alertmanager.kind_label.is_empty() {
             return Err(
                 "`alertmanager.app_label` and `alertmanager.kind_label` must not be empty".into(),
@@ -304,6 +312,7 @@ impl Config {
             max_body_bytes: raw.max_body_bytes,
             max_connections: raw.max_connections,
             connection_idle_timeout: raw.connection_idle_timeout,
+            drain_timeout: raw.drain_timeout,
             store_cache_bytes: raw.store_cache_bytes,
             min_free_bytes: raw.min_free_bytes,
             store_fsync: raw.store_fsync,

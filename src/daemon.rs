@@ -351,6 +351,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     spawn_full_disk_watch(Arc::clone(&inputs.store), restart_tx);
     let restart = Arc::new(std::sync::Mutex::new(None::<String>));
     let restart_reason = Arc::clone(&restart);
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let drain_started = Arc::clone(&draining);
     let stop = async move {
         tokio::select! {
             () = shutdown.received() => {}
@@ -359,14 +361,28 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
                 *restart_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
             }
         }
+        drain_started.notify_one();
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|source| DaemonError::Io {
+    let server = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+    };
+    // The drain waits for open connections, and a client can keep one from ever finishing (a
+    // request sent half-way): after `drain_timeout` phoenix stops anyway.
+    let drain_timeout = config.drain_timeout;
+    tokio::select! {
+        served = server => served.map_err(|source| DaemonError::Io {
             what: "HTTP server".into(),
             source,
-        })?;
+        })?,
+        () = async {
+            draining.notified().await;
+            tokio::time::sleep(drain_timeout).await;
+        } => {
+            tracing::warn!(message = "Connections still open at the drain timeout; stopping without them.", seconds = drain_timeout.as_secs());
+        }
+    }
     crate::notify::notify("STOPPING=1");
     tracing::info!(message = "Stopping supervised programs.");
     supervisor.shutdown().await;

@@ -1,6 +1,7 @@
 //! The API's connections are capped (`max_connections`), so that clients holding connections
-//! open cannot take the file descriptors the store needs. The idle timeout that frees the
-//! connections of silent clients is tested on a paused clock in `src/listener.rs`.
+//! open cannot take the file descriptors the store needs, and none holds up a shutdown for more
+//! than `drain_timeout`. The idle timeout that frees the connections of silent clients is
+//! tested on a paused clock in `src/listener.rs`.
 
 mod common;
 
@@ -72,4 +73,22 @@ fn a_cap_out_of_range_is_a_config_error() {
         let key = bad.split(' ').next().unwrap();
         assert!(stderr.contains(key), "{bad}: {stderr}");
     }
+}
+
+#[test]
+fn a_request_sent_half_way_does_not_hold_up_shutdown() {
+    let env = Env::new();
+    env.write_config("connection_idle_timeout = \"600s\"\ndrain_timeout = \"1s\"");
+    let mut daemon = env.start();
+    // Half of a first request (a connection that served one and sent half of the next is
+    // closed by the drain at once; this one is waited for).
+    let mut stuck = TcpStream::connect(&daemon.addr).unwrap();
+    stuck
+        .write_all(b"POST /v1/faults HTTP/1.1\r\nHost: phoenix\r\n")
+        .unwrap();
+    // A round trip on another connection: time for phoenix to take the first one up.
+    assert!(healthy(&mut TcpStream::connect(&daemon.addr).unwrap()));
+    // Graceful shutdown waits for that request; the drain timeout ends the wait.
+    let code = daemon.terminate();
+    assert_eq!(code, Some(0), "{}", daemon.log());
 }
