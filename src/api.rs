@@ -791,11 +791,7 @@ async fn decide(
 /// An operator's `by` (who acts: 1-128 characters, not all blank) and `reason` (at most 1024
 /// characters), as recorded in the audit log.
 fn operator_fields(by: &str, reason: &str) -> Result<(), ApiError> {
-    let by = by.trim();
-    if by.is_empty()
-        || by.chars().count() > crate::approval::MAX_ACTOR_CHARS
-        || reason.chars().count() > MAX_REASON_CHARS
-    {
+    if !crate::approval::is_actor_name(by) || reason.chars().count() > MAX_REASON_CHARS {
         return Err(ApiError::bad_request(
             "invalid_request",
             "`by` must name who acts (1-128 characters); `reason` at most 1024",

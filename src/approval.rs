@@ -31,9 +31,16 @@ pub enum DecisionError {
 }
 
 /// Longest name of who decides or operates, in characters (the API's schema says the same).
-pub const MAX_ACTOR_CHARS: usize = 128;
+const MAX_ACTOR_CHARS: usize = 128;
 /// Longest comment on a decision, in characters.
 const MAX_COMMENT_CHARS: usize = 4096;
+
+/// Whether `by` names who decides or operates: 1-128 characters once trimmed (the rule for
+/// approvals, breaker operations and rollbacks alike).
+pub fn is_actor_name(by: &str) -> bool {
+    let by = by.trim();
+    !by.is_empty() && by.chars().count() <= MAX_ACTOR_CHARS
+}
 
 /// Records `decision` on `fault`'s approval request; returns the history line for it.
 pub fn decide(
@@ -42,7 +49,7 @@ pub fn decide(
     now: Timestamp,
 ) -> Result<String, DecisionError> {
     let by = decision.by.trim();
-    if by.is_empty() || by.chars().count() > MAX_ACTOR_CHARS {
+    if !is_actor_name(by) {
         return Err(DecisionError::Invalid(
             "`by` must name who decides (1-128 characters)".into(),
         ));

@@ -336,7 +336,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     })?;
     let listener = crate::listener::GuardedListener::new(
         listener,
-        connection_cap(config.max_connections),
+        config.max_connections,
         config.connection_idle_timeout,
     );
     let shutdown = ShutdownSignals::listen();
@@ -391,21 +391,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         Some(reason) => Err(DaemonError::RestartNeeded(reason)),
         None => Ok(()),
     }
-}
-
-/// `max_connections`, or half the open-file limit if that is lower: the other half stays for
-/// the store, watched files and supervised programs, whatever clients do.
-fn connection_cap(max_connections: usize) -> usize {
-    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    let half = open_files.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX));
-    if half < max_connections {
-        tracing::warn!(
-            message = "Fewer HTTP connections than configured: half of the open-file limit (raise LimitNOFILE for more).",
-            max_connections,
-            allowed = half.max(1)
-        );
-    }
-    max_connections.min(half).max(1)
 }
 
 /// While the data dir is full, phoenix serves reads and refuses writes (507). Once it has room

@@ -1,5 +1,5 @@
-//! The API's TCP listener: at most `max_connections` open connections, and none kept idle
-//! longer than `connection_idle_timeout`.
+//! The API's TCP listener: at most `max_connections` open connections (and never more than half
+//! the open-file limit), none kept idle longer than `connection_idle_timeout`.
 //!
 //! Every connection holds a file descriptor, and so do the store's journal segments, sled, the
 //! watched files and the supervised programs' pipes. Without a bound, clients that open
@@ -31,13 +31,29 @@ pub struct GuardedListener {
 }
 
 impl GuardedListener {
+    /// Serves at most `max_connections` at once, or half the open-file limit if that is lower.
     pub fn new(inner: TcpListener, max_connections: usize, idle_timeout: Duration) -> Self {
         GuardedListener {
             inner,
-            slots: Arc::new(Semaphore::new(max_connections)),
+            slots: Arc::new(Semaphore::new(connection_cap(max_connections))),
             idle_timeout,
         }
     }
+}
+
+/// `max_connections`, or half the open-file limit if that is lower: the other half stays for
+/// the store, watched files and supervised programs, whatever clients do.
+fn connection_cap(max_connections: usize) -> usize {
+    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let half = open_files.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX));
+    if half < max_connections {
+        tracing::warn!(
+            message = "Fewer HTTP connections than configured: half of the open-file limit (raise LimitNOFILE for more).",
+            max_connections,
+            allowed = half.max(1)
+        );
+    }
+    max_connections.min(half).max(1)
 }
 
 impl axum::serve::Listener for GuardedListener {
