@@ -60,7 +60,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -68,7 +68,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -220,7 +220,12 @@ impl FaultOut {
 }
 
 /// Builds the API router.
-pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::Tokens>) -> Router {
+pub fn router(
+    state: AppState,
+    rules: crate::guard::RequestRules,
+    tokens: Arc<crate::auth::Tokens>,
+) -> Router {
+    let max_body_bytes = rules.max_body_bytes();
     Router::new()
         .route("/v1/faults", post(report_fault).get(list_faults))
         .route("/v1/faults/{id}", get(show_fault))
@@ -261,6 +266,12 @@ pub fn router(state: AppState, max_body_bytes: usize, tokens: Arc<crate::auth::T
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Before routing and authentication: a request not addressed to phoenix, a cross-site
+        // write, or a body too large or too slow goes no further.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(rules),
+            crate::guard::check,
+        ))
         .layer(axum::middleware::from_fn(request_id))
         // Shared, not cloned: axum hands every request its own copy of the state.
         .with_state(Arc::new(state))
@@ -364,10 +375,15 @@ async fn report_fault(
         );
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
     }
-    // "Same body" means the same report, whatever the JSON formatting or key order.
+    // "Same body" means the same report, whatever the JSON formatting or key order. A key is
+    // the caller's own: another token's use of the same key is another request.
     let idempotency = key.map(|key| {
         let canonical = serde_json::to_vec(&report).unwrap_or_default();
-        (key, blake3::hash(&canonical).to_hex().to_string())
+        crate::store::Idempotency {
+            scope: identity.authenticated.then(|| identity.name.clone()),
+            key,
+            request_hash: blake3::hash(&canonical).to_hex().to_string(),
+        }
     });
     let reported = state
         .intake
@@ -556,7 +572,11 @@ struct PatchOut {
     version: String,
     hash: String,
     confidence: f64,
+    /// Who is answerable for it: for an uploaded version, the token that uploaded it.
     author: String,
+    /// What an uploaded version's manifest says of its author (a claim only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claimed_author: Option<String>,
     tests: Vec<crate::registry::TestResult>,
 }
 
@@ -584,6 +604,7 @@ fn approval_out(store: &Store, fault: Fault) -> Result<Option<ApprovalOut>, Stor
             hash: run.patch_hash,
             confidence: request.patch_confidence,
             author: request.patch_author,
+            claimed_author: record.as_ref().and_then(|r| r.claimed_author.clone()),
             tests: record.map(|r| r.tests).unwrap_or_default(),
         },
         plan: run.plan,
@@ -737,7 +758,14 @@ async fn decide(
     use crate::approval::DecisionError;
     let body = body.map_err(body_error)?;
     let input: DecisionIn = parse_json(&body, "invalid_decision")?;
-    // With authentication on, the decision is the token holder's, whatever the body says.
+    // The body's `by` must name someone either way (a malformed request is refused the same with
+    // and without tokens); with authentication on, the decision is the token holder's.
+    if !crate::approval::is_actor_name(&input.by) {
+        return Err(ApiError::bad_request(
+            "invalid_decision",
+            "`by` must name who decides (1-128 characters)",
+        ));
+    }
     let by = if identity.authenticated {
         identity.name.clone()
     } else {
@@ -767,7 +795,11 @@ async fn decide(
         };
         ApiError::new(status, code, error.to_string())
     })?;
-    let verb = if approve { "approve" } else { "reject" };
+    let (verb, done) = if approve {
+        ("approve", "approved")
+    } else {
+        ("reject", "rejected")
+    };
     let last = fault
         .run
         .as_ref()
@@ -781,7 +813,7 @@ async fn decide(
     // Other consoles showing this request learn at once that it was decided.
     state.events.publish(
         "approval_decided",
-        format!("{actor} {verb}d the plan for {} ({})", fault.app, fault.id),
+        format!("{actor} {done} the plan for {} ({})", fault.app, fault.id),
         serde_json::json!({ "fault_id": fault.id, "by": actor, "approve": approve }),
     );
     let out = approval_out(&state.store, fault)?;
@@ -961,11 +993,12 @@ async fn upload_patch(
     let input: UploadIn = json_body(body)?;
     let patch = crate::patch::PatchSource::from_upload(&input.manifest, &input.wat)
         .map_err(|error| ApiError::bad_request("invalid_patch", error.to_string()))?;
+    // The uploader is the author: author rules must not rest on what the manifest claims.
     let registered = crate::registry::register(
         &state.store,
         &state.sandbox,
         patch,
-        crate::registry::Provenance::Api,
+        crate::registry::Uploader::Api(identity.name.clone()),
     )
     .await?;
     let record = &registered.record;

@@ -9,6 +9,7 @@
 //! With no token configured, authentication is off (every caller is an anonymous admin) and the
 //! daemon refuses to listen beyond loopback.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -93,15 +94,19 @@ pub struct Tokens {
     tokens: Vec<(blake3::Hash, TokenConfig)>,
     limits: RequestLimits,
     buckets: std::sync::Mutex<std::collections::HashMap<String, Bucket>>,
+    /// Per client address (an IPv6 client by its /64): how many wrong tokens it may still try.
+    failures: std::sync::Mutex<std::collections::HashMap<IpAddr, Bucket>>,
 }
 
 /// Per-caller request budget: a token bucket refilled at `requests_per_second`, holding at most
-/// `burst` (`[limits]` in the config).
+/// `burst` (`[limits]` in the config); and how many wrong tokens one client address may send a
+/// minute (the same number at once), past which its requests are refused unread.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestLimits {
     pub requests_per_second: f64,
     pub burst: f64,
+    pub failed_auth_per_minute: u32,
 }
 
 impl Default for RequestLimits {
@@ -109,14 +114,56 @@ impl Default for RequestLimits {
         RequestLimits {
             requests_per_second: 200.0,
             burst: 400.0,
+            failed_auth_per_minute: 10,
         }
     }
 }
 
-#[derive(Debug)]
+/// Client addresses whose failed attempts are remembered at most (an attacker with more
+/// addresses than this goes untracked past it, and memory stays bounded).
+const MAX_TRACKED_CLIENTS: usize = 16_384;
+
+#[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     updated: std::time::Instant,
+}
+
+impl Bucket {
+    fn full(size: f64, now: std::time::Instant) -> Bucket {
+        Bucket {
+            tokens: size,
+            updated: now,
+        }
+    }
+
+    /// Refills at `rate` a second up to `size`, then takes one if it can; when it cannot, how
+    /// long until it could.
+    fn take(
+        &mut self,
+        rate: f64,
+        size: f64,
+        now: std::time::Instant,
+    ) -> Result<(), std::time::Duration> {
+        self.refill(rate, size, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(self.wait(rate))
+        }
+    }
+
+    fn refill(&mut self, rate: f64, size: f64, now: std::time::Instant) {
+        let refill = now.duration_since(self.updated).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(size);
+        self.updated = now;
+    }
+
+    /// How long until the bucket holds one again.
+    fn wait(&self, rate: f64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(((1.0 - self.tokens) / rate).max(0.0))
+    }
 }
 
 impl Tokens {
@@ -125,21 +172,63 @@ impl Tokens {
         let limits = &self.limits;
         let now = std::time::Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets.entry(caller.to_owned()).or_insert(Bucket {
-            tokens: limits.burst,
-            updated: now,
-        });
-        let refill = now.duration_since(bucket.updated).as_secs_f64() * limits.requests_per_second;
-        bucket.tokens = (bucket.tokens + refill).min(limits.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(std::time::Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / limits.requests_per_second,
-            ))
+        buckets
+            .entry(caller.to_owned())
+            .or_insert(Bucket::full(limits.burst, now))
+            .take(limits.requests_per_second, limits.burst, now)
+    }
+
+    /// Failed attempts a client may make at once, and their refill rate (per second).
+    fn failure_budget(&self) -> (f64, f64) {
+        let per_minute = f64::from(self.limits.failed_auth_per_minute);
+        (per_minute, per_minute / 60.0)
+    }
+
+    /// How long `client` must wait before phoenix looks at its token again, if it has used up
+    /// its failed attempts.
+    fn throttled(&self, client: IpAddr) -> Option<std::time::Duration> {
+        let (size, rate) = self.failure_budget();
+        let now = std::time::Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = failures.get_mut(&client_key(client))?;
+        bucket.refill(rate, size, now);
+        (bucket.tokens < 1.0).then(|| bucket.wait(rate))
+    }
+
+    /// Counts one wrong token from `client`.
+    fn failed(&self, client: IpAddr) {
+        let (size, rate) = self.failure_budget();
+        let now = std::time::Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_TRACKED_CLIENTS {
+            // Forget the clients that have their whole budget back.
+            failures.retain(|_, bucket| {
+                bucket.refill(rate, size, now);
+                bucket.tokens < size
+            });
         }
+        let key = client_key(client);
+        if failures.len() < MAX_TRACKED_CLIENTS || failures.contains_key(&key) {
+            let _ = failures
+                .entry(key)
+                .or_insert(Bucket::full(size, now))
+                .take(rate, size, now);
+        }
+    }
+}
+
+/// The address failed attempts are counted by: an IPv4 address, or an IPv6 client's /64 (one
+/// host usually holds a whole /64, and could otherwise try from each of its addresses).
+fn client_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -156,6 +245,9 @@ impl Tokens {
                     .into(),
             );
         }
+        if limits.failed_auth_per_minute == 0 {
+            return Err("`limits.failed_auth_per_minute` must be at least 1".into());
+        }
         let mut tokens = Vec::new();
         for config in configs {
             let hash = config.validate()?;
@@ -171,6 +263,7 @@ impl Tokens {
             tokens,
             limits,
             buckets: Default::default(),
+            failures: Default::default(),
         })
     }
 
@@ -244,6 +337,19 @@ pub async fn authenticate(state: State<Arc<Tokens>>, request: Request, next: Nex
     response
 }
 
+/// Whole seconds to wait, at least one (as `Retry-After` says it).
+fn retry_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// `response` with a `Retry-After` of `wait`.
+fn retry_after(mut response: Response, wait: std::time::Duration) -> Response {
+    if let Ok(value) = header::HeaderValue::from_str(&retry_seconds(wait).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 async fn authorize(
     State(tokens): State<Arc<Tokens>>,
     mut request: Request,
@@ -274,7 +380,29 @@ async fn authorize(
                 "send `Authorization: Bearer <token>`",
             );
         };
+        let client = request
+            .extensions()
+            .get::<crate::server::ClientAddr>()
+            .map(|addr| addr.0.ip());
+        // A client that guessed wrong too often is not answered on its token at all, right or
+        // wrong, until its budget refills: guessing stays slow whatever it sends.
+        if let Some(wait) = client.and_then(|client| tokens.throttled(client)) {
+            crate::metrics::metrics()
+                .inc("phoenix_auth_failures_total", &[("outcome", "throttled")]);
+            return retry_after(
+                refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_failed_attempts",
+                    "too many unknown tokens from this address; retry later",
+                ),
+                wait,
+            );
+        }
         let Some(identity) = tokens.identify(secret) else {
+            crate::metrics::metrics().inc("phoenix_auth_failures_total", &[("outcome", "refused")]);
+            if let Some(client) = client {
+                tokens.failed(client);
+            }
             return refuse(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token");
         };
         identity
@@ -287,8 +415,8 @@ async fn authorize(
         .then(|| tokens.take(&identity.name).err())
         .flatten()
     {
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = refuse(
+        let seconds = retry_seconds(wait);
+        let response = refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             &format!(
@@ -296,10 +424,7 @@ async fn authorize(
                 identity.name
             ),
         );
-        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
+        return retry_after(response, wait);
     }
     if identity.role < needed {
         let message = format!(
@@ -390,5 +515,46 @@ mod tests {
             required_role(&Method::POST, "/v1/breakers/{name}/trip"),
             Some(Role::Admin)
         );
+    }
+
+    #[test]
+    fn a_client_that_guesses_wrong_too_often_is_throttled_by_its_address() {
+        let limits = RequestLimits {
+            failed_auth_per_minute: 3,
+            ..RequestLimits::default()
+        };
+        let tokens = Tokens::with_limits(&[], limits).unwrap();
+        let guesser: IpAddr = "192.0.2.7".parse().unwrap();
+        let neighbour: IpAddr = "192.0.2.8".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(tokens.throttled(guesser), None);
+            tokens.failed(guesser);
+        }
+        let wait = tokens
+            .throttled(guesser)
+            .expect("throttled after 3 failures");
+        assert!(wait > std::time::Duration::from_secs(15), "{wait:?}");
+        assert_eq!(tokens.throttled(neighbour), None, "by address");
+        // An IPv6 client is counted by its /64: other addresses of it share the budget.
+        let v6 = |text: &str| text.parse::<IpAddr>().unwrap();
+        for n in 1..=3 {
+            tokens.failed(v6(&format!("2001:db8:1:2::{n}")));
+        }
+        assert!(tokens.throttled(v6("2001:db8:1:2::ffff")).is_some());
+        assert_eq!(tokens.throttled(v6("2001:db8:1:3::1")), None);
+        assert_eq!(
+            client_key(v6("::ffff:192.0.2.7")),
+            guesser,
+            "an IPv4-mapped address is its IPv4 address"
+        );
+    }
+
+    #[test]
+    fn the_failures_remembered_are_bounded() {
+        let tokens = Tokens::new(&[]).unwrap();
+        for n in 0..(MAX_TRACKED_CLIENTS as u32 + 100) {
+            tokens.failed(IpAddr::V4(std::net::Ipv4Addr::from(n)));
+        }
+        assert!(tokens.failures.lock().unwrap().len() <= MAX_TRACKED_CLIENTS);
     }
 }

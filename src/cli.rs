@@ -175,7 +175,10 @@ fn print_evaluation(name: &str, problems: &[String], tests: &[TestResult]) -> bo
 
 fn check(config: Option<&Path>) -> anyhow::Result<bool> {
     let config = load_config(config)?;
-    let (policies, patches) = daemon::load_inputs(&config)?;
+    // The containment check against the configured address (a running daemon's, when its
+    // listen port is fixed).
+    let containment = phoenix::containment::Containment::new(&config);
+    let (policies, patches) = daemon::load_inputs(&config, &containment)?;
     let (sandbox, scratch) = scratch_sandbox(&config)?;
     let mut ok = true;
     for patch in &patches {
@@ -215,7 +218,7 @@ fn restore(config: Option<&Path>, from: &Path) -> anyhow::Result<bool> {
         .build()?;
     let count = runtime.block_on(async {
         let store_path = config.data_dir.join("store");
-        std::fs::create_dir_all(&config.data_dir)?;
+        phoenix::files::create_private_dir(&config.data_dir)?;
         let store = phoenix::store::Store::open(&store_path, config.store_cache_bytes)
             .with_context(|| {
                 format!(

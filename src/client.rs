@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use phoenix::escape::escaped;
 use serde_json::{Value, json};
 
 /// Exit status when the daemon cannot be reached (sysexits' EX_UNAVAILABLE).
@@ -266,21 +267,26 @@ pub fn run(connection: Connection, command: ClientCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(Failure::Refused(status, message)) => {
-            eprintln!("phoenix: the daemon answered {status}: {message}");
+            eprintln!(
+                "phoenix: the daemon answered {status}: {}",
+                escaped(&message)
+            );
             ExitCode::FAILURE
         }
         Err(Failure::Unreachable(message)) => {
-            eprintln!("phoenix: cannot reach the daemon: {message}");
+            eprintln!("phoenix: cannot reach the daemon: {}", escaped(&message));
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
 }
 
+/// A value as a person reads it in a table or a `show` view: by the log's escaping rule, so
+/// text from outside (a reporter's label, an approver's comment) cannot act on the terminal.
 fn text(value: &Value) -> String {
     match value {
-        Value::String(s) => s.clone(),
+        Value::String(s) => escaped(s),
         Value::Null => "-".into(),
-        other => other.to_string(),
+        other => escaped(&other.to_string()),
     }
 }
 
@@ -404,7 +410,7 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
                 text(&fault["state"]),
                 fault["reason"]
                     .as_str()
-                    .map(|r| format!(" ({r})"))
+                    .map(|r| format!(" ({})", escaped(r)))
                     .unwrap_or_default(),
                 text(&fault["occurrences"])
             );

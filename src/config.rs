@@ -31,6 +31,12 @@ struct RawConfig {
     connection_idle_timeout: std::time::Duration,
     #[serde(with = "crate::policy::duration")]
     drain_timeout: std::time::Duration,
+    #[serde(with = "crate::policy::duration")]
+    header_timeout: std::time::Duration,
+    #[serde(with = "crate::policy::duration")]
+    body_timeout: std::time::Duration,
+    max_header_bytes: usize,
+    allowed_hosts: Vec<String>,
     store_cache_bytes: u64,
     min_free_bytes: u64,
     store_fsync: bool,
@@ -80,6 +86,10 @@ impl Default for RawConfig {
             max_connections: 512,
             connection_idle_timeout: std::time::Duration::from_secs(60),
             drain_timeout: crate::api::REQUEST_TIMEOUT,
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(10),
+            max_header_bytes: 16 << 10,
+            allowed_hosts: Vec::new(),
             store_cache_bytes: 8 << 20,
             min_free_bytes: 64 << 20,
             store_fsync: true,
@@ -123,6 +133,18 @@ pub struct Config {
     pub connection_idle_timeout: std::time::Duration,
     /// At shutdown, how long open HTTP connections may take to finish.
     pub drain_timeout: std::time::Duration,
+    /// A request head must arrive whole within this long (however slowly it trickles).
+    pub header_timeout: std::time::Duration,
+    /// A request body must arrive whole within this long once its head has.
+    pub body_timeout: std::time::Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Host names, besides IP addresses and `localhost`, that requests may be addressed to
+    /// (the `Host` header): what stops DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// The config file this was read from (absolute), if any: one of phoenix's own inputs,
+    /// which no plan may write.
+    pub config_file: Option<PathBuf>,
     /// sled page cache size.
     pub store_cache_bytes: u64,
     /// Below this much free space in the data dir, new reports are refused (507) so that the
@@ -182,10 +204,15 @@ impl Config {
         } else {
             base
         };
-        Config::parse(&text, &base).map_err(|message| ConfigError::Invalid {
+        let mut config = Config::parse(&text, &base).map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
-        })
+        })?;
+        config.config_file = Some(std::path::absolute(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?);
+        Ok(config)
     }
 
     /// The configuration used when `--config` is not given: defaults, relative to the current
@@ -236,6 +263,30 @@ impl Config {
         }
         if raw.drain_timeout.is_zero() {
             return Err("`drain_timeout` must be positive".into());
+        }
+        if raw.header_timeout.is_zero() || raw.header_timeout > raw.connection_idle_timeout {
+            return Err(
+                "`header_timeout` must be positive and at most `connection_idle_timeout`".into(),
+            );
+        }
+        if raw.body_timeout.is_zero() || raw.body_timeout >= crate::api::REQUEST_TIMEOUT {
+            return Err(format!(
+                "`body_timeout` must be positive and shorter than a request may take ({} s)",
+                crate::api::REQUEST_TIMEOUT.as_secs()
+            ));
+        }
+        let head_bytes = crate::server::MIN_HEADER_BYTES..=1 << 20;
+        if !head_bytes.contains(&raw.max_header_bytes) {
+            return Err(format!(
+                "`max_header_bytes` must be between {} and {} (got {})",
+                head_bytes.start(),
+                head_bytes.end(),
+                raw.max_header_bytes
+            ));
+        }
+        for host in &raw.allowed_hosts {
+            crate::guard::check_host_name(host)
+                .map_err(|why| format!("`allowed_hosts`: `{host}` {why}"))?;
         }
         if raw.alertmanager.app_label.is_empty() || raw.alertmanager.kind_label.is_empty() {
             return Err(
@@ -313,6 +364,11 @@ impl Config {
             max_connections: raw.max_connections,
             connection_idle_timeout: raw.connection_idle_timeout,
             drain_timeout: raw.drain_timeout,
+            header_timeout: raw.header_timeout,
+            body_timeout: raw.body_timeout,
+            max_header_bytes: raw.max_header_bytes,
+            allowed_hosts: raw.allowed_hosts.clone(),
+            config_file: None,
             store_cache_bytes: raw.store_cache_bytes,
             min_free_bytes: raw.min_free_bytes,
             store_fsync: raw.store_fsync,

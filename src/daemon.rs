@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{AppState, Readiness, router};
 use crate::config::{Config, ConfigError};
+use crate::containment::Containment;
 use crate::effects::Effects;
 use crate::engine::{self, EngineParts};
 use crate::fault::Source;
@@ -90,10 +91,16 @@ impl DaemonError {
     }
 }
 
-/// Loads policies and patch sources: the part of start-up that only reads input files. Reload
-/// (a later issue) will reuse it.
-pub fn load_inputs(config: &Config) -> Result<(PolicySet, Vec<PatchSource>), DaemonError> {
-    let policies = PolicySet::load_dir(&config.policies_dir).map_err(DaemonError::Policies)?;
+/// Loads policies and patch sources: the part of start-up (and of every reload) that only reads
+/// input files. A policy that reaches phoenix's own files or API (`containment`) is invalid.
+pub fn load_inputs(
+    config: &Config,
+    containment: &Containment,
+) -> Result<(PolicySet, Vec<PatchSource>), DaemonError> {
+    let policies = PolicySet::load_dir(&config.policies_dir, |policy| {
+        containment.check_policy(policy, &config.base_dir)
+    })
+    .map_err(DaemonError::Policies)?;
     let patches = PatchSource::load_all(&config.patches_dir).map_err(DaemonError::Patches)?;
     Ok((policies, patches))
 }
@@ -105,6 +112,7 @@ pub type SharedPolicies = Arc<RwLock<Arc<PolicySet>>>;
 /// both: start-up treats an input error as fatal, reload reports it and keeps the last good set.
 struct Inputs {
     config: Config,
+    containment: Arc<Containment>,
     store: Arc<Store>,
     sandbox: Arc<Sandbox>,
     policies: SharedPolicies,
@@ -115,7 +123,7 @@ impl Inputs {
     /// Loads policies and patches, registers patches, then swaps the policy set and updates
     /// readiness. Input errors change nothing and are returned.
     async fn load(&self) -> Result<(), DaemonError> {
-        let (policies, patches) = load_inputs(&self.config)?;
+        let (policies, patches) = load_inputs(&self.config, &self.containment)?;
         let store_error = |source| DaemonError::Store {
             path: "store".into(),
             source,
@@ -203,14 +211,24 @@ impl Inputs {
 
 /// Runs the daemon until a shutdown signal.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
-    // Check the input files before creating anything.
-    load_inputs(&config)?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::Io {
-        what: format!("data dir {}", config.data_dir.display()),
+    // Check the input files before creating anything (a policy's reach into phoenix's own API
+    // against the configured address: with port 0, against the bound one below).
+    load_inputs(&config, &Containment::new(&config))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!("cannot listen on {}", config.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+        what: "listener address".into(),
         source,
     })?;
+    create_private_dir(&config.data_dir)?;
     let addr_file = config.data_dir.join("phoenix.addr");
     let _ = std::fs::remove_file(&addr_file);
+    let containment = Arc::new(Containment::new(&config));
+    containment.set_listener(addr);
 
     let store_path = config.data_dir.join("store");
     let store_error = |source| DaemonError::Store {
@@ -231,6 +249,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     );
     let inputs = Arc::new(Inputs {
         config: config.clone(),
+        containment: Arc::clone(&containment),
         store: Arc::clone(&store),
         sandbox: Arc::clone(&sandbox),
         policies: SharedPolicies::default(),
@@ -247,12 +266,17 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     )?;
 
     let http = crate::effects::http_client().map_err(http_client_error)?;
-    let action_http = crate::effects::action_http_client().map_err(http_client_error)?;
+    let effects = Effects::new(
+        config.base_dir.clone(),
+        supervisor.clone(),
+        Arc::clone(&containment),
+    )
+    .map_err(http_client_error)?;
     let engine = engine::start(EngineParts {
         store: Arc::clone(&store),
         sandbox,
         policies: Arc::clone(&inputs.policies),
-        effects: Effects::new(action_http, config.base_dir.clone(), supervisor.clone()),
+        effects,
         http,
         work_dir: config.base_dir.clone(),
         workers: config.workers,
@@ -321,19 +345,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             events: events.clone(),
             sandbox: Arc::clone(&inputs.sandbox),
         },
-        config.max_body_bytes,
+        crate::guard::RequestRules::new(
+            &config.allowed_hosts,
+            config.listen.ip().is_unspecified(),
+            config.max_body_bytes,
+            config.body_timeout,
+        ),
         Arc::new(tokens),
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| DaemonError::Io {
-            what: format!("cannot listen on {}", config.listen),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
-        what: "listener address".into(),
-        source,
-    })?;
     let listener = crate::listener::GuardedListener::new(
         listener,
         config.max_connections,
@@ -363,19 +382,16 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
         drain_started.notify_one();
     };
-    let server = async {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+    let limits = crate::server::HttpLimits {
+        header_timeout: config.header_timeout,
+        max_header_bytes: config.max_header_bytes,
     };
+    let server = crate::server::serve(listener, app, limits, stop);
     // The drain waits for open connections, and a client can keep one from ever finishing (a
     // request sent half-way): after `drain_timeout` phoenix stops anyway.
     let drain_timeout = config.drain_timeout;
     tokio::select! {
-        served = server => served.map_err(|source| DaemonError::Io {
-            what: "HTTP server".into(),
-            source,
-        })?,
+        () = server => {}
         () = async {
             draining.notified().await;
             tokio::time::sleep(drain_timeout).await;
@@ -561,10 +577,24 @@ fn spawn_sighup(control: mpsc::Sender<Control>) {
     }
 }
 
+/// Creates phoenix's data dir (and its parents) if needed, and makes it private (0700): the
+/// store, file backups and compiled patches are phoenix's alone, whatever the umask (or
+/// systemd's `StateDirectoryMode`) made of the folder. Every folder phoenix makes inside it is
+/// 0700 and every file 0600 too (sled's files are then out of reach whatever their mode).
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| DaemonError::Io {
+        what: format!("data dir {}", dir.display()),
+        source,
+    };
+    crate::files::create_private_dir(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
 /// Writes the bound address (useful with port 0) atomically, so a reader never sees half of it.
 fn write_addr_file(path: &Path, addr: &str) -> Result<(), DaemonError> {
     let temp = path.with_extension("addr.tmp");
-    std::fs::write(&temp, addr)
+    crate::files::write_private(&temp, addr.as_bytes())
         .and_then(|()| std::fs::rename(&temp, path))
         .map_err(|source| DaemonError::Io {
             what: format!("cannot write {}", path.display()),

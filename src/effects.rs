@@ -4,15 +4,18 @@
 //! Only the engine calls this, and only for plans already checked against the policy
 //! (`plan::check`); the checks here repeat the lookups they need and never widen them.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
 use crate::plan::Action;
 
-use crate::fault::Undo;
+use crate::containment::Containment;
+use crate::fault::{FailReason, Undo};
 use crate::files::{self, DirEntry, Found, TempName};
 use crate::plan::writable_target;
 use crate::policy::Capabilities;
@@ -31,6 +34,9 @@ pub enum EffectError {
     /// The action is not allowed by the capabilities (should have been caught by `plan::check`).
     #[error("not allowed: {0}")]
     NotAllowed(String),
+    /// The action would reach phoenix's own files or API, which no policy can allow.
+    #[error("denied: {0}")]
+    ReachesPhoenix(String),
     /// The command could not be started.
     #[error("cannot start `{program}`: {source}")]
     Spawn {
@@ -54,6 +60,24 @@ pub enum EffectError {
     Http(String),
 }
 
+impl EffectError {
+    /// How a fault whose action failed this way ends: `capability_denied` when it would have
+    /// reached phoenix itself (it never ran), else `apply_failed`.
+    pub fn fail_reason(&self) -> FailReason {
+        match self {
+            EffectError::ReachesPhoenix(_) => FailReason::CapabilityDenied,
+            _ => FailReason::ApplyFailed,
+        }
+    }
+}
+
+/// An `http` action refused because its address is phoenix's own API.
+fn api_refused(url: &str) -> EffectError {
+    EffectError::ReachesPhoenix(format!(
+        "`{url}` is phoenix's own API: no plan may call phoenix itself"
+    ))
+}
+
 /// The HTTP client for probes and webhooks (URLs the operator wrote): rustls with the ring
 /// provider (installed here, once per process, because reqwest is built without a default
 /// provider).
@@ -62,14 +86,68 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder().build()
 }
 
-/// The HTTP client for a plan's `http` actions. It never follows a redirect: the policy allowed
+/// An HTTP client for a plan's `http` actions. It never follows a redirect: the policy allowed
 /// the URL the patch named, not wherever its target points next (a 307 would even resend the
-/// method and body there). A redirect answer fails the action instead.
-pub fn action_http_client() -> Result<reqwest::Client, reqwest::Error> {
+/// method and body there); a redirect answer fails the action instead. It uses no proxy from
+/// the environment (`HTTP_PROXY`…): the request goes to the address the URL names, the one
+/// phoenix checked. `resolver`, when given, resolves host names instead of the system's.
+fn action_http_client(
+    resolver: Option<Arc<ApiAvoidingResolver>>,
+) -> Result<reqwest::Client, reqwest::Error> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .build()
+        .no_proxy();
+    match resolver {
+        Some(resolver) => builder.dns_resolver(resolver),
+        None => builder,
+    }
+    .build()
+}
+
+/// Resolves host names for `http` actions sent to the port phoenix's API listens on, leaving
+/// out every address that is phoenix's own listener: a name that resolves (now, whatever it
+/// resolved to when the policy loaded) only to phoenix fails with [`ReachesApi`].
+#[derive(Debug)]
+struct ApiAvoidingResolver(Arc<Containment>);
+
+/// An `http` action would reach phoenix's own API.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` resolves only to phoenix's own API")]
+struct ReachesApi(String);
+
+impl reqwest::dns::Resolve for ApiAvoidingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let containment = Arc::clone(&self.0);
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let port = containment.listener_port();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect();
+            let allowed: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|addr| !containment.reaches_api(*addr))
+                .collect();
+            if allowed.is_empty() && !all.is_empty() {
+                return Err(Box::new(ReachesApi(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `error` (or what caused it) is [`ReachesApi`].
+fn reached_api(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<ReachesApi>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Facts about the fault passed to commands as environment variables (never as argv, which the
@@ -97,22 +175,59 @@ impl FaultEnv {
 /// Carries out actions.
 #[derive(Clone)]
 pub struct Effects {
+    /// For `http` actions to any port but the API's.
     http: reqwest::Client,
+    /// For `http` actions to the API's port: resolves names around phoenix's own listener.
+    http_to_api_port: reqwest::Client,
     work_dir: PathBuf,
     supervisor: Supervisor,
+    containment: Arc<Containment>,
 }
 
 /// New files get this mode; replaced files keep theirs.
 const NEW_FILE_MODE: u32 = 0o644;
 
 impl Effects {
-    /// `work_dir` is where commands run (the config file's folder).
-    pub fn new(http: reqwest::Client, work_dir: PathBuf, supervisor: Supervisor) -> Effects {
-        Effects {
-            http,
+    /// `work_dir` is where commands run (the config file's folder); `containment` is what no
+    /// action may reach.
+    pub fn new(
+        work_dir: PathBuf,
+        supervisor: Supervisor,
+        containment: Arc<Containment>,
+    ) -> Result<Effects, reqwest::Error> {
+        let resolver = Arc::new(ApiAvoidingResolver(Arc::clone(&containment)));
+        Ok(Effects {
+            http: action_http_client(None)?,
+            http_to_api_port: action_http_client(Some(resolver))?,
             work_dir,
             supervisor,
+            containment,
+        })
+    }
+
+    /// phoenix's own ground, which no action may reach.
+    pub fn containment(&self) -> &Containment {
+        &self.containment
+    }
+
+    /// The client for an `http` action to `url`, or why it may not be sent: its address is
+    /// phoenix's own API. (A host name is checked as it resolves, by the client's resolver.)
+    fn http_client_for(&self, url: &str) -> Result<&reqwest::Client, EffectError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| EffectError::NotAllowed(format!("URL `{url}`: {e}")))?;
+        let port = parsed.port_or_known_default().unwrap_or(0);
+        let host = parsed.host_str().unwrap_or_default();
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<std::net::IpAddr>()
+            && self.containment.reaches_api(SocketAddr::new(ip, port))
+        {
+            return Err(api_refused(url));
         }
+        Ok(if port == self.containment.listener_port() {
+            &self.http_to_api_port
+        } else {
+            &self.http
+        })
     }
 
     /// Applies one action, given the undo [`Effects::prepare_undo`] recorded for it (a write
@@ -195,7 +310,8 @@ impl Effects {
             } => {
                 let method = reqwest::Method::from_bytes(method.as_bytes())
                     .map_err(|e| EffectError::NotAllowed(format!("method {method}: {e}")))?;
-                let mut request = self.http.request(method, url).timeout(caps.http_timeout);
+                let client = self.http_client_for(url)?;
+                let mut request = client.request(method, url).timeout(caps.http_timeout);
                 for (name, value) in headers {
                     request = request.header(name, value);
                 }
@@ -203,6 +319,9 @@ impl Effects {
                     request = request.body(body.clone());
                 }
                 let response = request.send().await.map_err(|e| {
+                    if reached_api(&e) {
+                        return api_refused(url);
+                    }
                     EffectError::Http(if e.is_timeout() {
                         format!("{url}: timed out after {:?}", caps.http_timeout)
                     } else {
@@ -256,6 +375,9 @@ impl Effects {
         }
         let entry = DirEntry::open(&real_parent.join(name))
             .map_err(|e| denied(&format!("its directory: {e}")))?;
+        self.containment
+            .check_write(&entry)
+            .map_err(EffectError::ReachesPhoenix)?;
         match entry.find() {
             Ok(Found::Symlink) => Err(denied("it is a symlink")),
             Ok(Found::Other) => Err(denied("it is not a regular file")),
@@ -347,6 +469,15 @@ impl Effects {
             temp,
         } = undo.clone();
         let shown = path.display().to_string();
+        let containment = Arc::clone(&self.containment);
+        // The recorded path is checked like a write's: an undo never writes phoenix's own files.
+        let open = move |path: &std::path::Path| {
+            let entry = DirEntry::open(path)?;
+            containment
+                .check_write(&entry)
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(entry)
+        };
         match backup {
             Some(backup) => off_the_runtime(move || {
                 let mut source = std::fs::File::open(&backup).map_err(|e| {
@@ -357,7 +488,7 @@ impl Effects {
                 })?;
                 let mode = mode.unwrap_or(NEW_FILE_MODE);
                 let temp = TempName::from_record(temp.as_deref());
-                DirEntry::open(&path)?.replace(temp, mode, owner, |file| {
+                open(&path)?.replace(temp, mode, owner, |file| {
                     std::io::copy(&mut source, file).map(|_| ())
                 })
             })
@@ -365,7 +496,7 @@ impl Effects {
             .map(|()| format!("restored {shown}"))
             .map_err(|e| EffectError::File(format!("restoring {shown}: {e}"))),
             None => off_the_runtime(move || {
-                let entry = DirEntry::open(&path)?;
+                let entry = open(&path)?;
                 if let Some(temp) = &temp {
                     entry.remove_leftover(temp)?;
                 }
@@ -544,12 +675,21 @@ mod tests {
         }
     }
 
+    /// phoenix's own ground as `config_text` (under `base`) makes it.
+    fn containment(config_text: &str, base: &std::path::Path) -> Arc<Containment> {
+        let mut config = crate::config::Config::parse(config_text, base).unwrap();
+        config.config_file = Some(base.join("phoenix.toml"));
+        Arc::new(Containment::new(&config))
+    }
+
     fn effects() -> Effects {
+        let nowhere = std::path::Path::new("/phoenix-test-nowhere");
         Effects::new(
-            action_http_client().unwrap(),
             std::env::temp_dir(),
             Supervisor::default(),
+            containment("", nowhere),
         )
+        .unwrap()
     }
 
     /// Applies `exec` of `command` with `caps` (which declare command `c`).
@@ -579,10 +719,11 @@ mod tests {
             caps.writable_dirs.push("conf".into());
             Rewrite {
                 effects: Effects::new(
-                    action_http_client().unwrap(),
                     work.clone(),
                     Supervisor::default(),
-                ),
+                    containment("data_dir = \"data\"", &work),
+                )
+                .unwrap(),
                 action: Action::WriteFile {
                     path: "conf/file".into(),
                     content: "new".into(),
@@ -781,5 +922,152 @@ mod tests {
         assert!(matches!(err, EffectError::Timeout(_)), "{err}");
         let undeclared = exec("x", &slow).await;
         assert!(matches!(undeclared, Err(EffectError::NotAllowed(_))));
+    }
+
+    /// A `write_file` of `path` in `rewrite`'s work dir with writable `dirs`: its outcome.
+    async fn write_under(
+        rewrite: &Rewrite,
+        dirs: &[&str],
+        path: &str,
+    ) -> Result<Option<Undo>, EffectError> {
+        let caps = Capabilities {
+            writable_dirs: dirs.iter().map(PathBuf::from).collect(),
+            ..Capabilities::default()
+        };
+        let action = Action::WriteFile {
+            path: path.into(),
+            content: "pwned".into(),
+        };
+        let backup = rewrite.work.join("backup/x");
+        rewrite.effects.prepare_undo(&action, &caps, &backup).await
+    }
+
+    #[tokio::test]
+    async fn no_write_reaches_phoenixs_own_files_whatever_the_policy_allows() {
+        let rewrite = Rewrite::new("own-files");
+        let work = &rewrite.work;
+        std::fs::write(work.join("phoenix.toml"), "listen = \"127.0.0.1:0\"").unwrap();
+        for dir in ["data/store", "policies", "patches/evil"] {
+            std::fs::create_dir_all(work.join(dir)).unwrap();
+        }
+        let work_dir = work.display().to_string();
+        // A policy the load check would refuse, given to the effects as they are: the write
+        // itself is still refused.
+        for (dirs, path) in [
+            (vec![work_dir.as_str()], "phoenix.toml"),
+            (vec!["policies"], "policies/evil.toml"),
+            (vec!["patches"], "patches/evil/patch.toml"),
+            (vec!["data"], "data/store/conf"),
+            (vec!["data/store"], "data/store/db"),
+        ] {
+            let denied = write_under(&rewrite, &dirs, path).await.unwrap_err();
+            assert!(
+                matches!(&denied, EffectError::ReachesPhoenix(why) if why.contains("phoenix's own files")),
+                "{path}: {denied}"
+            );
+            assert_eq!(denied.fail_reason(), FailReason::CapabilityDenied);
+        }
+        assert_eq!(
+            std::fs::read_to_string(work.join("phoenix.toml")).unwrap(),
+            "listen = \"127.0.0.1:0\""
+        );
+        assert!(!work.join("policies/evil.toml").exists());
+        // Beside them, writes go on.
+        assert!(write_under(&rewrite, &["conf"], "conf/file").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_write_is_refused_by_the_identity_of_phoenixs_folder_not_its_path() {
+        let rewrite = Rewrite::new("own-moved");
+        let work = &rewrite.work;
+        std::fs::create_dir_all(work.join("data/backups")).unwrap();
+        // Built while the data dir is where the config says: its identity is known.
+        let effects = Effects::new(
+            work.clone(),
+            Supervisor::default(),
+            containment("data_dir = \"data\"", work),
+        )
+        .unwrap();
+        // The data dir moved under a writable folder since: no path of it is phoenix's any more.
+        std::fs::rename(work.join("data"), work.join("conf/moved")).unwrap();
+        let mut caps = Capabilities::default();
+        caps.writable_dirs.push("conf".into());
+        let action = Action::WriteFile {
+            path: "conf/moved/backups/x".into(),
+            content: "pwned".into(),
+        };
+        let denied = effects
+            .prepare_undo(&action, &caps, &work.join("b"))
+            .await
+            .unwrap_err();
+        assert!(
+            denied.to_string().contains("phoenix's data_dir"),
+            "{denied}"
+        );
+        let denied = effects
+            .apply(&action, &caps, &env(), None)
+            .await
+            .unwrap_err();
+        assert!(
+            denied.to_string().contains("phoenix's data_dir"),
+            "{denied}"
+        );
+        assert!(!work.join("conf/moved/backups/x").exists());
+    }
+
+    /// An `http` POST of `url` allowed by the policy, with phoenix's API listening at `api`.
+    async fn call(api: std::net::SocketAddr, url: &str) -> Result<String, EffectError> {
+        let nowhere = std::path::Path::new("/phoenix-test-nowhere");
+        let containment = containment("", nowhere);
+        containment.set_listener(api);
+        let effects =
+            Effects::new(std::env::temp_dir(), Supervisor::default(), containment).unwrap();
+        let mut caps = Capabilities::default();
+        let prefix = url.rsplit_once('/').map(|(p, _)| format!("{p}/")).unwrap();
+        caps.http_prefixes.push(prefix);
+        let action = Action::Http {
+            method: "POST".into(),
+            url: url.into(),
+            body: None,
+            headers: std::collections::BTreeMap::new(),
+        };
+        effects.apply(&action, &caps, &env(), None).await
+    }
+
+    #[tokio::test]
+    async fn no_http_action_reaches_phoenixs_own_api() {
+        // Stands for phoenix's API: nothing may connect to it.
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = api.local_addr().unwrap();
+        let port = addr.port();
+        for url in [
+            format!("http://127.0.0.1:{port}/v1/breakers/global/trip"),
+            format!("http://localhost:{port}/v1/breakers/global/trip"),
+            format!("http://0.0.0.0:{port}/v1/x"),
+            format!("http://[::ffff:127.0.0.1]:{port}/v1/x"),
+            format!("http://2130706433:{port}/v1/x"),
+            format!("http://0x7f.1:{port}/v1/x"),
+        ] {
+            let denied = call(addr, &url).await.unwrap_err();
+            assert!(
+                matches!(&denied, EffectError::ReachesPhoenix(why) if why.contains("phoenix's own API")),
+                "{url}: {denied}"
+            );
+        }
+        // Listening on every address, each of this host's addresses is phoenix.
+        let everywhere = std::net::SocketAddr::new([0, 0, 0, 0].into(), port);
+        for url in [
+            format!("http://127.0.0.1:{port}/v1/x"),
+            format!("http://127.0.0.2:{port}/v1/x"),
+        ] {
+            let denied = call(everywhere, &url).await.unwrap_err();
+            assert_eq!(denied.fail_reason(), FailReason::CapabilityDenied, "{url}");
+        }
+        let connected = tokio::time::timeout(Duration::from_millis(100), api.accept()).await;
+        assert!(connected.is_err(), "an action connected to the API");
+        // Another port of the same host is not phoenix: the request is sent (and refused by
+        // the closed port, an ordinary failure).
+        let other = call(addr, "http://127.0.0.1:9/x").await.unwrap_err();
+        assert_eq!(other.fail_reason(), FailReason::ApplyFailed, "{other}");
     }
 }

@@ -115,7 +115,7 @@ impl EngineHandle {
             .policies
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .matches_any(&report.app, &report.kind, &report.labels);
+            .matches_any(&report.app, &report.kind, &report.labels, source);
         if !matched {
             let closing = steps(
                 FaultState::Detected,
@@ -1186,7 +1186,7 @@ impl Engine {
                         action.describe()
                     );
                     return self
-                        .fail_with_rollback(&fault, FailReason::ApplyFailed, detail)
+                        .fail_with_rollback(&fault, error.fail_reason(), detail)
                         .await;
                 }
             };
@@ -1266,7 +1266,7 @@ impl Engine {
                         action.describe()
                     );
                     return self
-                        .fail_with_rollback(&fault, FailReason::ApplyFailed, detail)
+                        .fail_with_rollback(&fault, error.fail_reason(), detail)
                         .await;
                 }
             }

@@ -45,7 +45,37 @@ pub enum Source {
     Supervisor,
 }
 
+/// The labels phoenix's own sources set (a supervised program's exit: `supervisor`,
+/// `exit_code`, `signal`; a probe: `probe`, `target`; a log watch: `log`). A report from outside
+/// (the API, an alert) may not carry them, so that no reporter can pose as one of them: a
+/// forged "exit" of a healthy program would have it restarted.
+pub const RESERVED_LABELS: [&str; 6] = [
+    "supervisor",
+    "exit_code",
+    "signal",
+    "probe",
+    "target",
+    "log",
+];
+
 impl Source {
+    /// The source's name, as in the API and in a policy's `match.source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Alertmanager => "alertmanager",
+            Source::Probe => "probe",
+            Source::Log => "log",
+            Source::Supervisor => "supervisor",
+        }
+    }
+
+    /// A source phoenix runs itself: the only ones whose reports may carry
+    /// [`RESERVED_LABELS`].
+    pub fn is_phoenixs_own(self) -> bool {
+        matches!(self, Source::Probe | Source::Log | Source::Supervisor)
+    }
+
     /// Its reports may carry `reopen_within`: a supervised program that crashes again soon after
     /// its restart healed it reopens that fault. The store remembers the last closed fault per
     /// fingerprint only for such sources.
@@ -95,6 +125,11 @@ pub enum ReportError {
     /// Too many labels.
     #[error("at most {MAX_LABELS} labels are allowed")]
     TooManyLabels,
+    /// A label only phoenix's own sources set, in a report from outside.
+    #[error(
+        "label `{0}` is set only by phoenix's own sources (supervised programs, probes, log watches), so a report may not carry it; name it otherwise (a policy matches where a fault came from with `match.source`)"
+    )]
+    ReservedLabel(String),
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), ReportError> {
@@ -150,6 +185,21 @@ impl Report {
             });
         }
         Ok(())
+    }
+
+    /// Checks that a report from `source` carries no label of [`RESERVED_LABELS`] unless
+    /// `source` is phoenix's own.
+    pub fn check_labels_for(&self, source: Source) -> Result<(), ReportError> {
+        if source.is_phoenixs_own() {
+            return Ok(());
+        }
+        match RESERVED_LABELS
+            .iter()
+            .find(|label| self.labels.contains_key(**label))
+        {
+            Some(label) => Err(ReportError::ReservedLabel((*label).to_owned())),
+            None => Ok(()),
+        }
     }
 
     /// A minimal report, for unit tests across the crate.

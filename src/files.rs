@@ -24,6 +24,35 @@ pub struct DirEntry {
     dir: OwnedFd,
     dir_path: PathBuf,
     name: OsString,
+    /// The identity of every directory it was opened through, from `/` to its own.
+    ancestors: Vec<FileId>,
+}
+
+/// A file's identity: its device and inode. Two paths to one directory (a symlink, a bind
+/// mount, a rename since) give the same identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of what `path` names (links followed), if it exists.
+    pub fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    fn of_fd(fd: &OwnedFd) -> io::Result<FileId> {
+        let stat = rustix::fs::fstat(fd)?;
+        Ok(FileId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
+    }
 }
 
 /// A file's owner and group, kept when phoenix replaces it.
@@ -91,17 +120,33 @@ impl DirEntry {
         let (Some(dir_path), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(io::Error::other("no directory and file name"));
         };
-        let dir = open_dir_nofollow(dir_path)?;
+        let (dir, ancestors) = open_dir_nofollow(dir_path)?;
         Ok(DirEntry {
             dir,
             dir_path: dir_path.to_owned(),
             name: name.to_owned(),
+            ancestors,
         })
     }
 
     /// The entry's full path (for messages and for undo records).
     pub fn path(&self) -> PathBuf {
         self.dir_path.join(&self.name)
+    }
+
+    /// The path of the directory it is in.
+    pub fn dir_path(&self) -> &Path {
+        &self.dir_path
+    }
+
+    /// Its name in that directory.
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    /// The identity of every directory it was opened through, from `/` to its own (the last).
+    pub fn ancestors(&self) -> &[FileId] {
+        &self.ancestors
     }
 
     /// What is at the name, not following a symlink.
@@ -235,8 +280,47 @@ impl DirEntry {
     }
 }
 
+/// Creates `dir` and each missing parent with mode 0700: phoenix's own folders (the data dir
+/// and everything in it) are for phoenix alone, whatever the process's umask.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes `bytes` as the whole content of `path`, a file of phoenix's own, created 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    io::Write::write_all(&mut file, bytes)
+}
+
+/// Makes `dir` and every folder under it 0700 and every file 0600: what a library (sled) made
+/// there with the umask's modes. Symlinks are left alone, never followed.
+pub fn make_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            make_private(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// Replaces one of phoenix's own files (a backup in the data directory), creating its
-/// directory if needed, the same way as [`DirEntry::replace`]. The data directory is trusted: a
+/// directory if needed (0700), the same way as [`DirEntry::replace`]. The data directory is trusted: a
 /// symlink along it (`/var/lib/phoenix` moved to a larger disk) is resolved first.
 pub fn replace_own_file(
     path: &Path,
@@ -246,7 +330,7 @@ pub fn replace_own_file(
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::other("no directory and file name"));
     };
-    std::fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     DirEntry::open(&dir.canonicalize()?.join(name))?.replace(TempName::Fresh, mode, None, fill)
 }
 
@@ -305,8 +389,8 @@ fn checked_temp_name(temp: &str) -> io::Result<&str> {
 /// Opens the directory at `path` one component at a time with `O_NOFOLLOW`: a symlink anywhere
 /// along it is an error (`ELOOP` or `ENOTDIR`), not followed. Intermediate directories are
 /// opened `O_PATH` (they need only search permission); the last for reading, so it can be
-/// flushed.
-fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
+/// flushed. Also returns the identity of each directory opened, from `/` to the last.
+fn open_dir_nofollow(path: &Path) -> io::Result<(OwnedFd, Vec<FileId>)> {
     if !path.is_absolute() {
         return Err(io::Error::other("not an absolute path"));
     }
@@ -327,6 +411,7 @@ fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
         if names.is_empty() { read } else { search },
         Mode::empty(),
     )?;
+    let mut ids = vec![FileId::of_fd(&dir)?];
     for (index, name) in names.iter().enumerate() {
         let flags = if index + 1 == names.len() {
             read
@@ -334,8 +419,9 @@ fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
             search
         };
         dir = rustix::fs::openat(&dir, *name, flags, Mode::empty())?;
+        ids.push(FileId::of_fd(&dir)?);
     }
-    Ok(dir)
+    Ok((dir, ids))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::engine::EngineHandle;
 use crate::fault::{Report, ReportError, Source};
-use crate::store::{Reported, Store, StoreError};
+use crate::store::{Idempotency, Reported, Store, StoreError};
 
 /// Why a report was not recorded. Nothing is stored in either case.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +39,15 @@ impl Intake {
         &self.engine
     }
 
-    /// Records `report`. Returns once it is durable. `idempotency` is `(key, request hash)`.
+    /// Records `report`. Returns once it is durable.
     pub async fn submit(
         &self,
         report: Report,
         source: Source,
-        idempotency: Option<(String, String)>,
+        idempotency: Option<Idempotency>,
     ) -> Result<Reported, IntakeError> {
         report.validate()?;
+        report.check_labels_for(source)?;
         let opening = self.engine.first_look(&report, source).await;
         let reported = match (self.store)
             .report_opening(report, source, idempotency, opening)
@@ -60,11 +61,10 @@ impl Intake {
                 return Err(error.into());
             }
         };
-        let source_name = serde_json::to_value(source)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        crate::metrics::metrics().inc("phoenix_faults_reported_total", &[("source", &source_name)]);
+        crate::metrics::metrics().inc(
+            "phoenix_faults_reported_total",
+            &[("source", source.as_str())],
+        );
         if (reported.created || reported.reopened) && !reported.replayed {
             if !reported.opened_with.is_empty() {
                 self.engine

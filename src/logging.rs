@@ -4,10 +4,13 @@
 //! messages in fault reports and alerts, the details of a plan a policy denied. In the text
 //! format a line break or terminal escape in such a value would forge log lines of its own
 //! (`…\n… ERROR phoenix: Rollback failed`) in journald or a log file. [`EscapedFields`] writes
-//! every control character escaped (`\n`, `\u{1b}`), so a line always ends where the event does.
+//! every value by the one escaping rule of [`crate::escape`] (`\n`, `\u{1b}`), so a line always
+//! ends where the event does.
 //! The JSON format escapes by construction.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+
+use crate::escape::Escaped;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
@@ -83,22 +86,6 @@ impl Visit for EscapingVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         // `%value` fields arrive here too, formatted by their Display: raw text.
         self.write(field, &format!("{value:?}"));
-    }
-}
-
-/// Text with its control characters written as Rust escapes.
-struct Escaped<'a>(&'a str);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                f.write_char(c)?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -72,6 +72,11 @@ const CATALOG: &[(&str, &str, &str)] = &[
         "HTTP requests, by route and status.",
     ),
     (
+        "phoenix_auth_failures_total",
+        "counter",
+        "Requests with a bearer token phoenix does not know (`outcome=\"refused\"`), and requests refused unread because their client address guessed wrong too often (`outcome=\"throttled\"`).",
+    ),
+    (
         "phoenix_reports_refused_total",
         "counter",
         "Reports refused because an app had too many open faults.",

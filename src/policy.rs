@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fault::Fault;
+use crate::fault::{Fault, Source};
 
 /// A parsed, validated policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,17 +104,28 @@ fn one() -> u32 {
 pub struct Matcher {
     pub app: Option<String>,
     pub kind: Option<String>,
+    /// Where the fault came from (`api`, `alertmanager`, `probe`, `log`, `supervisor`): the one
+    /// field a reporter cannot choose, so the way to match only phoenix's own detections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
     /// Label equality: every listed label must be present with this value.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
 impl Matcher {
-    /// Whether a fault (or a report: the same three fields) of `app` and `kind` with `labels`
-    /// matches.
-    pub fn matches(&self, app: &str, kind: &str, labels: &BTreeMap<String, String>) -> bool {
+    /// Whether a fault (or a report: the same fields) of `app` and `kind` with `labels`, from
+    /// `source`, matches.
+    pub fn matches(
+        &self,
+        app: &str,
+        kind: &str,
+        labels: &BTreeMap<String, String>,
+        source: Source,
+    ) -> bool {
         self.app.as_ref().is_none_or(|a| a == app)
             && self.kind.as_ref().is_none_or(|k| k == kind)
+            && self.source.is_none_or(|s| s == source)
             && self
                 .labels
                 .iter()
@@ -123,7 +134,10 @@ impl Matcher {
 
     /// More specific matchers win when several policies match one fault.
     fn specificity(&self) -> usize {
-        usize::from(self.app.is_some()) + usize::from(self.kind.is_some()) + self.labels.len()
+        usize::from(self.app.is_some())
+            + usize::from(self.kind.is_some())
+            + usize::from(self.source.is_some())
+            + self.labels.len()
     }
 }
 
@@ -333,6 +347,17 @@ impl Policy {
                 ));
             }
         }
+        for dir in &self.capabilities.writable_dirs {
+            let climbs = dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+            if dir.as_os_str().is_empty() || climbs {
+                return Err(format!(
+                    "`capabilities.writable_dirs`: `{}` must name a directory without `..`",
+                    dir.display()
+                ));
+            }
+        }
         for prefix in &self.capabilities.http_prefixes {
             let scheme_ok = prefix.starts_with("http://") || prefix.starts_with("https://");
             let host_and_path = prefix
@@ -385,9 +410,13 @@ pub fn content_hash(policy: &Policy) -> (String, Vec<u8>) {
 }
 
 impl PolicySet {
-    /// Loads every `*.toml` in `dir`. Any bad file fails the whole load, naming every bad file,
-    /// so that a reload never half-applies.
-    pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
+    /// Loads every `*.toml` in `dir`, each also checked by `check` (phoenix's containment: a
+    /// policy may not reach phoenix's own files or API). Any bad file fails the whole load,
+    /// naming every bad file, so that a reload never half-applies.
+    pub fn load_dir(
+        dir: &Path,
+        check: impl Fn(&Policy) -> Result<(), String>,
+    ) -> Result<PolicySet, Vec<PolicyError>> {
         let entries = std::fs::read_dir(dir).map_err(|source| {
             vec![PolicyError::Io {
                 path: dir.to_owned(),
@@ -407,7 +436,14 @@ impl PolicySet {
                     path: path.clone(),
                     source,
                 })
-                .and_then(|text| Policy::parse(&path, &text));
+                .and_then(|text| Policy::parse(&path, &text))
+                .and_then(|policy| {
+                    check(&policy).map_err(|message| PolicyError::Invalid {
+                        path: path.clone(),
+                        message,
+                    })?;
+                    Ok(policy)
+                });
             match parsed {
                 Ok(policy) => {
                     if let Some((other, _)) = loaded.iter().find(|(_, p)| p.name == policy.name) {
@@ -449,11 +485,17 @@ impl PolicySet {
         self.find_versioned(fault).map(|(policy, _)| &**policy)
     }
 
-    /// Whether any policy matches a report of `app` and `kind` with `labels`.
-    pub fn matches_any(&self, app: &str, kind: &str, labels: &BTreeMap<String, String>) -> bool {
+    /// Whether any policy matches a report of `app` and `kind` with `labels` from `source`.
+    pub fn matches_any(
+        &self,
+        app: &str,
+        kind: &str,
+        labels: &BTreeMap<String, String>,
+        source: Source,
+    ) -> bool {
         self.policies
             .iter()
-            .any(|(policy, _)| policy.matcher.matches(app, kind, labels))
+            .any(|(policy, _)| policy.matcher.matches(app, kind, labels, source))
     }
 
     /// [`PolicySet::find`], with the policy shared and its `content_hash`.
@@ -462,7 +504,7 @@ impl PolicySet {
         for (policy, hash) in &self.policies {
             if !policy
                 .matcher
-                .matches(&fault.app, &fault.kind, &fault.labels)
+                .matches(&fault.app, &fault.kind, &fault.labels, fault.source)
             {
                 continue;
             }
@@ -648,7 +690,7 @@ mod tests {
         ] {
             let fault = fault(app, kind, labels);
             assert_eq!(
-                set.matches_any(&fault.app, &fault.kind, &fault.labels),
+                set.matches_any(&fault.app, &fault.kind, &fault.labels, fault.source),
                 set.find(&fault).is_some(),
                 "{app} {kind} {labels:?}"
             );
@@ -656,7 +698,68 @@ mod tests {
         assert!(!PolicySet::from_policies(vec![]).matches_any(
             "demo",
             "disk_full",
-            &BTreeMap::new()
+            &BTreeMap::new(),
+            Source::Api
         ));
+    }
+
+    #[test]
+    fn a_policy_may_match_on_where_the_fault_came_from() {
+        let exits = Policy::parse(
+            Path::new("restart.toml"),
+            &GOOD.replace("app = \"demo\"\n", "").replace(
+                "kind = \"disk_full\"",
+                "kind = \"exited\"\nsource = \"supervisor\"",
+            ),
+        )
+        .unwrap();
+        assert_eq!(exits.matcher.source, Some(Source::Supervisor));
+        let set = PolicySet::from_policies(vec![exits]);
+        let mut exit = fault("web", "exited", &[("supervisor", "phoenix")]);
+        assert!(
+            set.find(&exit).is_none(),
+            "an API report that says it is an exit"
+        );
+        exit.source = Source::Supervisor;
+        assert_eq!(set.find(&exit).unwrap().name, "restart");
+        let unknown = parse_err(&GOOD.replace("kind = \"disk_full\"", "source = \"me\""));
+        assert!(unknown.contains("unknown variant `me`"), "{unknown}");
+    }
+
+    #[test]
+    fn a_writable_dir_may_not_climb() {
+        for dir in ["../etc", "a/../../b", ""] {
+            let text = GOOD.replace(
+                "[verify]",
+                &format!("[capabilities]\nwritable_dirs = [\"{dir}\"]\n[verify]"),
+            );
+            assert!(
+                parse_err(&text).contains("must name a directory without `..`"),
+                "{dir}: {}",
+                parse_err(&text)
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_refused_by_the_load_check_fails_the_load_naming_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b.toml"), GOOD.replace("demo", "other")).unwrap();
+        let errors = PolicySet::load_dir(dir.path(), |policy| {
+            if policy.matcher.app.as_deref() == Some("other") {
+                Err("reaches phoenix".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(text[0].ends_with("b.toml: reaches phoenix"), "{text:?}");
+        assert_eq!(
+            PolicySet::load_dir(dir.path(), |_| Ok(())).unwrap().len(),
+            2
+        );
     }
 }

@@ -43,7 +43,14 @@ pub struct PatchRecord {
     pub version: String,
     pub hash: String,
     pub description: String,
+    /// Who is answerable for it, as author rules (`author_may_approve`) see it: for a version
+    /// uploaded over the API, the token that uploaded it; for one from the patches directory,
+    /// its manifest's `author` (the operator put it there).
     pub author: String,
+    /// What an uploaded version's manifest says of its author: a claim, shown as such, that no
+    /// rule relies on (None for the patches directory, whose manifest is the author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_author: Option<String>,
     pub confidence: f64,
     pub source: Provenance,
     pub registered_at: Timestamp,
@@ -145,15 +152,26 @@ pub async fn register_dir_patch(
     sandbox: &Arc<Sandbox>,
     patch: PatchSource,
 ) -> Result<Registered, StoreError> {
-    register(store, sandbox, patch, Provenance::Dir).await
+    register(store, sandbox, patch, Uploader::Dir).await
 }
 
-/// Registers `patch` from `source` (see [`register_dir_patch`] for the activation rule).
+/// Where a version being registered comes from, and so who its author is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uploader {
+    /// The patches directory: its manifest names the author.
+    Dir,
+    /// `POST /v1/patches`, by this caller (a token's name, or `anonymous` without tokens): the
+    /// author, whatever the manifest claims.
+    Api(String),
+}
+
+/// Registers `patch` from `uploader` (see [`register_dir_patch`] for the activation rule). A
+/// version registered before keeps its first record: its first uploader stays its author.
 pub async fn register(
     store: &Store,
     sandbox: &Arc<Sandbox>,
     patch: PatchSource,
-    source: Provenance,
+    uploader: Uploader,
 ) -> Result<Registered, StoreError> {
     if let Some(existing) = store.patch(&patch.manifest.name, &patch.hash)? {
         if existing.usable() {
@@ -168,13 +186,19 @@ pub async fn register(
         tokio::task::spawn_blocking(move || evaluate(&sandbox_for_checks, &patch_for_checks))
             .await
             .map_err(|e| StoreError::Io(format!("patch checks panicked: {e}")))?;
+    let claimed = patch.manifest.author.clone();
+    let (source, author, claimed_author) = match uploader {
+        Uploader::Dir => (Provenance::Dir, claimed, None),
+        Uploader::Api(caller) => (Provenance::Api, caller, Some(claimed)),
+    };
     let record = PatchRecord {
         schema: 1,
         name: patch.manifest.name.clone(),
         version: patch.manifest.version.clone(),
         hash: patch.hash.clone(),
         description: patch.manifest.description.clone(),
-        author: patch.manifest.author.clone(),
+        author,
+        claimed_author,
         confidence: patch.manifest.confidence,
         source,
         registered_at: Timestamp::now(),

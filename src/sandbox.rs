@@ -685,7 +685,7 @@ impl Sandbox {
         linker
             .func_wrap("phoenix", "log", host_log)
             .map_err(engine_error)?;
-        std::fs::create_dir_all(&cache_dir).map_err(|source| SandboxError::Cache {
+        crate::files::create_private_dir(&cache_dir).map_err(|source| SandboxError::Cache {
             path: cache_dir.clone(),
             source,
         })?;
@@ -843,7 +843,7 @@ impl Sandbox {
         let mut bytes = blake3::hash(artifact).as_bytes().to_vec();
         bytes.extend_from_slice(artifact);
         let temp = path.with_extension("cwasm.tmp");
-        if std::fs::write(&temp, &bytes)
+        if crate::files::write_private(&temp, &bytes)
             .and_then(|()| std::fs::rename(&temp, path))
             .is_err()
         {

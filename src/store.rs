@@ -27,7 +27,8 @@
 //!   `fl/{fingerprint}` → id of the last one that ended, for faults that may recur
 //! - `oc/{app}` → open faults of the app; `rw/{app}` → its healing runs in the rate window
 //! - `br/{name}` → a circuit [`Breaker`]; `a/{seq: u64 BE}` → an [`AuditEntry`]
-//! - `ik/{scope}/{key}` → [`IdempotencyRecord`]
+//! - `ik/faults/{key}`, `ik/faults-of/{caller}/{key}` → [`IdempotencyRecord`] (see
+//!   [`Idempotency`])
 //! - `pv/{name}/{hash}` → [`PatchRecord`]; `pa/{name}` → active hash; `pm/{hash}` → module bytes
 //! - `ps/{hash}` → the [`Policy`] a run was started with (blake3 of its JSON), shared by runs
 
@@ -197,6 +198,32 @@ const FREE_SPACE_RECHECK: std::time::Duration = std::time::Duration::from_millis
 
 /// Free space the data dir needs before a store that hit a full disk is worth reopening.
 const REOPEN_FREE_BYTES: u64 = 4 << 20;
+
+/// An `Idempotency-Key` with what it is checked against: whose key it is (a token's name; None
+/// without authentication) and the hash of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub scope: Option<String>,
+    pub key: String,
+    pub request_hash: String,
+}
+
+impl Idempotency {
+    /// Where its record is kept: `ik/faults/{key}` without a scope (as before scopes), else
+    /// `ik/faults-of/{blake3(scope), 16 hex}/{key}`, so that one caller's key is never
+    /// another's.
+    fn store_key(&self) -> Vec<u8> {
+        match &self.scope {
+            None => format!("ik/faults/{}", self.key),
+            Some(scope) => format!(
+                "ik/faults-of/{}/{}",
+                &blake3::hash(scope.as_bytes()).to_hex()[..16],
+                self.key
+            ),
+        }
+        .into_bytes()
+    }
+}
 
 /// What an idempotent request returned the first time; replayed for the same key and body.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -902,6 +929,10 @@ impl Store {
     /// spawning when it died holds a copy of its file descriptors until that child's `exec`.
     /// So a held lock is retried for up to [`LOCK_WAIT`] before giving up.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        // Private (0700) before sled makes it with the umask's mode; sled's files are made
+        // private once it has them open.
+        crate::files::create_private_dir(dir)
+            .map_err(|e| sync_error(&e, "creating the store's folder"))?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -928,6 +959,8 @@ impl Store {
         };
         let journal_dir = dir.join("journal");
         let next_segment = replay_journal(&db, &journal_dir)?;
+        crate::files::make_private(dir)
+            .map_err(|e| sync_error(&e, "making the store's files private"))?;
         let journal = Journal::start(&journal_dir, next_segment)
             .map_err(|e| sync_error(&e, "starting the store's journal"))?;
         let (jobs, receiver) = mpsc::channel::<Work>();
@@ -1080,7 +1113,7 @@ impl Store {
         &self,
         report: Report,
         source: Source,
-        idempotency: Option<(String, String)>,
+        idempotency: Option<Idempotency>,
     ) -> Result<Reported, StoreError> {
         self.report_opening(report, source, idempotency, None).await
     }
@@ -1092,21 +1125,19 @@ impl Store {
         &self,
         report: Report,
         source: Source,
-        idempotency: Option<(String, String)>,
+        idempotency: Option<Idempotency>,
         opening: Option<Opening>,
     ) -> Result<Reported, StoreError> {
         self.check_free_space()?;
         let db = self.db.clone();
         let max_open = self.max_open_per_app;
         self.commit(move |w| {
-            let idem_key = idempotency
-                .as_ref()
-                .map(|(key, _)| format!("ik/faults/{key}").into_bytes());
-            if let (Some(ik), Some((key, request_hash))) = (&idem_key, &idempotency)
+            let idem_key = idempotency.as_ref().map(Idempotency::store_key);
+            if let (Some(ik), Some(idempotency)) = (&idem_key, &idempotency)
                 && let Some(first) = w.get::<IdempotencyRecord>(ik)?
             {
-                if first.request_hash != *request_hash {
-                    return Err(StoreError::IdempotencyMismatch(key.clone()));
+                if first.request_hash != idempotency.request_hash {
+                    return Err(StoreError::IdempotencyMismatch(idempotency.key.clone()));
                 }
                 return Ok(Reported {
                     fault: first.fault,
@@ -1193,9 +1224,9 @@ impl Store {
                     (fault, true)
                 }
             };
-            if let (Some(ik), Some((_, request_hash))) = (&idem_key, &idempotency) {
+            if let (Some(ik), Some(idempotency)) = (&idem_key, &idempotency) {
                 let record = IdempotencyRecord {
-                    request_hash: request_hash.clone(),
+                    request_hash: idempotency.request_hash.clone(),
                     fault: fault.clone(),
                     created,
                 };
@@ -2089,7 +2120,7 @@ fn flush_tree(db: &sled::Db, log: Option<&std::fs::File>) -> Result<(), StoreErr
 fn replay_journal(db: &sled::Db, dir: &Path) -> Result<u64, StoreError> {
     let listing_error = |e: std::io::Error| sync_error(&e, "reading the store's journal");
     if !dir.exists() {
-        std::fs::create_dir(dir).map_err(listing_error)?;
+        crate::files::create_private_dir(dir).map_err(listing_error)?;
         if let Some(parent) = dir.parent() {
             std::fs::File::open(parent)
                 .and_then(|parent| parent.sync_all())
@@ -2234,7 +2265,11 @@ mod tests {
             (FaultState::Analyzing, "picked up".to_string()),
             (failed, "no policy matches".to_string()),
         ];
-        let key = Some(("k1".to_string(), "hash".to_string()));
+        let key = Some(Idempotency {
+            scope: None,
+            key: "k1".into(),
+            request_hash: "hash".into(),
+        });
         let closed = store
             .report_opening(report("a"), Source::Api, key.clone(), closing(&steps))
             .await
@@ -2713,7 +2748,13 @@ mod tests {
     #[tokio::test]
     async fn idempotency_keys_replay_or_refuse() {
         let (_dir, store) = open();
-        let key = |hash: &str| Some(("k1".to_string(), hash.to_string()));
+        let key = |hash: &str| {
+            Some(Idempotency {
+                scope: None,
+                key: "k1".into(),
+                request_hash: hash.into(),
+            })
+        };
         let first = store
             .report(report("a"), Source::Api, key("h1"))
             .await
@@ -2736,9 +2777,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idempotency_key_is_its_callers_own() {
+        let (_dir, store) = open();
+        let key = |scope: Option<&str>, hash: &str| {
+            Some(Idempotency {
+                scope: scope.map(str::to_owned),
+                key: "shared".into(),
+                request_hash: hash.into(),
+            })
+        };
+        let mine = store
+            .report(report("a"), Source::Api, key(Some("ci"), "h1"))
+            .await
+            .unwrap();
+        // Another token's use of the same key is its own request: neither a mismatch nor a
+        // replay of the first caller's answer.
+        let theirs = store
+            .report(report("b"), Source::Api, key(Some("deploy"), "h2"))
+            .await
+            .unwrap();
+        assert!(theirs.created && !theirs.replayed);
+        assert_ne!(theirs.fault.id, mine.fault.id);
+        let anonymous = store
+            .report(report("c"), Source::Api, key(None, "h3"))
+            .await
+            .unwrap();
+        assert!(anonymous.created && !anonymous.replayed);
+        // Each caller still gets its own replay, and its own mismatch.
+        let replay = store
+            .report(report("a"), Source::Api, key(Some("ci"), "h1"))
+            .await
+            .unwrap();
+        assert!(replay.replayed);
+        assert_eq!(replay.fault.id, mine.fault.id);
+        let mismatch = store
+            .report(report("z"), Source::Api, key(Some("deploy"), "h9"))
+            .await;
+        assert!(matches!(mismatch, Err(StoreError::IdempotencyMismatch(_))));
+    }
+
+    #[tokio::test]
     async fn compaction_deletes_ended_faults_with_their_idempotency_keys() {
         let (_dir, store) = open();
-        let key = |k: &str| Some((k.to_string(), format!("hash-{k}")));
+        let key = |k: &str| {
+            Some(Idempotency {
+                scope: None,
+                key: k.into(),
+                request_hash: format!("hash-{k}"),
+            })
+        };
         let ended = store
             .report(report("a"), Source::Api, key("k1"))
             .await
@@ -3105,6 +3192,7 @@ mod tests {
             hash: hash.into(),
             description: String::new(),
             author: "a".into(),
+            claimed_author: None,
             confidence: 0.9,
             source: Provenance::Api,
             registered_at: Timestamp::now(),

@@ -214,7 +214,7 @@ impl Supervisor {
         state_dir: &Path,
         work_dir: &Path,
     ) -> Result<(Supervisor, mpsc::UnboundedReceiver<Report>), SupervisorError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| SupervisorError {
+        crate::files::create_private_dir(state_dir).map_err(|source| SupervisorError {
             path: state_dir.to_owned(),
             source,
         })?;
@@ -475,7 +475,7 @@ impl Program {
                 start_time,
             };
             if let Ok(json) = serde_json::to_vec(&generation) {
-                let _ = std::fs::write(&self.state_file, json);
+                let _ = crate::files::write_private(&self.state_file, &json);
             }
         }
         self.child = Some(child);

@@ -37,6 +37,9 @@ async fn call(
     let mut request = client
         .request(method.parse().unwrap(), daemon.url(path))
         .body(body.to_owned());
+    if method != "GET" {
+        request = request.header("content-type", "application/json");
+    }
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

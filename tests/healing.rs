@@ -22,7 +22,7 @@ fn ledger(env: &Env) -> Vec<String> {
 #[tokio::test]
 async fn the_shipped_demo_heals_a_disk_full_fault_through_every_state() {
     let env = Env::shipped();
-    let scratch = env.path(".phoenix/demo-scratch");
+    let scratch = env.path(".demo/scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     std::fs::write(scratch.join("junk"), vec![0u8; 3 << 20]).unwrap();
     let daemon = env.start();

@@ -319,7 +319,9 @@ function renderDetail({ approval, fault, shadow }) {
       el("dt", {}, "Name"), el("dd", {}, `${patch.name} ${patch.version}`),
       el("dt", {}, "Hash"), el("dd", { class: "mono", title: patch.hash }, short(patch.hash)),
       el("dt", {}, "Confidence"), el("dd", {}, String(patch.confidence)),
-      el("dt", {}, "Author"), el("dd", {}, patch.author || "(not given)"),
+      el("dt", {}, "Author"), el("dd", {}, patch.claimed_author === undefined
+        ? (patch.author || "(not given)")
+        : `uploaded by ${patch.author} (its manifest claims: ${patch.claimed_author || "nobody"})`),
       el("dt", {}, "Policy"), el("dd", {}, approval.policy)),
     el("h3", {}, "Contract tests"), tests,
     el("h3", {}, "What phoenix wants to do (dry run)"), plan,

@@ -123,7 +123,7 @@ pub fn to_report(alert: &Alert, config: &AlertmanagerConfig) -> Result<Report, S
     let report = Report {
         app: label(&config.app_label)?,
         kind: label(&config.kind_label)?,
-        labels: alert.labels.clone(),
+        labels: without_reserved(&alert.labels),
         message,
         severity,
         dedup_key: Some(alert.fingerprint.clone()),
@@ -131,6 +131,19 @@ pub fn to_report(alert: &Alert, config: &AlertmanagerConfig) -> Result<Report, S
     };
     report.validate().map_err(|e| e.to_string())?;
     Ok(report)
+}
+
+/// An alert's labels with each one only phoenix's own sources set (`probe`, `log`, …, see
+/// [`crate::fault::RESERVED_LABELS`]) renamed `alert_NAME`, so an alert keeps what it says
+/// without posing as one of them (a label of that name already in the alert is kept).
+fn without_reserved(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut kept = labels.clone();
+    for reserved in crate::fault::RESERVED_LABELS {
+        if let Some(value) = kept.remove(reserved) {
+            kept.entry(format!("alert_{reserved}")).or_insert(value);
+        }
+    }
+    kept
 }
 
 fn truncate(text: &mut String, max: usize) {

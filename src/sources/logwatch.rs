@@ -57,8 +57,12 @@ impl LogConfig {
         let regex = Regex::new(&self.pattern)
             .map_err(|e| format!("log `{name}`: `pattern` is not a valid regex: {e}"))?;
         for group in regex.capture_names().flatten() {
-            if group == "log" {
-                return Err(format!("log `{name}`: capture group `log` is reserved"));
+            // A line's text must not make its fault pose as another source's (a `signal` group
+            // would make a log line look like a program's exit).
+            if crate::fault::RESERVED_LABELS.contains(&group) {
+                return Err(format!(
+                    "log `{name}`: capture group `{group}` is reserved (phoenix's own sources set that label)"
+                ));
             }
         }
         let probe = Report {

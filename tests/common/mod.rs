@@ -207,7 +207,8 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
-    /// POSTs `body` with optional headers; returns status, parsed JSON body, and headers.
+    /// POSTs `body` as JSON (unless `headers` name another `content-type`) with optional
+    /// headers; returns status, parsed JSON body, and headers.
     pub async fn post(
         &self,
         path: &str,
@@ -215,6 +216,12 @@ impl Daemon {
         headers: &[(&str, &str)],
     ) -> (u16, Value, reqwest::header::HeaderMap) {
         let mut request = self.client.post(self.url(path)).body(body.to_owned());
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
