@@ -205,9 +205,26 @@ impl Effects {
         })
     }
 
-    /// phoenix's own ground, which no action may reach.
-    pub fn containment(&self) -> &Containment {
-        &self.containment
+    /// Where commands run and relative paths resolve (the config file's folder).
+    pub fn work_dir(&self) -> &std::path::Path {
+        &self.work_dir
+    }
+
+    /// The first action of `plan` that would reach phoenix's own files or API, with why:
+    /// checked when the plan is made, so that nobody is asked to approve it (each action is
+    /// checked again when it runs).
+    pub fn reaching_phoenix(&self, plan: &[Action]) -> Option<(usize, EffectError)> {
+        plan.iter().enumerate().find_map(|(index, action)| {
+            let refused = match action {
+                Action::WriteFile { path, .. } => self.refuse_own_ground(path).err(),
+                Action::Http { url, .. } => self
+                    .http_client_for(url)
+                    .err()
+                    .filter(|e| matches!(e, EffectError::ReachesPhoenix(_))),
+                _ => None,
+            };
+            refused.map(|error| (index, error))
+        })
     }
 
     /// The client for an `http` action to `url`, or why it may not be sent: its address is
@@ -355,6 +372,7 @@ impl Effects {
     /// regular file.
     fn checked_target(&self, path: &str, caps: &Capabilities) -> Result<DirEntry, EffectError> {
         let denied = |why: &str| EffectError::NotAllowed(format!("write to `{path}`: {why}"));
+        self.refuse_own_ground(path)?;
         let target = writable_target(path, caps, &self.work_dir)
             .ok_or_else(|| denied("not under a writable directory"))?;
         let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
@@ -386,6 +404,28 @@ impl Effects {
                 "{}: {e}",
                 entry.path().display()
             ))),
+        }
+    }
+
+    /// Refuses a write whose path, wherever its links and `..` lead, is one of phoenix's own
+    /// files or lies inside one of its folders (by path, and by the identity of every folder
+    /// along it): whatever the policy allows, and before what it allows is looked at, so such a
+    /// plan always ends `capability_denied`. (The write's own open is checked again.)
+    fn refuse_own_ground(&self, path: &str) -> Result<(), EffectError> {
+        let joined = self.work_dir.join(path);
+        let (Some(parent), Some(name)) = (joined.parent(), joined.file_name()) else {
+            return Ok(());
+        };
+        // A folder that does not exist holds nothing to write into (the write fails later).
+        let Ok(real_parent) = parent.canonicalize() else {
+            return Ok(());
+        };
+        match DirEntry::open(&real_parent.join(name)) {
+            Ok(entry) => self
+                .containment
+                .check_write(&entry)
+                .map_err(EffectError::ReachesPhoenix),
+            Err(_) => Ok(()),
         }
     }
 

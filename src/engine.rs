@@ -387,7 +387,7 @@ fn count_sandbox_run(started: std::time::Instant, outcome: &PlanOutcome) {
 fn checked_plan(
     prepared: &Prepared,
     outcome: PlanOutcome,
-    work_dir: &std::path::Path,
+    effects: &Effects,
 ) -> Result<Vec<Action>, Verdict> {
     let record = &prepared.record;
     let (name, version) = (&record.name, &record.version);
@@ -402,8 +402,15 @@ fn checked_plan(
             return Err(Verdict::fail(FailReason::SandboxError, detail));
         }
     };
+    // phoenix's own files and API first: no policy allows them, and nobody is asked to
+    // approve a plan that reaches them (each action is checked again when it runs).
+    if let Some((index, error)) = effects.reaching_phoenix(&plan) {
+        let detail =
+            format!("the plan of {name}@{version} reaches phoenix itself: action {index}: {error}");
+        return Err(Verdict::fail(FailReason::CapabilityDenied, detail));
+    }
     let policy = &prepared.policy;
-    if let Err(denied) = plan::check(&plan, &policy.capabilities, work_dir) {
+    if let Err(denied) = plan::check(&plan, &policy.capabilities, effects.work_dir()) {
         let detail = format!(
             "policy `{}` denies the plan of {name}@{version}: {denied}",
             policy.name
@@ -821,7 +828,7 @@ impl Engine {
                     Err(view) => self.plan_elsewhere(&prepared, view).await?,
                 };
                 match outcome
-                    .and_then(|outcome| checked_plan(&prepared, outcome, &self.parts.work_dir))
+                    .and_then(|outcome| checked_plan(&prepared, outcome, &self.parts.effects))
                 {
                     Err(verdict) => verdict,
                     Ok(plan) => {
@@ -866,7 +873,7 @@ impl Engine {
                 let Ok(outcome) = self.plan_inline(&prepared, &fault) else {
                     return None; // the engine runs it elsewhere, after the write
                 };
-                match checked_plan(&prepared, outcome, &self.parts.work_dir) {
+                match checked_plan(&prepared, outcome, &self.parts.effects) {
                     Err(verdict) => verdict,
                     Ok(plan) => {
                         if !self.breakers_closed(&prepared.policy).ok()? {

@@ -9,6 +9,9 @@
 //! and must be refused with DETAIL shown in `/readyz`.
 //! Every case gets the same policy: command `ok` (`true`), writes under `allowed/`, HTTP under
 //! `http://127.0.0.1:9/allowed/`, no programs. Drop a new file in the folder to add a case.
+//! The `write-own-*` cases aim at phoenix itself (its config, policies, patches and data dir,
+//! by name, by `..` and through a symlink): whatever the policy says, they end
+//! `capability_denied` and none of phoenix's files changes.
 
 mod common;
 
@@ -109,6 +112,8 @@ async fn every_adversarial_patch_is_contained_while_ordinary_faults_heal() {
     std::os::unix::fs::symlink("../outside/secret", env.path("allowed/.fresh.phoenix-tmp"))
         .unwrap();
     std::fs::hard_link(env.path("outside/secret"), env.path("allowed/hardlink")).unwrap();
+    // A way from a writable folder into phoenix's own data dir.
+    std::os::unix::fs::symlink("../data", env.path("allowed/phoenix-data")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
         env.path("allowed/pipe").as_path(),
@@ -157,6 +162,16 @@ async fn every_adversarial_patch_is_contained_while_ordinary_faults_heal() {
     );
 
     let daemon = env.start();
+    // What phoenix's own files hold before the attacks: none of them may change.
+    let own_files = [
+        "phoenix.toml",
+        "patches/fine/patch.wat",
+        "data/phoenix.addr",
+    ];
+    let own_before: Vec<Vec<u8>> = own_files
+        .iter()
+        .map(|file| std::fs::read(env.path(file)).unwrap())
+        .collect();
     late.iter().for_each(|case| install(case));
     let ready = daemon
         .get_until("/readyz", "the unloadable patches reported", |ready| {
@@ -235,6 +250,12 @@ async fn every_adversarial_patch_is_contained_while_ordinary_faults_heal() {
         "nothing may be created outside allowed/"
     );
     assert!(!Path::new("/tmp/phoenix-adversarial").exists());
+    // Nothing of phoenix's own was written: not its config, a policy, a patch or its data.
+    for (file, before) in own_files.iter().zip(&own_before) {
+        assert_eq!(&std::fs::read(env.path(file)).unwrap(), before, "{file}");
+    }
+    assert!(!env.path("policies/evil.toml").exists());
+    assert!(!env.path("allowed/before").exists(), "rolled back");
 
     let summary = format!(
         "adversarial patches: {} cases, {contained} contained, {} ordinary faults healed meanwhile",

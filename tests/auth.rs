@@ -333,3 +333,171 @@ async fn a_burst_past_a_tokens_budget_gets_429_with_retry_after() {
         200
     );
 }
+
+/// `call`, from the client address `from` (any loopback address reaches 127.0.0.1), with extra
+/// headers.
+async fn call_from(
+    daemon: &Daemon,
+    from: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let mut request = client
+        .request(method.parse().unwrap(), daemon.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(json!(text)),
+        headers,
+    )
+}
+
+#[tokio::test]
+async fn an_address_that_guesses_tokens_is_refused_unread_and_counted() {
+    let env = setup();
+    let config = std::fs::read_to_string(env.path("phoenix.toml")).unwrap();
+    std::fs::write(
+        env.path("phoenix.toml"),
+        format!("{config}\n[limits]\nfailed_auth_per_minute = 3\n"),
+    )
+    .unwrap();
+    let daemon = env.start();
+    let guesser = "127.0.0.1";
+    for guess in ["a", "b", "c"] {
+        let (status, body, _) =
+            call_from(&daemon, guesser, "GET", "/v1/faults", Some(guess), &[], "").await;
+        assert_eq!((status, &body["code"]), (401, &json!("unauthenticated")));
+    }
+    // Its fourth try is not looked at, even with a right token.
+    for token in ["d", ADMIN] {
+        let (status, body, headers) =
+            call_from(&daemon, guesser, "GET", "/v1/faults", Some(token), &[], "").await;
+        assert_eq!(
+            (status, &body["code"]),
+            (429, &json!("too_many_failed_attempts")),
+            "{body}"
+        );
+        let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+    }
+    // Another address is unaffected; so are requests that send no token (nothing to guess).
+    let (status, _, _) = call_from(
+        &daemon,
+        "127.0.0.2",
+        "GET",
+        "/v1/faults",
+        Some(ADMIN),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        call_from(&daemon, guesser, "GET", "/healthz", None, &[], "")
+            .await
+            .0,
+        200
+    );
+    let metrics = daemon.metrics().await;
+    assert!(
+        metrics.contains("phoenix_auth_failures_total{outcome=\"refused\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("phoenix_auth_failures_total{outcome=\"throttled\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn who_decides_is_checked_alike_with_tokens_and_keys_are_each_tokens_own() {
+    let env = setup();
+    let daemon = env.start();
+    let (_, fault) = call(
+        &daemon,
+        "POST",
+        "/v1/faults",
+        Some(REPORTER),
+        r#"{"app":"web","kind":"drift"}"#,
+    )
+    .await;
+    let id = fault["id"].as_str().unwrap().to_owned();
+    let mut ready = daemon;
+    ready.token = Some(ADMIN.into());
+    ready
+        .wait_for(&id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+    let daemon = ready;
+    // The token decides, but a malformed `by` is refused as it is without tokens.
+    let approve = format!("/v1/approvals/{id}/approve");
+    for by in [r#""""#.to_string(), format!("\"{}\"", "x".repeat(129))] {
+        let body = format!(r#"{{"by":{by}}}"#);
+        let (status, refused) = call(&daemon, "POST", &approve, Some(APPROVER), &body).await;
+        assert_eq!(
+            (status, &refused["code"]),
+            (400, &json!("invalid_decision")),
+            "{by}: {refused}"
+        );
+    }
+
+    // One Idempotency-Key, two tokens: two requests, neither refused nor replayed for the other.
+    let key = [("idempotency-key", "deploy-7")];
+    let web = r#"{"app":"web","kind":"k"}"#;
+    let db = r#"{"app":"db","kind":"k"}"#;
+    let (status, first, _) = call_from(
+        &daemon,
+        "127.0.0.1",
+        "POST",
+        "/v1/faults",
+        Some(REPORTER),
+        &key,
+        web,
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    let (status, other, headers) = call_from(
+        &daemon,
+        "127.0.0.1",
+        "POST",
+        "/v1/faults",
+        Some(ADMIN),
+        &key,
+        db,
+    )
+    .await;
+    assert_eq!(status, 202, "another token's key is its own: {other}");
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, again, headers) = call_from(
+        &daemon,
+        "127.0.0.1",
+        "POST",
+        "/v1/faults",
+        Some(REPORTER),
+        &key,
+        web,
+    )
+    .await;
+    assert_eq!((status, &again["id"]), (202, &first["id"]));
+    assert_eq!(headers["idempotent-replayed"], "true");
+}

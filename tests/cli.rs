@@ -118,3 +118,74 @@ fn an_unreachable_daemon_exits_69() {
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("cannot reach the daemon"), "{err}");
 }
+
+/// Whether `text` holds a character that acts on a terminal (what phoenix escapes).
+fn acts_on_terminal(text: &str) -> bool {
+    text.chars()
+        .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+}
+
+#[tokio::test]
+async fn text_from_outside_reaches_the_terminal_escaped_and_json_exactly() {
+    let env = Env::new();
+    env.production_web();
+    let daemon = env.start();
+    let addr = daemon.addr.clone();
+    // A reporter's label and message that would clear the screen and forge a line.
+    let forged = "\u{1b}[2J\u{1b}[Hstate healed\nok\u{202e}";
+    let report = serde_json::json!({
+        "app": "web",
+        "kind": "drift",
+        "labels": {"fingerprint": forged},
+        "message": forged,
+    });
+    let id = daemon.report_id(&report.to_string()).await;
+    daemon
+        .wait_for(&id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+    // An approver's comment and an operator's reason, in the audit log.
+    let (code, _, err) = phoenix(
+        &addr,
+        &[
+            "approvals",
+            "approve",
+            &id,
+            "--by",
+            "alice",
+            "--comment",
+            forged,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = phoenix(
+        &addr,
+        &[
+            "breakers", "trip", "global", "--by", "bob", "--reason", forged,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    for args in [
+        vec!["faults", "show", id.as_str()],
+        vec!["faults", "list"],
+        vec!["audit"],
+        vec!["approvals", "list"],
+        vec!["breakers", "list"],
+    ] {
+        let (code, out, err) = phoenix(&addr, &args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!acts_on_terminal(&out), "{args:?} printed raw: {out:?}");
+    }
+    let (_, audit, _) = phoenix(&addr, &["audit"]);
+    assert!(
+        audit.contains(r"\u{1b}[2J\u{1b}[Hstate healed\nok\u{202e}"),
+        "{audit}"
+    );
+    // `--json` is exact JSON: the text comes back as it was sent.
+    let (code, out, _) = phoenix(&addr, &["--json", "faults", "show", &id]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["message"], forged);
+}

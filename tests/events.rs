@@ -161,3 +161,26 @@ async fn webhooks_get_events_and_a_dead_one_does_not_block_healing() {
         (&"fault_closed".into(), &id.as_str().into())
     );
 }
+
+#[tokio::test]
+async fn a_decision_is_announced_in_words() {
+    let env = setup("");
+    let daemon = env.start();
+    let client = phoenix::effects::http_client().unwrap();
+    let mut stream = client.get(daemon.url("/v1/events")).send().await.unwrap();
+    for (verb, done) in [("reject", "rejected"), ("approve", "approved")] {
+        let id = daemon
+            .report_id(&format!(r#"{{"app":"prod","kind":"{verb}"}}"#))
+            .await;
+        next_event(&mut stream, "approval_requested", &id).await;
+        let path = format!("/v1/approvals/{id}/{verb}");
+        let (status, body, _) = daemon.post(&path, r#"{"by":"alice"}"#, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        let event = next_event(&mut stream, "approval_decided", &id).await;
+        let summary = event["summary"].as_str().unwrap();
+        assert!(
+            summary.starts_with(&format!("alice {done} the plan for prod")),
+            "{summary}"
+        );
+    }
+}

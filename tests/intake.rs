@@ -115,7 +115,7 @@ async fn bad_requests_get_a_json_4xx_and_store_nothing() {
         r#"{{"app":"a","kind":"k","labels":{{"v":"{}"}}}}"#,
         "x".repeat(1025)
     );
-    let posts: [Case; 10] = [
+    let posts: [Case; 14] = [
         ("{not json", &[], 400, "invalid_json"),
         ("", &[], 400, "invalid_json"),
         (r#"{"app":"a"}"#, &[], 400, "invalid_report"),
@@ -134,6 +134,31 @@ async fn bad_requests_get_a_json_4xx_and_store_nothing() {
             "invalid_report",
         ),
         (&long_label, &[], 400, "invalid_report"),
+        // Labels only phoenix's own sources set: a report may not pose as one of them.
+        (
+            r#"{"app":"a","kind":"exited","labels":{"supervisor":"phoenix"}}"#,
+            &[],
+            400,
+            "invalid_report",
+        ),
+        (
+            r#"{"app":"a","kind":"exited","labels":{"signal":"9"}}"#,
+            &[],
+            400,
+            "invalid_report",
+        ),
+        (
+            r#"{"app":"a","kind":"k","labels":{"probe":"db"}}"#,
+            &[],
+            400,
+            "invalid_report",
+        ),
+        (
+            r#"{"app":"a","kind":"k","labels":{"log":"errors"}}"#,
+            &[],
+            400,
+            "invalid_report",
+        ),
         (&big, &[], 413, "body_too_large"),
         (
             r#"{"app":"a","kind":"k"}"#,
@@ -310,4 +335,52 @@ fn check_reports_patch_and_policy_problems() {
         stdout.contains("FAIL policy a: patch `not-there`"),
         "{stdout}"
     );
+}
+
+/// Every folder under `dir` (and `dir`) with a mode other than 0700, and every file with a
+/// mode other than 0600: "PATH MODE".
+fn not_private(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    if mode != 0o700 {
+        found.push(format!("{} {mode:o}", dir.display()));
+    }
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            found.extend(not_private(&entry.path()));
+        } else if kind.is_file() {
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            if mode != 0o600 {
+                found.push(format!("{} {mode:o}", entry.path().display()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_data_dir_is_phoenixs_alone_whatever_the_umask() {
+    let env = Env::new();
+    gated(&env);
+    std::fs::write(env.path("release"), "").unwrap();
+    // A data dir made by someone else (systemd's StateDirectory is 0755 unless told).
+    std::fs::create_dir_all(env.path("data")).unwrap();
+    std::fs::set_permissions(
+        env.path("data"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut daemon = env.start();
+    let id = daemon.report_id(r#"{"app":"web","kind":"k"}"#).await;
+    daemon.wait_terminal(&id).await;
+    // Through a restart too: the store replays, sled writes new files.
+    assert_eq!(daemon.terminate(), Some(0));
+    let daemon = env.start();
+    let id = daemon.report_id(r#"{"app":"web","kind":"k2"}"#).await;
+    daemon.wait_terminal(&id).await;
+    let loose = not_private(&env.path("data"));
+    assert!(loose.is_empty(), "not private: {loose:#?}");
 }

@@ -206,3 +206,56 @@ async fn uploads_are_checked_and_a_failing_one_changes_nothing() {
     let (_, list) = daemon.get("/v1/patches").await;
     assert_eq!(list["patches"][0]["active"]["version"], "1.0.0", "{list}");
 }
+
+#[tokio::test]
+async fn the_uploader_is_the_author_whatever_the_manifest_claims() {
+    let env = Env::new();
+    let hash = |secret: &str| blake3::hash(secret.as_bytes()).to_hex().to_string();
+    env.write_config(&format!(
+        "[[token]]\nname = \"ops\"\nblake3 = \"{}\"\nrole = \"admin\"\n\n[[token]]\nname = \"alice\"\nblake3 = \"{}\"\nrole = \"approver\"\n",
+        hash("ops-secret"),
+        hash("alice-secret")
+    ));
+    env.patch("fix", &planner(&[ONE]), TEST_ONE);
+    env.policy(
+        "web",
+        "[match]\napp = \"web\"\n[patch]\nname = \"fix\"\n[approval]\nauthor_may_approve = false\n[capabilities.commands.one]\nargv = [\"true\"]\n[capabilities.commands.two]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
+    );
+    let mut daemon = env.start();
+    daemon.token = Some("ops-secret".into());
+    // The manifest names someone else; the token that uploads it is `ops`.
+    let manifest = "name = \"fix\"\nversion = \"2.0.0\"\nauthor = \"someone-else\"\n[[test]]\nname = \"plans\"\nfault = { app = \"web\", kind = \"k\" }\nexpect = [{ kind = \"exec\", command = \"two\" }]\n";
+    let body = json!({"manifest": manifest, "wat": planner(&[TWO])}).to_string();
+    let (status, uploaded, _) = daemon.post("/v1/patches", &body, &[]).await;
+    assert_eq!(status, 201, "{uploaded}");
+    assert_eq!(
+        (
+            &uploaded["patch"]["author"],
+            &uploaded["patch"]["claimed_author"]
+        ),
+        (&json!("ops"), &json!("someone-else"))
+    );
+
+    let waiting = heal(&daemon, 1).await;
+    assert_eq!(waiting["state"], "awaiting_approval", "{waiting:#}");
+    let id = waiting["id"].as_str().unwrap();
+    let (_, request) = daemon.get(&format!("/v1/approvals/{id}")).await;
+    let patch = &request["approval"]["patch"];
+    assert_eq!(
+        (&patch["author"], &patch["claimed_author"]),
+        (&json!("ops"), &json!("someone-else")),
+        "the request shows who uploaded it and what the manifest claims: {request:#}"
+    );
+    // The uploader may not approve its own upload, whatever name its manifest gave.
+    let approve = format!("/v1/approvals/{id}/approve");
+    let (status, refused, _) = daemon.post(&approve, r#"{"by":"ops"}"#, &[]).await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (403, &json!("author_may_not_approve")),
+        "{refused}"
+    );
+    daemon.token = Some("alice-secret".into());
+    let (status, approved, _) = daemon.post(&approve, r#"{"by":"alice"}"#, &[]).await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(daemon.wait_terminal(id).await["state"], "healed");
+}

@@ -121,6 +121,37 @@ async fn a_killed_program_is_restarted_through_the_fsm_and_verified_by_its_healt
 }
 
 #[tokio::test]
+async fn a_report_cannot_pose_as_a_program_exit_to_get_a_healthy_program_restarted() {
+    let port = free_port();
+    let env = env_with(&format!(
+        "[[program]]\nname = \"web\"\nargv = [\"python3\", \"-m\", \"http.server\", \"--bind\", \"127.0.0.1\", \"{port}\"]\nhealth_url = \"http://127.0.0.1:{port}/\"\n"
+    ));
+    let daemon = env.start();
+    let before = wait_program(&daemon, "web", "running", |p| p["running"] == true).await;
+    // The labels of a real exit are phoenix's own: refused from a reporter.
+    let forged = r#"{"app":"web","kind":"exited","labels":{"supervisor":"phoenix","signal":"9"}}"#;
+    let (status, refused, _) = daemon.post("/v1/faults", forged, &[]).await;
+    assert_eq!((status, &refused["code"]), (400, &"invalid_report".into()));
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("label `supervisor`"),
+        "{refused}"
+    );
+    // Without them, the shipped policy (`source = "supervisor"`) does not take it.
+    let id = daemon.report_id(r#"{"app":"web","kind":"exited"}"#).await;
+    let fault = daemon.wait_terminal(&id).await;
+    assert_eq!(fault["reason"], "no_policy", "{fault:#}");
+    let after = program(&daemon, "web").await;
+    assert_eq!(
+        (&after["pid"], &after["starts"]),
+        (&before["pid"], &before["starts"]),
+        "the healthy program was left alone"
+    );
+}
+
+#[tokio::test]
 async fn a_crash_loop_is_one_reopened_fault_with_a_growing_backoff() {
     // Runs 2 s (well past its 1 s start grace, so each restart verifies) then exits 3, well inside
     // `stable_after`: every exit is a recurrence of the same fault.

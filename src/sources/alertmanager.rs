@@ -251,6 +251,39 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_keeps_labels_only_phoenixs_own_sources_set_under_another_name() {
+        let config = AlertmanagerConfig::default();
+        let report = to_report(
+            &alert(&[
+                ("app", "web"),
+                ("alertname", "Exited"),
+                ("supervisor", "phoenix"),
+                ("probe", "blackbox"),
+                ("alert_log", "kept"),
+                ("log", "dropped for the existing alert_log"),
+            ]),
+            &config,
+        )
+        .unwrap();
+        let labels: Vec<(&str, &str)> = report
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("alert_log", "kept"),
+                ("alert_probe", "blackbox"),
+                ("alert_supervisor", "phoenix"),
+                ("alertname", "Exited"),
+                ("app", "web"),
+            ]
+        );
+        assert_eq!(report.check_labels_for(Source::Alertmanager), Ok(()));
+    }
+
+    #[test]
     fn labels_for_app_and_kind_are_configurable_and_required() {
         let config = AlertmanagerConfig {
             app_label: "service".into(),
