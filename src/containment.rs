@@ -197,7 +197,9 @@ impl Containment {
         let chain = entry.ancestors();
         for own in &self.own {
             let inside = if own.dir {
-                folder.starts_with(&own.path) || own.ids().any(|id| chain.contains(&id))
+                target == own.path
+                    || folder.starts_with(&own.path)
+                    || own.ids().any(|id| chain.contains(&id))
             } else {
                 target == own.path
                     || (Some(entry.name()) == own.path.file_name()
@@ -291,4 +293,58 @@ fn lexical(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_resolves_through_its_links_as_far_as_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("data")).unwrap();
+        std::os::unix::fs::symlink("data", real.join("alias")).unwrap();
+        assert_eq!(resolved(&real.join("alias")), real.join("data"));
+        assert_eq!(
+            resolved(&real.join("alias/not/yet")),
+            real.join("data/not/yet")
+        );
+        assert_eq!(resolved(&real.join("alias/../data")), real.join("data"));
+        assert_eq!(
+            resolved(Path::new("/no-such-root/a/../b")),
+            PathBuf::from("/no-such-root/b")
+        );
+    }
+
+    #[test]
+    fn the_api_is_its_listeners_address_or_any_of_this_hosts_when_it_listens_everywhere() {
+        let config = Config::parse("listen = \"127.0.0.1:0\"", Path::new("/nowhere")).unwrap();
+        let containment = Containment::new(&config);
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        assert!(
+            !containment.reaches_api(at("127.0.0.1:7070")),
+            "port unknown until bound"
+        );
+        containment.set_listener(at("127.0.0.1:7070"));
+        for (addr, reaches) in [
+            ("127.0.0.1:7070", true),
+            ("[::ffff:127.0.0.1]:7070", true),
+            ("0.0.0.0:7070", true),
+            ("127.0.0.1:7071", false),
+            ("127.0.0.2:7070", false),
+            ("192.0.2.1:7070", false),
+        ] {
+            assert_eq!(containment.reaches_api(at(addr)), reaches, "{addr}");
+        }
+        containment.set_listener(at("0.0.0.0:7070"));
+        for (addr, reaches) in [
+            ("127.0.0.1:7070", true),
+            ("127.0.0.9:7070", true),
+            ("192.0.2.1:7070", false),
+            ("127.0.0.1:7071", false),
+        ] {
+            assert_eq!(containment.reaches_api(at(addr)), reaches, "{addr}");
+        }
+    }
 }

@@ -6,7 +6,36 @@
 
 mod common;
 
-use common::{Env, free_port, planner};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Env, free_port, planner};
+
+/// Runs `phoenix ARGS` in `env` for at most [`DEADLINE`] (a `serve` that starts instead of
+/// refusing would run for good); returns (exit code, stderr), the code -1 when it was killed.
+fn run_bounded(env: &Env, args: &[&str]) -> (i32, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .args(args)
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (code, stderr)
+}
 
 /// A policy for app `app` whose capabilities are `capabilities` (TOML lines).
 fn policy_with(app: &str, capabilities: &str) -> String {
@@ -78,7 +107,7 @@ fn a_policy_reaching_phoenixs_own_files_or_api_stops_the_start() {
         )
         .unwrap();
         for command in ["serve", "check"] {
-            let (code, _, stderr) = env.run(&[command, "--config", "phoenix.toml"]);
+            let (code, stderr) = run_bounded(&env, &[command, "--config", "phoenix.toml"]);
             assert_eq!(code, 64, "{command} with {capabilities}: {stderr}");
             assert!(
                 stderr.contains("evil.toml") && stderr.contains(says),
