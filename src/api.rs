@@ -226,6 +226,7 @@ pub fn router(
     tokens: Arc<crate::auth::Tokens>,
 ) -> Router {
     let max_body_bytes = rules.max_body_bytes();
+    let rules = Arc::new(rules);
     Router::new()
         .route("/v1/faults", post(report_fault).get(list_faults))
         .route("/v1/faults/{id}", get(show_fault))
@@ -250,6 +251,11 @@ pub fn router(
         .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
         .route("/readyz", get(readyz))
+        // Inside authentication: only a known caller's body is read (within its deadline).
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&rules),
+            crate::guard::read_body,
+        ))
         // After routing, so the middleware sees which route matched.
         .route_layer(axum::middleware::from_fn_with_state(
             tokens,
@@ -269,7 +275,7 @@ pub fn router(
         // Before routing and authentication: a request not addressed to phoenix, a cross-site
         // write, or a body too large or too slow goes no further.
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(rules),
+            rules,
             crate::guard::check,
         ))
         .layer(axum::middleware::from_fn(request_id))

@@ -95,7 +95,15 @@ pub struct Tokens {
     limits: RequestLimits,
     buckets: std::sync::Mutex<std::collections::HashMap<String, Bucket>>,
     /// Per client address (an IPv6 client by its /64): how many wrong tokens it may still try.
-    failures: std::sync::Mutex<std::collections::HashMap<IpAddr, Bucket>>,
+    failures: std::sync::Mutex<Failures>,
+}
+
+/// The failed-attempt budgets of the client addresses seen lately.
+#[derive(Debug, Default)]
+struct Failures {
+    budgets: std::collections::HashMap<IpAddr, Bucket>,
+    /// When full budgets were last dropped (at most once a second: a sweep walks them all).
+    swept: Option<std::time::Instant>,
 }
 
 /// Per-caller request budget: a token bucket refilled at `requests_per_second`, holding at most
@@ -190,7 +198,7 @@ impl Tokens {
         let (size, rate) = self.failure_budget();
         let now = std::time::Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = failures.get_mut(&client_key(client))?;
+        let bucket = failures.budgets.get_mut(&client_key(client))?;
         bucket.refill(rate, size, now);
         (bucket.tokens < 1.0).then(|| bucket.wait(rate))
     }
@@ -200,16 +208,19 @@ impl Tokens {
         let (size, rate) = self.failure_budget();
         let now = std::time::Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_TRACKED_CLIENTS {
+        let Failures { budgets, swept } = &mut *failures;
+        let sweep_due = swept.is_none_or(|at| now.duration_since(at).as_secs() >= 1);
+        if budgets.len() >= MAX_TRACKED_CLIENTS && sweep_due {
             // Forget the clients that have their whole budget back.
-            failures.retain(|_, bucket| {
+            budgets.retain(|_, bucket| {
                 bucket.refill(rate, size, now);
                 bucket.tokens < size
             });
+            *swept = Some(now);
         }
         let key = client_key(client);
-        if failures.len() < MAX_TRACKED_CLIENTS || failures.contains_key(&key) {
-            let _ = failures
+        if budgets.len() < MAX_TRACKED_CLIENTS || budgets.contains_key(&key) {
+            let _ = budgets
                 .entry(key)
                 .or_insert(Bucket::full(size, now))
                 .take(rate, size, now);
@@ -555,6 +566,6 @@ mod tests {
         for n in 0..(MAX_TRACKED_CLIENTS as u32 + 100) {
             tokens.failed(IpAddr::V4(std::net::Ipv4Addr::from(n)));
         }
-        assert!(tokens.failures.lock().unwrap().len() <= MAX_TRACKED_CLIENTS);
+        assert!(tokens.failures.lock().unwrap().budgets.len() <= MAX_TRACKED_CLIENTS);
     }
 }

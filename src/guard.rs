@@ -12,8 +12,10 @@
 //!   `Origin`, that must be phoenix's own (the console's), else 403. A form or a `text/plain`
 //!   `fetch` from any page the operator visits can no longer approve a plan.
 //! - **Bodies**: a declared `Content-Length` over `max_body_bytes` is refused (413) before a byte
-//!   is read; a body is read whole within `body_timeout` of its head (408 otherwise, however it
-//!   trickles) and never past `max_body_bytes`. Handlers then get it from memory.
+//!   is read; once the caller is authenticated ([`read_body`], a layer inside authentication, so
+//!   a caller without a token cannot make phoenix hold bodies), a body is read whole within
+//!   `body_timeout` (408 otherwise, however it trickles) and never past `max_body_bytes`.
+//!   Handlers then get it from memory.
 //!
 //! The request head's own deadline and size are set on the connection (`crate::server`).
 
@@ -112,35 +114,62 @@ pub fn check_host_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Middleware: refuses a request that is not addressed to phoenix, a cross-site write, or a
-/// body too large or too slow; hands on the request with its body read.
+/// Middleware, before routing: refuses a request that is not addressed to phoenix, a cross-site
+/// write, or one that declares a body too large. Nothing of the body is read here.
 pub async fn check(
     State(rules): State<Arc<RequestRules>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match checked(&rules, request).await {
-        Ok(request) => next.run(request).await,
-        Err(refusal) => {
-            let mut response = refusal.into_response();
-            // What is left of a refused request's body is never read: the connection goes.
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            response
-        }
+    match refusal(&rules, &request) {
+        None => next.run(request).await,
+        Some(refusal) => closing(refusal),
     }
 }
 
-async fn checked(rules: &RequestRules, request: Request) -> Result<Request, ApiError> {
+/// Middleware, after authentication (a caller phoenix does not know never gets its body read):
+/// reads the body whole within `body_timeout` and `max_body_bytes`, and hands it on in memory.
+pub async fn read_body(
+    State(rules): State<Arc<RequestRules>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(rules.body_timeout, whole(body, rules.max_body_bytes)).await;
+    match read {
+        Ok(Ok(body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Ok(Err(refusal)) => closing(refusal),
+        Err(_) => closing(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                rules.body_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// `refusal` as a response that closes the connection: what is left of the request's body is
+/// never read.
+fn closing(refusal: ApiError) -> Response {
+    let mut response = refusal.into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Why `request` is refused before routing, if it is.
+fn refusal(rules: &RequestRules, request: &Request) -> Option<ApiError> {
     let headers = request.headers();
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
     if !rules.addressed_to_phoenix(host) {
-        return Err(ApiError::new(
+        return Some(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "unknown_host",
             format!(
@@ -149,28 +178,17 @@ async fn checked(rules: &RequestRules, request: Request) -> Result<Request, ApiE
             ),
         ));
     }
-    if changes_state(request.method()) {
-        refuse_cross_site(headers, host)?;
-    }
-    if let Some(length) = declared_length(headers)
-        && length > rules.max_body_bytes as u64
+    if changes_state(request.method())
+        && let Err(refusal) = refuse_cross_site(headers, host)
     {
-        return Err(too_large(rules.max_body_bytes));
+        return Some(refusal);
     }
-    let (parts, body) = request.into_parts();
-    let body = tokio::time::timeout(rules.body_timeout, read_body(body, rules.max_body_bytes))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {} ms",
-                    rules.body_timeout.as_millis()
-                ),
-            )
-        })??;
-    Ok(Request::from_parts(parts, Body::from(body)))
+    match declared_length(headers) {
+        Some(length) if length > rules.max_body_bytes as u64 => {
+            Some(too_large(rules.max_body_bytes))
+        }
+        _ => None,
+    }
 }
 
 fn changes_state(method: &Method) -> bool {
@@ -248,7 +266,7 @@ fn too_large(max: usize) -> ApiError {
 
 /// The whole body, refused as soon as it passes `max` bytes. One chunk (the usual case) is
 /// handed on as it is, without a copy.
-async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+async fn whole(body: Body, max: usize) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let (mut first, mut joined, mut total) = (Bytes::new(), Vec::new(), 0usize);
     while let Some(chunk) = stream.next().await {
@@ -295,6 +313,10 @@ mod tests {
         axum::Router::new()
             .route("/read", get(|| async { "read" }))
             .route("/write", post(|body: Bytes| async move { body }))
+            .route_layer(axum::middleware::from_fn_with_state(
+                Arc::new(rules()),
+                read_body,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::new(rules()),
                 check,
