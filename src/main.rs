@@ -1,7 +1,6 @@
 //! The `phoenix` binary: parse the command line, run it, map errors to exit codes.
 
 mod cli;
-mod client;
 
 use std::process::ExitCode;
 

@@ -11,11 +11,11 @@ use std::path::Path;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-use phoenix::config::Config;
-use phoenix::fault::Report;
+use phoenix::core::fault::Report;
+use phoenix::core::plan::{Action, check};
+use phoenix::core::policy::{Capabilities, Policy};
+use phoenix::daemon::config::Config;
 use phoenix::patch::Manifest;
-use phoenix::plan::{Action, check};
-use phoenix::policy::{Capabilities, Policy};
 use phoenix::sources::alertmanager::{AlertmanagerConfig, Notification, to_report};
 
 /// Strings a parser should be wary of: empty, huge, control characters, path and URL tricks.

@@ -146,7 +146,7 @@ async fn a_write_cut_short_by_a_crash_leaves_no_temporary_file_after_the_resume(
     std::fs::write(env.path("conf").join(temp), "ne").unwrap();
     let target = std::fs::canonicalize(env.path("conf/app.conf")).unwrap();
     let snapshot = std::fs::read_to_string(env.path("snapshot.jsonl")).unwrap();
-    let mut entries = phoenix::backup::decode(&snapshot).unwrap();
+    let mut entries = phoenix::store::backup::decode(&snapshot).unwrap();
     let fault_key = format!("f/{id}").into_bytes();
     let (_, record) = entries
         .iter_mut()
@@ -159,7 +159,11 @@ async fn a_write_cut_short_by_a_crash_leaves_no_temporary_file_after_the_resume(
         "kind": "restore_file", "path": target, "backup": null, "mode": null, "temp": temp
     }]);
     *record = serde_json::to_vec(&fault).unwrap();
-    std::fs::write(env.path("crashed.jsonl"), phoenix::backup::encode(&entries)).unwrap();
+    std::fs::write(
+        env.path("crashed.jsonl"),
+        phoenix::store::backup::encode(&entries),
+    )
+    .unwrap();
     std::fs::remove_dir_all(env.path("data/store")).unwrap();
     let restore = [
         "restore",

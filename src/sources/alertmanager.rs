@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fault::{Report, Severity, Source};
-use crate::intake::{Intake, IntakeError};
+use crate::core::fault::{Report, Severity, Source};
+use crate::sources::intake::{Intake, IntakeError};
 
 /// Which alert labels name the fault's app and kind (`[alertmanager]` in the config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ pub fn to_report(alert: &Alert, config: &AlertmanagerConfig) -> Result<Report, S
         .or_else(|| alert.annotations.get("description"))
         .cloned();
     if let Some(text) = message.as_mut() {
-        truncate(text, crate::fault::MAX_MESSAGE_LEN);
+        truncate(text, crate::core::fault::MAX_MESSAGE_LEN);
     }
     let report = Report {
         app: label(&config.app_label)?,
@@ -134,11 +134,11 @@ pub fn to_report(alert: &Alert, config: &AlertmanagerConfig) -> Result<Report, S
 }
 
 /// An alert's labels with each one only phoenix's own sources set (`probe`, `log`, …, see
-/// [`crate::fault::RESERVED_LABELS`]) renamed `alert_NAME`, so an alert keeps what it says
+/// [`crate::core::fault::RESERVED_LABELS`]) renamed `alert_NAME`, so an alert keeps what it says
 /// without posing as one of them (a label of that name already in the alert is kept).
 fn without_reserved(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut kept = labels.clone();
-    for reserved in crate::fault::RESERVED_LABELS {
+    for reserved in crate::core::fault::RESERVED_LABELS {
         if let Some(value) = kept.remove(reserved) {
             kept.entry(format!("alert_{reserved}")).or_insert(value);
         }

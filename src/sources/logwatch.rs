@@ -18,8 +18,8 @@ use notify::{RecursiveMode, Watcher};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::fault::{Report, Severity, Source};
-use crate::intake::Intake;
+use crate::core::fault::{Report, Severity, Source};
+use crate::sources::intake::Intake;
 
 /// Longest line considered; longer lines are cut (and still matched on their start).
 const MAX_LINE: usize = 64 << 10;
@@ -59,7 +59,7 @@ impl LogConfig {
         for group in regex.capture_names().flatten() {
             // A line's text must not make its fault pose as another source's (a `signal` group
             // would make a log line look like a program's exit).
-            if crate::fault::RESERVED_LABELS.contains(&group) {
+            if crate::core::fault::RESERVED_LABELS.contains(&group) {
                 return Err(format!(
                     "log `{name}`: capture group `{group}` is reserved (phoenix's own sources set that label)"
                 ));
@@ -86,12 +86,15 @@ impl LogConfig {
         for name in regex.capture_names().flatten() {
             if let Some(value) = captures.name(name) {
                 let mut value = value.as_str().to_owned();
-                value.truncate(floor_boundary(&value, crate::fault::MAX_LABEL_VALUE_LEN));
+                value.truncate(floor_boundary(
+                    &value,
+                    crate::core::fault::MAX_LABEL_VALUE_LEN,
+                ));
                 labels.insert(name.to_owned(), value);
             }
         }
         let mut message = line.to_owned();
-        message.truncate(floor_boundary(line, crate::fault::MAX_MESSAGE_LEN));
+        message.truncate(floor_boundary(line, crate::core::fault::MAX_MESSAGE_LEN));
         Some(Report {
             app: self.app.clone(),
             kind: self.kind.clone(),

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::fault::{Report, Severity, Source};
 use crate::effects::run_command;
-use crate::fault::{Report, Severity, Source};
-use crate::intake::Intake;
+use crate::sources::intake::Intake;
 
 /// One `[[probe]]` of the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,9 +32,9 @@ pub struct ProbeConfig {
     /// A command; exit status 0 is healthy.
     #[serde(default)]
     pub exec: Option<Vec<String>>,
-    #[serde(default = "default_interval", with = "crate::policy::duration")]
+    #[serde(default = "default_interval", with = "crate::core::forms::duration")]
     pub interval: Duration,
-    #[serde(default = "default_timeout", with = "crate::policy::duration")]
+    #[serde(default = "default_timeout", with = "crate::core::forms::duration")]
     pub timeout: Duration,
     /// Consecutive failures before a fault is raised.
     #[serde(default = "default_failures")]
@@ -112,7 +112,7 @@ impl ProbeConfig {
             app: self.app.clone(),
             kind: self.kind.clone(),
             labels,
-            message: Some(truncated(error, crate::fault::MAX_MESSAGE_LEN)),
+            message: Some(truncated(error, crate::core::fault::MAX_MESSAGE_LEN)),
             severity: Severity::Error,
             // One fault per probe, whatever its last error says.
             dedup_key: Some(format!("probe:{}", self.name)),

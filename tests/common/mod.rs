@@ -397,7 +397,7 @@ fn stop_recorded_programs(dir: &Path) {
         else {
             continue;
         };
-        if phoenix::supervisor::process_start_time(pid as u32) == Some(started) {
+        if phoenix::effects::supervisor::process_start_time(pid as u32) == Some(started) {
             let _ = Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pid}")])
                 .status();

@@ -1,0 +1,649 @@
+//! The daemon's start-up and shutdown: load config, policies and patches, open the store, start
+//! the engine (which resumes open faults), serve the API until SIGTERM/SIGINT.
+//!
+//! Everything that can be wrong with the input is checked before the listener is bound, so a
+//! bad config, policy or patch manifest exits with [`EXIT_USAGE`] and changes nothing.
+
+pub mod config;
+pub mod logging;
+pub mod notify;
+pub mod watch;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::core::fault::Source;
+use crate::core::policy::{PolicyError, PolicySet};
+use crate::daemon::config::{Config, ConfigError};
+use crate::daemon::watch::{Control, watch};
+use crate::effects::Effects;
+use crate::effects::containment::Containment;
+use crate::effects::supervisor::Supervisor;
+use crate::engine::{self, EngineParts};
+use crate::http::{AppState, Readiness, router};
+use crate::patch::registry;
+use crate::patch::{PatchError, PatchSource};
+use crate::sandbox::{Compiler, Sandbox, SandboxError};
+use crate::sources::intake::Intake;
+use crate::sources::{logwatch, probe};
+use crate::store::{Store, StoreError};
+
+/// Exit status for bad input (config, policies, patches): sysexits' EX_USAGE.
+pub const EXIT_USAGE: u8 = 64;
+
+/// Why the daemon stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The configuration file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// One or more policy files are invalid (all are listed).
+    #[error("invalid policies:\n  {}", list(.0))]
+    Policies(Vec<PolicyError>),
+    /// One or more patch directories are invalid (all are listed).
+    #[error("invalid patches:\n  {}", list(.0))]
+    Patches(Vec<PatchError>),
+    /// The store could not be opened or written.
+    #[error("store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    /// The sandbox could not be built.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The supervisor's state directory is unusable.
+    #[error(transparent)]
+    Supervisor(#[from] crate::effects::supervisor::SupervisorError),
+    /// policies/ or patches/ cannot be watched for changes.
+    #[error(transparent)]
+    Watch(#[from] crate::daemon::watch::WatchError),
+    /// The data directory or the listener could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// phoenix stopped on purpose to be started again (e.g. to reopen its store once a full
+    /// disk has room again). Exit status 75 (EX_TEMPFAIL): systemd's `Restart=on-failure`
+    /// starts it again.
+    #[error("restart needed: {0}")]
+    RestartNeeded(String),
+}
+
+/// Exit status asking the service manager for a restart: sysexits' EX_TEMPFAIL.
+pub const EXIT_RESTART: u8 = 75;
+
+fn list<E: std::fmt::Display>(errors: &[E]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+impl DaemonError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::Policies(_) | DaemonError::Patches(_) => {
+                EXIT_USAGE
+            }
+            DaemonError::RestartNeeded(_) => EXIT_RESTART,
+            _ => 1,
+        }
+    }
+}
+
+/// Loads policies and patch sources: the part of start-up (and of every reload) that only reads
+/// input files. A policy that reaches phoenix's own files or API (`containment`) is invalid.
+pub fn load_inputs(
+    config: &Config,
+    containment: &Containment,
+) -> Result<(PolicySet, Vec<PatchSource>), DaemonError> {
+    let policies = PolicySet::load_dir(&config.policies_dir, |policy| {
+        containment.check_policy(policy, &config.base_dir)
+    })
+    .map_err(DaemonError::Policies)?;
+    let patches = PatchSource::load_all(&config.patches_dir).map_err(DaemonError::Patches)?;
+    Ok((policies, patches))
+}
+
+/// The policy set the engine reads; reload swaps the inner `Arc` in one step.
+pub type SharedPolicies = Arc<RwLock<Arc<PolicySet>>>;
+
+/// Everything start-up and reload need to (re)load policies and patches. One code path serves
+/// both: start-up treats an input error as fatal, reload reports it and keeps the last good set.
+struct Inputs {
+    config: Config,
+    containment: Arc<Containment>,
+    store: Arc<Store>,
+    sandbox: Arc<Sandbox>,
+    policies: SharedPolicies,
+    readiness: Arc<RwLock<Readiness>>,
+}
+
+impl Inputs {
+    /// Loads policies and patches, registers patches, then swaps the policy set and updates
+    /// readiness. Input errors change nothing and are returned.
+    async fn load(&self) -> Result<(), DaemonError> {
+        let (policies, patches) = load_inputs(&self.config, &self.containment)?;
+        let store_error = |source| DaemonError::Store {
+            path: "store".into(),
+            source,
+        };
+        let mut problems = Vec::new();
+        let patch_count = patches.len();
+        for patch in patches {
+            let manifest = patch.dir.join("patch.toml");
+            let registered = registry::register_dir_patch(&self.store, &self.sandbox, patch)
+                .await
+                .map_err(store_error)?;
+            let record = &registered.record;
+            if record.usable() {
+                tracing::info!(message = "Patch registered.", patch = %record.name, version = %record.version, hash = %record.hash, active = registered.active);
+            } else {
+                let kept = if registered.active {
+                    "it is the only version"
+                } else {
+                    "the previous version stays active"
+                };
+                let problem = format!(
+                    "{}: patch {}@{} will not be used ({kept}): {}",
+                    manifest.display(),
+                    record.name,
+                    record.version,
+                    record.problems()
+                );
+                tracing::warn!(message = "Patch rejected.", problem = %problem);
+                problems.push(problem);
+            }
+        }
+        for policy in policies.iter() {
+            tracing::info!(message = "Policy loaded.", policy = %policy.name, patch = %policy.patch.name);
+        }
+        let policy_count = policies.len();
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+        let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+        readiness.policies = policy_count;
+        readiness.patches = patch_count;
+        readiness.problems = problems;
+        Ok(())
+    }
+
+    /// Reload: like start-up, but a bad input is reported (log and `/readyz`) and the last good
+    /// set stays in force.
+    async fn reload(&self) {
+        match self.load().await {
+            Ok(()) => {
+                let (policies, patches) = {
+                    let readiness = self.readiness.read().unwrap_or_else(|p| p.into_inner());
+                    (readiness.policies, readiness.patches)
+                };
+                let detail = format!("{policies} policies, {patches} patches");
+                if let Err(error) = self
+                    .store
+                    .audit("phoenix", "reload", "inputs", detail)
+                    .await
+                {
+                    tracing::error!(message = "Cannot write the audit log.", %error);
+                }
+                let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+                readiness.reloads += 1;
+                tracing::info!(
+                    message = "Reloaded policies and patches.",
+                    policies = readiness.policies,
+                    patches = readiness.patches
+                );
+            }
+            Err(error) => {
+                let lines: Vec<String> = error
+                    .to_string()
+                    .lines()
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                for line in &lines {
+                    tracing::warn!(message = "Reload rejected; the last good policies and patches stay in force.", problem = %line);
+                }
+                let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+                readiness.problems = vec![error.to_string()];
+            }
+        }
+    }
+}
+
+/// Runs the daemon until a shutdown signal.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    // Check the input files before creating anything (a policy's reach into phoenix's own API
+    // against the configured address: with port 0, against the bound one below).
+    load_inputs(&config, &Containment::new(&config.own_ground()))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Io {
+            what: format!("cannot listen on {}", config.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+        what: "listener address".into(),
+        source,
+    })?;
+    create_private_dir(&config.data_dir)?;
+    let addr_file = config.data_dir.join("phoenix.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let containment = Arc::new(Containment::new(&config.own_ground()));
+    containment.set_listener(addr);
+
+    let store_path = config.data_dir.join("store");
+    let store_error = |source| DaemonError::Store {
+        path: store_path.display().to_string(),
+        source,
+    };
+    let mut store = Store::open(&store_path, config.store_cache_bytes)
+        .map_err(store_error)?
+        .limit_open_faults(config.max_open_faults_per_app)
+        .keep_free(config.min_free_bytes);
+    if config.store_fsync {
+        store = store.fsync_each_flush().map_err(store_error)?;
+    }
+    let store = Arc::new(store);
+    let sandbox = Arc::new(
+        Sandbox::new(config.sandbox.clone(), config.data_dir.join("modules"))?
+            .compile_with(Compiler::Subprocess("/proc/self/exe".into())),
+    );
+    let inputs = Arc::new(Inputs {
+        config: config.clone(),
+        containment: Arc::clone(&containment),
+        store: Arc::clone(&store),
+        sandbox: Arc::clone(&sandbox),
+        policies: SharedPolicies::default(),
+        readiness: Arc::new(RwLock::new(Readiness::default())),
+    });
+    inputs.load().await?;
+
+    let events = crate::engine::events::Events::default();
+    // Programs start now; their exits wait in `exits` until the intake exists.
+    let (supervisor, mut exits) = Supervisor::start(
+        &config.programs,
+        &config.data_dir.join("programs"),
+        &config.base_dir,
+    )?;
+
+    let http = crate::effects::http_client().map_err(http_client_error)?;
+    let effects = Effects::new(
+        config.base_dir.clone(),
+        supervisor.clone(),
+        Arc::clone(&containment),
+    )
+    .map_err(http_client_error)?;
+    let engine = engine::start(EngineParts {
+        store: Arc::clone(&store),
+        sandbox,
+        policies: Arc::clone(&inputs.policies),
+        effects,
+        http,
+        work_dir: config.base_dir.clone(),
+        workers: config.workers,
+        supervisor: supervisor.clone(),
+        backup_dir: backup_dir(&config.data_dir),
+        global_breaker: config.breaker.clone(),
+        rate_limit: config.rate_limit.clone(),
+        events: events.clone(),
+    })
+    .map_err(store_error)?;
+
+    // Control: the watcher and SIGHUP ask for reloads; one task performs them, in order.
+    let (control, mut controls) = mpsc::channel::<Control>(16);
+    let _watcher = watch(
+        &[config.policies_dir.clone(), config.patches_dir.clone()],
+        control.clone(),
+    )?;
+    spawn_sighup(control);
+    let reloader = Arc::clone(&inputs);
+    tokio::spawn(async move {
+        while let Some(Control::Reload) = controls.recv().await {
+            reloader.reload().await;
+        }
+    });
+
+    let http_for_webhooks = crate::effects::http_client().map_err(http_client_error)?;
+    let intake = Intake::new(Arc::clone(&store), engine);
+    let engine_handle = intake.engine().clone();
+    let engine_watch = engine_handle.clone();
+    let tokens = crate::http::auth::Tokens::with_limits(&config.tokens, config.limits.clone())
+        .map_err(|message| {
+            DaemonError::Config(ConfigError::Invalid {
+                path: "<config>".into(),
+                message,
+            })
+        })?;
+    if !tokens.enabled() {
+        tracing::warn!(
+            message = "AUTHENTICATION IS OFF: no [[token]] configured, so any local process may use the API. phoenix listens on loopback only in this mode."
+        );
+    }
+    start_sources(&config, &intake)?;
+    spawn_retention(
+        Arc::clone(&store),
+        config.retention,
+        backup_dir(&config.data_dir),
+    );
+    crate::engine::events::spawn_webhooks(&events, config.webhooks.clone(), http_for_webhooks);
+    let exit_intake = intake.clone();
+    tokio::spawn(async move {
+        while let Some(report) = exits.recv().await {
+            if let Err(error) = exit_intake.submit(report, Source::Supervisor, None).await {
+                tracing::error!(message = "Cannot record a program exit.", %error);
+            }
+        }
+    });
+    let app = router(
+        AppState {
+            intake,
+            store,
+            readiness: Arc::clone(&inputs.readiness),
+            alertmanager: Arc::new(config.alertmanager.clone()),
+            supervisor: supervisor.clone(),
+            engine: engine_handle,
+            events: events.clone(),
+            sandbox: Arc::clone(&inputs.sandbox),
+        },
+        crate::http::guard::RequestRules::new(
+            &config.allowed_hosts,
+            config.listen.ip().is_unspecified(),
+            config.max_body_bytes,
+            config.body_timeout,
+        ),
+        Arc::new(tokens),
+    );
+    let listener = crate::http::listener::GuardedListener::new(
+        listener,
+        config.max_connections,
+        config.connection_idle_timeout,
+    );
+    let shutdown = ShutdownSignals::listen();
+    write_addr_file(&addr_file, &addr.to_string())?;
+    tracing::info!(message = "phoenix is serving.", %addr, data_dir = %config.data_dir.display());
+    // Ready: store open, policies loaded, listener bound (connections queue until served).
+    crate::daemon::notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
+    if let Some(interval) = crate::daemon::notify::watchdog_interval() {
+        spawn_watchdog(interval, engine_watch, Arc::clone(&inputs.store));
+    }
+    let (restart_tx, restart_rx) = tokio::sync::oneshot::channel::<String>();
+    spawn_full_disk_watch(Arc::clone(&inputs.store), restart_tx);
+    let restart = Arc::new(std::sync::Mutex::new(None::<String>));
+    let restart_reason = Arc::clone(&restart);
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let drain_started = Arc::clone(&draining);
+    let stop = async move {
+        tokio::select! {
+            () = shutdown.received() => {}
+            Ok(reason) = restart_rx => {
+                tracing::warn!(message = "Restarting.", %reason);
+                *restart_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            }
+        }
+        drain_started.notify_one();
+    };
+    let limits = crate::http::server::HttpLimits {
+        header_timeout: config.header_timeout,
+        max_header_bytes: config.max_header_bytes,
+    };
+    let server = crate::http::server::serve(listener, app, limits, stop);
+    // The drain waits for open connections, and a client can keep one from ever finishing (a
+    // request sent half-way): after `drain_timeout` phoenix stops anyway.
+    let drain_timeout = config.drain_timeout;
+    tokio::select! {
+        () = server => {}
+        () = async {
+            draining.notified().await;
+            tokio::time::sleep(drain_timeout).await;
+        } => {
+            tracing::warn!(message = "Connections still open at the drain timeout; stopping without them.", seconds = drain_timeout.as_secs());
+        }
+    }
+    crate::daemon::notify::notify("STOPPING=1");
+    tracing::info!(message = "Stopping supervised programs.");
+    supervisor.shutdown().await;
+    tracing::info!(message = "phoenix stopped; open faults resume at the next start.");
+    match restart.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(reason) => Err(DaemonError::RestartNeeded(reason)),
+        None => Ok(()),
+    }
+}
+
+/// While the data dir is full, phoenix serves reads and refuses writes (507). Once it has room
+/// again the store must be reopened, which sled allows only in a new process: ask for a
+/// restart (see [`Store::recovered_from_full_disk`]).
+fn spawn_full_disk_watch(store: Arc<Store>, restart: tokio::sync::oneshot::Sender<String>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            ticker.tick().await;
+            if store.recovered_from_full_disk() {
+                let _ = restart.send(
+                    "the data dir has room again after it ran full; the store is reopened at the next start".into(),
+                );
+                return;
+            }
+        }
+    });
+}
+
+/// Why an HTTP client could not be built (its TLS set-up failed).
+fn http_client_error(error: reqwest::Error) -> DaemonError {
+    DaemonError::Io {
+        what: "HTTP client".into(),
+        source: std::io::Error::other(error),
+    }
+}
+
+/// Starts the detection sources of the config (probes, log watches).
+fn start_sources(config: &Config, intake: &Intake) -> Result<(), DaemonError> {
+    let http = crate::effects::http_client().map_err(http_client_error)?;
+    for probe in &config.probes {
+        tracing::info!(message = "Probe started.", probe = %probe.name, interval = ?probe.interval);
+        probe::spawn(
+            probe.clone(),
+            intake.clone(),
+            http.clone(),
+            config.base_dir.clone(),
+        );
+    }
+    for log in &config.logs {
+        // Validated when the config was parsed; compile again for this thread.
+        let regex = log.validate().map_err(|message| {
+            DaemonError::Config(ConfigError::Invalid {
+                path: "<config>".into(),
+                message,
+            })
+        })?;
+        logwatch::spawn(log.clone(), regex, intake.clone()).map_err(|e| DaemonError::Io {
+            what: e.to_string(),
+            source: std::io::Error::other("log watch"),
+        })?;
+        tracing::info!(message = "Log watch started.", log = %log.name, path = %log.path.display());
+    }
+    Ok(())
+}
+
+/// Sends `WATCHDOG=1` every `interval`, but only while the engine's dispatcher answers and the
+/// store can be read: a stuck phoenix stops petting the watchdog and systemd restarts it.
+fn spawn_watchdog(
+    interval: std::time::Duration,
+    engine: crate::engine::EngineHandle,
+    store: Arc<Store>,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            if engine.alive(interval).await && store.is_readable() {
+                crate::daemon::notify::notify("WATCHDOG=1");
+            } else {
+                tracing::error!(
+                    message = "Engine or store not responding; withholding the systemd watchdog."
+                );
+            }
+        }
+    });
+}
+
+/// Where the engine keeps the bytes a `write_file` replaced, one folder per fault.
+fn backup_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("backups")
+}
+
+/// Deletes faults that ended more than `retention` ago, now and then (a tenth of the retention,
+/// at most hourly), so the store does not grow without bound; then the file backups of faults
+/// no longer stored.
+fn spawn_retention(store: Arc<Store>, retention: std::time::Duration, backups: std::path::PathBuf) {
+    let every = (retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    );
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let before = crate::core::fault::Timestamp::now()
+                .0
+                .saturating_sub(retention.as_millis() as u64);
+            match store.compact(crate::core::fault::Timestamp(before)).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    for _ in 0..removed {
+                        crate::core::metrics::metrics().inc("phoenix_faults_compacted_total", &[]);
+                    }
+                    tracing::info!(message = "Old faults compacted.", removed);
+                }
+                Err(error) => tracing::error!(message = "Compaction failed.", %error),
+            }
+            let (store, backups) = (Arc::clone(&store), backups.clone());
+            let swept =
+                tokio::task::spawn_blocking(move || remove_orphaned_backups(&store, &backups))
+                    .await
+                    .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked)));
+            match swept {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(message = "Backups of deleted faults removed.", removed)
+                }
+                Err(error) => tracing::error!(message = "Removing old backups failed.", %error),
+            }
+        }
+    });
+}
+
+/// Removes the backup folder of every fault the store no longer has (compacted, also by an
+/// earlier run that stopped before removing its folders). A fault's folder is made only after
+/// the fault is stored, and open faults are never compacted, so a folder still needed for an
+/// undo is never removed. Returns how many folders went.
+fn remove_orphaned_backups(store: &Store, backups: &std::path::Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(backups) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let stored = store
+            .has_fault(&id)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if !stored && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// SIGHUP asks for a reload, as with most daemons.
+fn spawn_sighup(control: mpsc::Sender<Control>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(message = "SIGHUP: reloading policies and patches.");
+                    if control.send(Control::Reload).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(message = "Cannot listen for SIGHUP.", %error),
+    }
+}
+
+/// Creates phoenix's data dir (and its parents) if needed, and makes it private (0700): the
+/// store, file backups and compiled patches are phoenix's alone, whatever the umask (or
+/// systemd's `StateDirectoryMode`) made of the folder. Every folder phoenix makes inside it is
+/// 0700 and every file 0600 too (sled's files are then out of reach whatever their mode).
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| DaemonError::Io {
+        what: format!("data dir {}", dir.display()),
+        source,
+    };
+    crate::fs::create_private_dir(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Writes the bound address (useful with port 0) atomically, so a reader never sees half of it.
+fn write_addr_file(path: &Path, addr: &str) -> Result<(), DaemonError> {
+    let temp = path.with_extension("addr.tmp");
+    crate::fs::write_private(&temp, addr.as_bytes())
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|source| DaemonError::Io {
+            what: format!("cannot write {}", path.display()),
+            source,
+        })
+}
+
+/// SIGTERM and SIGINT, listened for from creation on. Until a listener exists a signal's
+/// default action kills the process, so they are made before phoenix says it is ready (a
+/// SIGTERM right after that must still shut down cleanly).
+struct ShutdownSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn listen() -> ShutdownSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(message = "Cannot listen for a shutdown signal.", signal = name, %error);
+                None
+            }
+        };
+        ShutdownSignals {
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Waits for either signal.
+    async fn received(self) {
+        async fn one(signal: Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = one(self.terminate) => {}
+            () = one(self.interrupt) => {}
+        }
+        tracing::info!(message = "Shutdown requested; draining requests.");
+    }
+}

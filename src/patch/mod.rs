@@ -1,0 +1,406 @@
+//! A patch on disk: `patches/NAME/patch.toml` (the manifest, with its contract tests) and a
+//! WebAssembly module (`patch.wat` or `patch.wasm`).
+//!
+//! This module parses and validates a patch directory and computes its id: the blake3 hash of
+//! its canonical bytes. It does not run anything (see `sandbox`) or store anything (see
+//! `registry`).
+
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::fault::Severity;
+use crate::core::plan::Action;
+use crate::sandbox::{FaultView, wat_to_wasm};
+
+/// The manifest, `patch.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub author: String,
+    /// The author's confidence that the patch is right, 0.0–1.0 (used by approval rules).
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
+    /// Contract tests: golden faults and the exact plan each must produce.
+    #[serde(default, rename = "test")]
+    pub tests: Vec<ContractTest>,
+}
+
+fn default_confidence() -> f64 {
+    0.5
+}
+
+/// One golden case: this fault must yield exactly this plan (or this error code).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractTest {
+    pub name: String,
+    pub fault: TestFault,
+    /// The exact expected plan. Leave empty (and set `expect_error`) for a case that must fail.
+    #[serde(default)]
+    pub expect: Vec<Action>,
+    /// The sandbox error code the run must end with instead (e.g. "declined").
+    #[serde(default)]
+    pub expect_error: Option<String>,
+}
+
+/// The fields of a golden fault, as a patch would see them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFault {
+    pub app: String,
+    pub kind: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub severity: Severity,
+    #[serde(default = "one")]
+    pub occurrences: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Builds what a patch can read about a fault. Shared by real runs and contract tests so that
+/// both see exactly the same fields.
+/// What a patch sees of a stored fault (see [`fault_view`]).
+pub fn view_of(fault: &crate::core::fault::Fault) -> FaultView {
+    fault_view(
+        &fault.app,
+        &fault.kind,
+        &fault.labels,
+        fault.message.as_deref(),
+        fault.severity,
+        fault.occurrences,
+        &fault.fingerprint,
+    )
+}
+
+pub fn fault_view(
+    app: &str,
+    kind: &str,
+    labels: &BTreeMap<String, String>,
+    message: Option<&str>,
+    severity: Severity,
+    occurrences: u64,
+    fingerprint: &str,
+) -> FaultView {
+    let mut view = FaultView::new();
+    view.insert("app".into(), app.into());
+    view.insert("kind".into(), kind.into());
+    if let Some(message) = message {
+        view.insert("message".into(), message.into());
+    }
+    let severity = serde_json::to_value(severity)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned));
+    view.insert("severity".into(), severity.unwrap_or_default());
+    view.insert("occurrences".into(), occurrences.to_string());
+    view.insert("fingerprint".into(), fingerprint.into());
+    for (key, value) in labels {
+        view.insert(format!("labels.{key}"), value.clone());
+    }
+    view
+}
+
+impl TestFault {
+    pub fn view(&self) -> FaultView {
+        let report = crate::core::fault::Report {
+            app: self.app.clone(),
+            kind: self.kind.clone(),
+            labels: self.labels.clone(),
+            message: self.message.clone(),
+            severity: self.severity,
+            dedup_key: None,
+            reopen_within: None,
+        };
+        fault_view(
+            &self.app,
+            &self.kind,
+            &self.labels,
+            self.message.as_deref(),
+            self.severity,
+            self.occurrences,
+            &report.fingerprint(),
+        )
+    }
+}
+
+/// A loaded patch: manifest, wasm bytes, and content hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchSource {
+    pub manifest: Manifest,
+    pub wasm: Vec<u8>,
+    pub hash: String,
+    pub dir: PathBuf,
+}
+
+/// Why a patch directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatchError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The manifest does not parse (the message has line and column) or says something invalid.
+    #[error("{path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    /// Neither `patch.wat` nor `patch.wasm` exists, or both do.
+    #[error("{dir}: {message}")]
+    Module { dir: PathBuf, message: String },
+}
+
+const MAX_NAME_LEN: usize = 64;
+
+/// Most contract tests one patch may have. Each runs in the sandbox at registration, up to the
+/// run deadline: without a cap one upload could keep the sandbox busy for hours.
+pub const MAX_TESTS: usize = 64;
+
+impl Manifest {
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, PatchError> {
+        let invalid = |message: String| PatchError::Manifest {
+            path: path.to_owned(),
+            message,
+        };
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| invalid(crate::core::forms::toml_error(&e)))?;
+        let name_ok = !manifest.name.is_empty()
+            && manifest.name.len() <= MAX_NAME_LEN
+            && manifest
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(invalid(format!(
+                "`name` must be 1-{MAX_NAME_LEN} characters of letters, digits, - and _ (got {:?})",
+                manifest.name
+            )));
+        }
+        if manifest.version.is_empty() || manifest.version.len() > MAX_NAME_LEN {
+            return Err(invalid(format!(
+                "`version` must be 1-{MAX_NAME_LEN} characters (got {})",
+                manifest.version.len()
+            )));
+        }
+        if manifest.tests.len() > MAX_TESTS {
+            return Err(invalid(format!(
+                "{} contract tests; a patch may have at most {MAX_TESTS}",
+                manifest.tests.len()
+            )));
+        }
+        if !(0.0..=1.0).contains(&manifest.confidence) {
+            return Err(invalid(format!(
+                "`confidence` must be between 0 and 1 (got {})",
+                manifest.confidence
+            )));
+        }
+        for test in &manifest.tests {
+            if test.expect_error.is_some() && !test.expect.is_empty() {
+                return Err(invalid(format!(
+                    "test `{}`: give `expect` or `expect_error`, not both",
+                    test.name
+                )));
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// The id of a patch: blake3 over a domain tag, the manifest in canonical JSON form (so that
+/// TOML formatting does not change it) and the wasm binary, each length-prefixed.
+pub fn content_hash(manifest: &Manifest, wasm: &[u8]) -> String {
+    let canonical = serde_json::to_vec(manifest).unwrap_or_default();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"phoenix-patch-v1\0");
+    hasher.update(&(canonical.len() as u64).to_le_bytes());
+    hasher.update(&canonical);
+    hasher.update(&(wasm.len() as u64).to_le_bytes());
+    hasher.update(wasm);
+    hasher.finalize().to_hex().to_string()
+}
+
+impl PatchSource {
+    /// Loads `dir/patch.toml` and `dir/patch.wat` or `dir/patch.wasm`.
+    pub fn load(dir: &Path) -> Result<PatchSource, PatchError> {
+        let manifest_path = dir.join("patch.toml");
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| PatchError::Io {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        let manifest = Manifest::parse(&manifest_path, &text)?;
+        let wat = dir.join("patch.wat");
+        let wasm = dir.join("patch.wasm");
+        let module_error = |message: &str| PatchError::Module {
+            dir: dir.to_owned(),
+            message: message.into(),
+        };
+        let bytes = match (wat.is_file(), wasm.is_file()) {
+            (true, false) => {
+                let text = std::fs::read(&wat).map_err(|source| PatchError::Io {
+                    path: wat.clone(),
+                    source,
+                })?;
+                wat_to_wasm(&text).map_err(|message| PatchError::Manifest {
+                    path: wat.clone(),
+                    message,
+                })?
+            }
+            (false, true) => std::fs::read(&wasm).map_err(|source| PatchError::Io {
+                path: wasm.clone(),
+                source,
+            })?,
+            (false, false) => return Err(module_error("no patch.wat or patch.wasm")),
+            (true, true) => {
+                return Err(module_error(
+                    "both patch.wat and patch.wasm exist; keep one",
+                ));
+            }
+        };
+        let hash = content_hash(&manifest, &bytes);
+        Ok(PatchSource {
+            manifest,
+            wasm: bytes,
+            hash,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// A patch uploaded as text: its manifest (patch.toml) and module (WebAssembly text).
+    pub fn from_upload(manifest: &str, wat: &str) -> Result<PatchSource, PatchError> {
+        let manifest = Manifest::parse(Path::new("manifest"), manifest)?;
+        let wasm = wat_to_wasm(wat.as_bytes()).map_err(|message| PatchError::Manifest {
+            path: PathBuf::from("module"),
+            message,
+        })?;
+        let hash = content_hash(&manifest, &wasm);
+        Ok(PatchSource {
+            manifest,
+            wasm,
+            hash,
+            dir: PathBuf::from("<uploaded>"),
+        })
+    }
+
+    /// Loads every subdirectory of `dir` that has a `patch.toml`, in name order.
+    pub fn load_all(dir: &Path) -> Result<Vec<PatchSource>, Vec<PatchError>> {
+        let entries = std::fs::read_dir(dir).map_err(|source| {
+            vec![PatchError::Io {
+                path: dir.to_owned(),
+                source,
+            }]
+        })?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.join("patch.toml").is_file())
+            .collect();
+        dirs.sort();
+        let mut patches = Vec::new();
+        let mut errors = Vec::new();
+        for dir in dirs {
+            match PatchSource::load(&dir) {
+                Ok(patch) => {
+                    if patches
+                        .iter()
+                        .any(|p: &PatchSource| p.manifest.name == patch.manifest.name)
+                    {
+                        errors.push(PatchError::Manifest {
+                            path: dir.join("patch.toml"),
+                            message: format!(
+                                "patch name `{}` is used by another directory",
+                                patch.manifest.name
+                            ),
+                        });
+                    } else {
+                        patches.push(patch);
+                    }
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        if errors.is_empty() {
+            Ok(patches)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = r#"
+        name = "disk-cleanup"
+        version = "1.0.0"
+        confidence = 0.9
+
+        [[test]]
+        name = "plans the cleanup"
+        fault = { app = "demo", kind = "disk_full" }
+        expect = [{ kind = "exec", command = "cleanup" }]
+    "#;
+
+    #[test]
+    fn manifests_parse_with_their_tests() {
+        let manifest = Manifest::parse(Path::new("patch.toml"), MANIFEST).unwrap();
+        assert_eq!(manifest.tests.len(), 1);
+        assert_eq!(
+            manifest.tests[0].expect,
+            vec![Action::Exec {
+                command: "cleanup".into()
+            }]
+        );
+        assert_eq!(manifest.tests[0].fault.occurrences, 1);
+    }
+
+    #[test]
+    fn bad_manifests_say_why() {
+        let err = |text: &str| {
+            Manifest::parse(Path::new("p/patch.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err(&MANIFEST.replace("0.9", "1.5")).contains("`confidence` must be between 0 and 1")
+        );
+        assert!(err(&MANIFEST.replace("disk-cleanup", "../x")).contains("`name` must be"));
+        assert!(err(&MANIFEST.replace("1.0.0", "")).contains("`version` must be 1-64"));
+        let test = MANIFEST.split_once("[[test]]").unwrap().1;
+        let many = format!("{MANIFEST}{}", format!("[[test]]{test}").repeat(MAX_TESTS));
+        assert!(
+            err(&many).contains("65 contract tests; a patch may have at most 64"),
+            "{}",
+            err(&many)
+        );
+        let unknown = err(&format!("owner = \"x\"\n{MANIFEST}"));
+        assert!(
+            unknown.contains("unknown field `owner`") && unknown.contains("line 1"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn the_hash_follows_content_not_formatting() {
+        let a = Manifest::parse(Path::new("a"), MANIFEST).unwrap();
+        let b = Manifest::parse(Path::new("b"), &MANIFEST.replace("        ", "  ")).unwrap();
+        assert_eq!(content_hash(&a, b"wasm"), content_hash(&b, b"wasm"));
+        assert_ne!(content_hash(&a, b"wasm"), content_hash(&a, b"wasm2"));
+        let mut c = a.clone();
+        c.version = "1.0.1".into();
+        assert_ne!(content_hash(&a, b"wasm"), content_hash(&c, b"wasm"));
+    }
+}
