@@ -429,7 +429,7 @@ fn url_under_prefix(url: &str, prefix: &str) -> bool {
     {
         return false;
     }
-    let (Ok(parsed), Ok(prefix)) = (reqwest::Url::parse(url), reqwest::Url::parse(prefix)) else {
+    let (Ok(parsed), Ok(prefix)) = (url::Url::parse(url), url::Url::parse(prefix)) else {
         return false;
     };
     if !matches!(parsed.scheme(), "http" | "https")

@@ -1,8 +1,8 @@
 //! Policies: which faults phoenix heals, with which patch, allowed to do what, verified how.
 //!
 //! A policy is one `policies/*.toml` file. This module parses and validates them into a
-//! [`PolicySet`] and matches faults against it. It reads files; it does not watch them (hot reload
-//! belongs to the watcher, which will call [`PolicySet::load_dir`] again).
+//! [`PolicySet`] and matches faults against it. It reads no files itself (the daemon reads the
+//! folder and hands over the texts) and watches nothing (hot reload belongs to the watcher).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -392,28 +392,18 @@ pub fn content_hash(policy: &Policy) -> (String, Vec<u8>) {
 }
 
 impl PolicySet {
-    /// Loads every `*.toml` in `dir`, each also checked by `check` (phoenix's containment: a
-    /// policy may not reach phoenix's own files or API). Any bad file fails the whole load,
-    /// naming every bad file, so that a reload never half-applies.
-    pub fn load_dir(
-        dir: &Path,
+    /// The set of the policy files `files` (each path with its text as read, in order), each
+    /// also checked by `check` (phoenix's containment: a policy may not reach phoenix's own
+    /// files or API). Any bad file fails the whole set, naming every bad file, so that a reload
+    /// never half-applies.
+    pub fn from_files(
+        files: Vec<(PathBuf, std::io::Result<String>)>,
         check: impl Fn(&Policy) -> Result<(), String>,
     ) -> Result<PolicySet, Vec<PolicyError>> {
-        let entries = std::fs::read_dir(dir).map_err(|source| {
-            vec![PolicyError::Io {
-                path: dir.to_owned(),
-                source,
-            }]
-        })?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
-            .collect();
-        paths.sort();
         let mut errors = Vec::new();
         let mut loaded: Vec<(PathBuf, Policy)> = Vec::new();
-        for path in paths {
-            let parsed = std::fs::read_to_string(&path)
+        for (path, text) in files {
+            let parsed = text
                 .map_err(|source| PolicyError::Io {
                     path: path.clone(),
                     source,
@@ -725,10 +715,13 @@ mod tests {
 
     #[test]
     fn a_policy_refused_by_the_load_check_fails_the_load_naming_its_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.toml"), GOOD).unwrap();
-        std::fs::write(dir.path().join("b.toml"), GOOD.replace("demo", "other")).unwrap();
-        let errors = PolicySet::load_dir(dir.path(), |policy| {
+        let files = || {
+            vec![
+                (PathBuf::from("p/a.toml"), Ok(GOOD.to_string())),
+                (PathBuf::from("p/b.toml"), Ok(GOOD.replace("demo", "other"))),
+            ]
+        };
+        let errors = PolicySet::from_files(files(), |policy| {
             if policy.matcher.app.as_deref() == Some("other") {
                 Err("reaches phoenix".into())
             } else {
@@ -737,11 +730,13 @@ mod tests {
         })
         .unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 1, "{text:?}");
-        assert!(text[0].ends_with("b.toml: reaches phoenix"), "{text:?}");
-        assert_eq!(
-            PolicySet::load_dir(dir.path(), |_| Ok(())).unwrap().len(),
-            2
-        );
+        assert_eq!(text, ["p/b.toml: reaches phoenix"]);
+        assert_eq!(PolicySet::from_files(files(), |_| Ok(())).unwrap().len(), 2);
+        let unreadable = vec![(
+            PathBuf::from("p/c.toml"),
+            Err(std::io::Error::other("permission denied")),
+        )];
+        let errors = PolicySet::from_files(unreadable, |_| Ok(())).unwrap_err();
+        assert_eq!(errors[0].to_string(), "p/c.toml: permission denied");
     }
 }

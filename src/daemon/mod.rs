@@ -102,12 +102,39 @@ pub fn load_inputs(
     config: &Config,
     containment: &Containment,
 ) -> Result<(PolicySet, Vec<PatchSource>), DaemonError> {
-    let policies = PolicySet::load_dir(&config.policies_dir, |policy| {
+    let policies = load_policies(&config.policies_dir, |policy| {
         containment.check_policy(policy, &config.base_dir)
     })
     .map_err(DaemonError::Policies)?;
     let patches = PatchSource::load_all(&config.patches_dir).map_err(DaemonError::Patches)?;
     Ok((policies, patches))
+}
+
+/// Reads every `*.toml` file of `dir` (in name order) into a policy set, each checked by
+/// `check` (see [`PolicySet::from_files`]).
+pub fn load_policies(
+    dir: &Path,
+    check: impl Fn(&crate::core::policy::Policy) -> Result<(), String>,
+) -> Result<PolicySet, Vec<PolicyError>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| {
+        vec![PolicyError::Io {
+            path: dir.to_owned(),
+            source,
+        }]
+    })?;
+    let mut paths: Vec<std::path::PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+        .collect();
+    paths.sort();
+    let files = paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path);
+            (path, text)
+        })
+        .collect();
+    PolicySet::from_files(files, check)
 }
 
 /// The policy set the engine reads; reload swaps the inner `Arc` in one step.

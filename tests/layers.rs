@@ -1,0 +1,233 @@
+//! The layers of `src/` point one way: each folder is a layer, and a module may use only its
+//! own layer and the ones below it. This reads the source and fails on a `crate::` path that
+//! points up or sideways, on sled or wasmtime outside the one layer that owns each, on I/O or
+//! tokio in the core, and on a path into the store's insides from outside it.
+//!
+//! ```text
+//! 0 core        pure data and rules
+//! 1 fs          the file system, safely (no links followed, private files)
+//! 2 store | sandbox | effects    (siblings: none imports another)
+//! 3 patch       manifests and the registry
+//! 4 engine      the imperative shell
+//! 5 sources     the intake and the detection sources
+//! 6 http        the API
+//! 7 daemon      start-up, config, reload; cli (the binary) above all
+//! ```
+
+use std::path::Path;
+
+/// Each layer's rank; a module may use a layer of lower rank, or its own.
+const LAYERS: &[(&str, u8)] = &[
+    ("core", 0),
+    ("fs", 1),
+    ("store", 2),
+    ("sandbox", 2),
+    ("effects", 2),
+    ("patch", 3),
+    ("engine", 4),
+    ("sources", 5),
+    ("http", 6),
+    ("daemon", 7),
+];
+
+/// External crates only one layer may use.
+const OWNED_CRATES: &[(&str, &str)] = &[("sled", "store"), ("wasmtime", "sandbox")];
+
+/// What the core may not use: it does no I/O and runs on no runtime.
+const NOT_IN_CORE: &[&str] = &[
+    "tokio::",
+    "std::fs",
+    "std::net::TcpStream",
+    "std::process",
+    "reqwest::",
+    "axum::",
+    "rustix::",
+    "notify::",
+];
+
+/// The store's modules that other layers may name (its facade is `crate::store::*`).
+const STORE_PUBLIC: &[&str] = &["backup"];
+
+fn rank(layer: &str) -> Option<u8> {
+    LAYERS.iter().find(|(l, _)| *l == layer).map(|(_, r)| *r)
+}
+
+/// The code of `source` without comments (doc links may name any layer).
+fn code(source: &str) -> String {
+    source
+        .lines()
+        .map(|line| match line.find("//") {
+            Some(at) if !line[..at].contains('"') => &line[..at],
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every `crate::LAYER[::NEXT]` a file's code names, `use crate::{a, b::c}` groups included:
+/// (layer, the next segment if any).
+fn crate_paths(code: &str) -> Vec<(String, Option<String>)> {
+    let mut paths = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        let before = rest[..at].chars().last();
+        rest = &rest[at + "crate::".len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                paths.push(split_path(item.trim()));
+            }
+            continue;
+        }
+        paths.push(split_path(rest));
+    }
+    paths
+}
+
+fn split_path(text: &str) -> (String, Option<String>) {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let first = ident(text);
+    let next = text[first.len()..]
+        .strip_prefix("::")
+        .map(ident)
+        .filter(|n| !n.is_empty());
+    (first, next)
+}
+
+/// Why the file of `layer` (at `path`) with `source` breaks the layer rules: one line each.
+fn violations(layer: &str, path: &str, source: &str) -> Vec<String> {
+    let code = code(source);
+    let mut found = Vec::new();
+    let own = rank(layer);
+    for (used, next) in crate_paths(&code) {
+        let Some(used_rank) = rank(&used) else {
+            continue;
+        };
+        let Some(own_rank) = own else {
+            continue;
+        };
+        if used != layer && used_rank >= own_rank {
+            found.push(format!(
+                "{path}: `crate::{used}` is not below `{layer}` (rank {used_rank} >= {own_rank})"
+            ));
+        }
+        if used == "store"
+            && layer != "store"
+            && let Some(next) = &next
+            && next.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            && !STORE_PUBLIC.contains(&next.as_str())
+            && code.contains(&format!("crate::store::{next}::"))
+        {
+            found.push(format!(
+                "{path}: `crate::store::{next}` reaches into the store's insides"
+            ));
+        }
+    }
+    for (krate, owner) in OWNED_CRATES {
+        let named = code.contains(&format!("{krate}::")) || code.contains(&format!("use {krate}"));
+        if layer != *owner && named {
+            found.push(format!("{path}: uses `{krate}`, which only `{owner}` may"));
+        }
+    }
+    if layer == "core" {
+        for forbidden in NOT_IN_CORE {
+            if code.contains(forbidden) {
+                found.push(format!(
+                    "{path}: the core does no I/O and runs on no runtime, but uses `{forbidden}`"
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The layer a file of `src/` belongs to: its folder (`src/lib.rs`: none).
+fn layer_of(relative: &Path) -> Option<String> {
+    let mut components = relative.components();
+    let first = components
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    components.next().map(|_| first)
+}
+
+fn rust_files(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_module_uses_only_its_own_layer_and_the_ones_below() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut checked = 0;
+    let mut found = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let Some(layer) = layer_of(relative) else {
+            continue;
+        };
+        if layer == "cli" {
+            continue; // the binary: above every layer
+        }
+        assert!(
+            rank(&layer).is_some(),
+            "{}: folder `{layer}` is no layer of tests/layers.rs",
+            relative.display()
+        );
+        let source = std::fs::read_to_string(file).unwrap();
+        found.extend(violations(&layer, &relative.display().to_string(), &source));
+        checked += 1;
+    }
+    assert!(checked > 40, "read too few files: {checked}");
+    assert!(
+        found.is_empty(),
+        "layer rules broken:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_rules_catch_what_they_forbid() {
+    let caught = |layer: &str, source: &str| !violations(layer, "x.rs", source).is_empty();
+    // Up, and sideways among siblings.
+    assert!(caught("core", "use crate::http::ApiError;"));
+    assert!(caught("store", "use crate::sandbox::Sandbox;"));
+    assert!(caught("effects", "fn f() { crate::store::Store::open(); }"));
+    assert!(caught(
+        "engine",
+        "use crate::{core::fault::Fault, http::router};"
+    ));
+    // Crates a layer does not own, I/O in the core, the store's insides.
+    assert!(caught("engine", "use sled::Db;"));
+    assert!(caught("http", "let m: wasmtime::Module;"));
+    assert!(caught("core", "let f = std::fs::read(path);"));
+    assert!(caught("core", "tokio::spawn(f);"));
+    assert!(caught("http", "use crate::store::journal::Journal;"));
+    // Allowed: down, its own layer, the store's facade and backup format, comments.
+    assert!(!caught(
+        "engine",
+        "use crate::core::fault::Fault;\nuse crate::engine::verify;"
+    ));
+    assert!(!caught("http", "use crate::store::{Store, StoreError};"));
+    assert!(!caught("http", "crate::store::backup::encode(&e);"));
+    assert!(!caught(
+        "core",
+        "/// See [`crate::http::ApiError`].\nfn f() {}"
+    ));
+}
