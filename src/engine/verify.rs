@@ -9,8 +9,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::core::fault::{FailReason, Fault, Rollback};
+use crate::core::machine::Event;
 use crate::core::policy::Verify;
 use crate::effects::{FaultEnv, run_command};
+
+use super::analyze::steps;
+use super::announce::announce_steps;
+use super::{Engine, EngineError};
 
 /// What the last probe saw when verification gave up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +173,96 @@ impl HttpProbes {
     fn lock_urls(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Batch>>> {
         // Held only for map updates that cannot panic half-way: recover from poisoning.
         self.urls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The engine's `testing` step: probe until healthy or the deadline (see [`verify`]).
+impl Engine {
+    /// Testing: probe until healthy or the deadline. On failure the attempt's changes are rolled
+    /// back, then the patch is retried if the policy allows, else the fault fails.
+    pub(super) async fn test(&self, fault: Fault) -> Result<Fault, EngineError> {
+        let Some(run) = fault.run.clone() else {
+            return self
+                .fail(
+                    &fault,
+                    FailReason::Interrupted,
+                    "no recorded run to verify".into(),
+                )
+                .await;
+        };
+        let Some(policy) = self.policy_of(&run)? else {
+            return self.policy_missing(&fault, &run).await;
+        };
+        let policy = &*policy;
+        let env = FaultEnv::of(&fault);
+        let outcome = if policy.verify.supervised {
+            let (within, interval) = (policy.verify.within, policy.verify.interval);
+            let supervisor = &self.parts.supervisor;
+            supervisor
+                .verify(&fault.app, within, interval, &self.parts.http)
+                .await
+                .map(|()| 1)
+                .map_err(|last| crate::engine::verify::Unhealthy {
+                    within,
+                    attempts: 1,
+                    last,
+                })
+        } else {
+            verify(
+                &policy.verify,
+                &self.probes,
+                &self.parts.work_dir,
+                Some(&env),
+            )
+            .await
+        };
+        match outcome {
+            Ok(probes) => {
+                let detail = format!("verification passed after {probes} probe(s)");
+                // The transition and the success it feeds to the breakers: one atomic write.
+                let verified = steps(fault.state, vec![(Event::Verified, detail)])?;
+                let (names, feed) = self.outcome_feed(&fault, policy, true);
+                let (healed, changes) = self
+                    .parts
+                    .store
+                    .append_steps_feeding_breakers(
+                        &fault.id,
+                        fault.seq,
+                        verified.clone(),
+                        |_| {},
+                        names,
+                        feed,
+                    )
+                    .await?;
+                announce_steps(&self.parts.events, &healed, &verified);
+                self.announce_breaker_changes(changes);
+                Ok(healed)
+            }
+            Err(unhealthy) if fault.attempts < policy.max_attempts => {
+                self.record_outcome(&fault, policy, false).await;
+                let (outcome, account) = self.roll_back(&fault).await;
+                let detail = format!(
+                    "attempt {} of {}: {unhealthy}; {}; retrying",
+                    fault.attempts,
+                    policy.max_attempts,
+                    match outcome {
+                        Some(Rollback::RollbackFailed) => format!("rollback_failed: {account}"),
+                        Some(Rollback::RolledBack) => format!("rolled_back: {account}"),
+                        None => account,
+                    }
+                );
+                self.transition(&fault, Event::Retry, detail, move |f| {
+                    f.run = None;
+                    f.rollback = outcome;
+                })
+                .await
+            }
+            Err(unhealthy) => {
+                self.record_outcome(&fault, policy, false).await;
+                self.fail_with_rollback(&fault, FailReason::VerifyFailed, unhealthy.to_string())
+                    .await
+            }
+        }
     }
 }
 
