@@ -367,14 +367,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     });
     let app = router(
         AppState {
+            operations: crate::engine::operations::Operations::new(
+                Arc::clone(&store),
+                Arc::clone(&inputs.sandbox),
+                events.clone(),
+                engine_handle,
+            ),
             intake,
             store,
             readiness: Arc::clone(&inputs.readiness),
             alertmanager: Arc::new(config.alertmanager.clone()),
             supervisor: supervisor.clone(),
-            engine: engine_handle,
             events: events.clone(),
-            sandbox: Arc::clone(&inputs.sandbox),
         },
         crate::http::guard::RequestRules::new(
             &config.allowed_hosts,

@@ -19,7 +19,7 @@ use crate::core::record::Provenance;
 use crate::effects::Effects;
 use crate::patch::view_of;
 use crate::sandbox::Inline;
-use crate::sandbox::{FaultView, RunError};
+use crate::sandbox::{FaultView, RunError, Sandbox};
 use crate::store::{CountedSteps, FaultChange, Opening, StoreError};
 
 use super::announce::announce_steps;
@@ -51,6 +51,22 @@ pub(super) fn steps(
         steps.push((from, detail));
     }
     Ok(steps)
+}
+
+/// Runs patch `name` at version `hash` (its module `wasm`) on `view` on a blocking thread: how
+/// a run too slow for the engine's own thread is made, and how a shadow run is (nothing of a
+/// plan is ever applied here).
+pub(crate) async fn run_elsewhere(
+    sandbox: &Arc<Sandbox>,
+    name: &str,
+    hash: &str,
+    wasm: Vec<u8>,
+    view: Arc<FaultView>,
+) -> PlanOutcome {
+    let (name, hash, sandbox) = (name.to_owned(), hash.to_owned(), Arc::clone(sandbox));
+    tokio::task::spawn_blocking(move || sandbox.run(&name, &hash, &wasm, view))
+        .await
+        .map_err(|join| join.to_string())
 }
 
 /// A patch run's outcome: its plan or why the patch failed; Err(text) when the run itself broke
@@ -371,12 +387,8 @@ impl Engine {
             return Ok(Err(Verdict::fail(FailReason::PatchUnavailable, detail)));
         };
         let started = std::time::Instant::now();
-        let (patch_name, patch_hash) = (record.name.clone(), record.hash.clone());
-        let sandbox = Arc::clone(&self.parts.sandbox);
         let outcome =
-            tokio::task::spawn_blocking(move || sandbox.run(&patch_name, &patch_hash, &wasm, view))
-                .await
-                .map_err(|join| join.to_string());
+            run_elsewhere(&self.parts.sandbox, &record.name, &record.hash, wasm, view).await;
         count_sandbox_run(started, &outcome);
         Ok(Ok(outcome))
     }

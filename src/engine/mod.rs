@@ -16,6 +16,7 @@ mod analyze;
 mod announce;
 mod apply;
 pub mod events;
+pub mod operations;
 pub mod verify;
 
 use std::collections::HashMap;

@@ -81,6 +81,16 @@ impl Identity {
         }
     }
 
+    /// Who acts in a request that names `claimed` as its actor (`by`): the token's holder when
+    /// authentication is on (a body cannot speak for someone else), else the name given.
+    pub fn actor(&self, claimed: &str) -> String {
+        if self.authenticated {
+            self.name.clone()
+        } else {
+            claimed.trim().to_owned()
+        }
+    }
+
     pub fn may_see_app(&self, app: &str) -> bool {
         self.apps
             .as_ref()
