@@ -328,9 +328,9 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     }
 }
 
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = axum::Json(serde_json::json!({ "code": code, "message": message }));
-    let mut response = (status, body).into_response();
+/// A refusal in the API's error format; a 401 says how to authenticate.
+fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response {
+    let mut response = crate::http::ApiError::new(status, code, message).into_response();
     if status == StatusCode::UNAUTHORIZED
         && let Ok(value) = header::HeaderValue::from_str("Bearer realm=\"phoenix\"")
     {
