@@ -1,7 +1,8 @@
 //! The layers of `src/` point one way: each folder is a layer, and a module may use only its
 //! own layer and the ones below it. This reads the source and fails on a `crate::` path that
 //! points up or sideways, on sled or wasmtime outside the one layer that owns each, on I/O or
-//! tokio in the core, and on a path into the store's insides from outside it.
+//! tokio in the core, on a path into the store's insides from outside it, and on the transition
+//! table outside the engine (which alone decides a fault's state).
 //!
 //! ```text
 //! 0 core        pure data and rules
@@ -44,6 +45,10 @@ const NOT_IN_CORE: &[&str] = &[
     "rustix::",
     "notify::",
 ];
+
+/// Paths only one layer may use (besides the core, which defines them): the transition table is
+/// the engine's, since the engine alone decides a fault's state.
+const OWNED_PATHS: &[(&str, &str)] = &[("crate::core::machine", "engine")];
 
 /// The store's modules that other layers may name (its facade is `crate::store::*`).
 const STORE_PUBLIC: &[&str] = &["backup"];
@@ -136,6 +141,13 @@ fn violations(layer: &str, path: &str, source: &str) -> Vec<String> {
             found.push(format!("{path}: uses `{krate}`, which only `{owner}` may"));
         }
     }
+    for (owned, owner) in OWNED_PATHS {
+        if layer != *owner && layer != "core" && code.contains(owned) {
+            found.push(format!(
+                "{path}: uses `{owned}`, which only `{owner}` may (it alone decides state)"
+            ));
+        }
+    }
     if layer == "core" {
         for forbidden in NOT_IN_CORE {
             if code.contains(forbidden) {
@@ -219,6 +231,7 @@ fn the_rules_catch_what_they_forbid() {
     assert!(caught("core", "let f = std::fs::read(path);"));
     assert!(caught("core", "tokio::spawn(f);"));
     assert!(caught("http", "use crate::store::journal::Journal;"));
+    assert!(caught("store", "crate::core::machine::next(state, Event::Recur)"));
     // Allowed: down, its own layer, the store's facade and backup format, comments.
     assert!(!caught(
         "engine",

@@ -131,6 +131,12 @@ impl EngineHandle {
         self.engine.look_ahead(report, source).await
     }
 
+    /// Where a healed fault goes when it recurs (the machine's `Recur`): decided here, written
+    /// by the store in the write that records the recurrence.
+    pub fn recurrence(&self) -> Option<FaultState> {
+        crate::core::machine::next(FaultState::Healed, crate::core::machine::Event::Recur).ok()
+    }
+
     /// Logs, counts and announces `steps` that someone else wrote for `fault` (the intake,
     /// closing an unmatched report), as the engine does for its own.
     pub fn announce_written(&self, fault: &Fault, steps: &[(FaultState, String)]) {

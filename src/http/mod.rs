@@ -194,17 +194,21 @@ mod tests {
 
     /// (method, path) of every route the router declares, read from this file's source.
     fn router_routes() -> BTreeSet<(String, String)> {
-        let source = include_str!("mod.rs");
-        let mut routes = BTreeSet::new();
-        for line in source
+        // One `.route(…)` call may span lines: read the source as one line.
+        let source: String = include_str!("mod.rs")
             .lines()
             .map(str::trim)
-            .filter(|l| l.starts_with(".route(\""))
-        {
-            let rest = &line[".route(\"".len()..];
-            let (path, handlers) = rest.split_once('"').unwrap_or_default();
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("( ", "(");
+        let mut routes = BTreeSet::new();
+        for call in source.split(".route(\"").skip(1) {
+            let (path, rest) = call.split_once('"').unwrap_or_default();
+            // The handlers: up to the next call on the router.
+            let handlers = rest.split(" .").next().unwrap_or_default();
             for method in ["get", "post", "put", "delete", "patch"] {
-                if handlers.contains(&format!(" {method}("))
+                if handlers.contains(&format!("({method}("))
+                    || handlers.contains(&format!(" {method}("))
                     || handlers.contains(&format!(".{method}("))
                 {
                     routes.insert((method.to_string(), path.to_string()));

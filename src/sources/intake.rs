@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::core::fault::{Report, ReportError, Source};
 use crate::engine::EngineHandle;
-use crate::store::{Idempotency, Reported, Store, StoreError};
+use crate::store::{Decided, Idempotency, Reported, Store, StoreError};
 
 /// Why a report was not recorded. Nothing is stored in either case.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +48,12 @@ impl Intake {
     ) -> Result<Reported, IntakeError> {
         report.validate()?;
         report.check_labels_for(source)?;
-        let opening = self.engine.first_look(&report, source).await;
+        let decided = Decided {
+            opening: self.engine.first_look(&report, source).await,
+            recur_to: report.reopen_within.and(self.engine.recurrence()),
+        };
         let reported = match (self.store)
-            .report_opening(report, source, idempotency, opening)
+            .report_opening(report, source, idempotency, decided)
             .await
         {
             Ok(reported) => reported,
