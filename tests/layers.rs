@@ -231,7 +231,10 @@ fn the_rules_catch_what_they_forbid() {
     assert!(caught("core", "let f = std::fs::read(path);"));
     assert!(caught("core", "tokio::spawn(f);"));
     assert!(caught("http", "use crate::store::journal::Journal;"));
-    assert!(caught("store", "crate::core::machine::next(state, Event::Recur)"));
+    assert!(caught(
+        "store",
+        "crate::core::machine::next(state, Event::Recur)"
+    ));
     // Allowed: down, its own layer, the store's facade and backup format, comments.
     assert!(!caught(
         "engine",

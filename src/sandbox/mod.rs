@@ -29,6 +29,16 @@
 //! see [`Compiler`]): a module that crashes or exhausts the compiler cannot take the daemon down,
 //! and the compiler's code and memory never become part of the daemon's resident set.
 
+mod abi;
+mod check;
+mod compile;
+mod pool;
+
+pub use compile::{Compiler, compile_child, wat_to_wasm};
+
+use abi::*;
+use pool::*;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -149,116 +159,6 @@ impl RunError {
     }
 }
 
-/// The host functions a patch may import, with their wasm signatures (params, results).
-const ALLOWED_IMPORTS: [(&str, &[ValKind], &[ValKind]); 3] = [
-    (
-        "fault_get",
-        &[ValKind::I32, ValKind::I32, ValKind::I32, ValKind::I32],
-        &[ValKind::I32],
-    ),
-    ("action", &[ValKind::I32, ValKind::I32], &[ValKind::I32]),
-    ("log", &[ValKind::I32, ValKind::I32], &[]),
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ValKind {
-    I32,
-    Other,
-}
-
-fn kinds(types: impl Iterator<Item = ValType>) -> Vec<ValKind> {
-    types
-        .map(|t| {
-            if matches!(t, ValType::I32) {
-                ValKind::I32
-            } else {
-                ValKind::Other
-            }
-        })
-        .collect()
-}
-
-/// What one run may touch: the fault it reads and the plan it builds, plus what went wrong.
-struct HostState {
-    /// None between runs.
-    fault: Option<Arc<FaultView>>,
-    plan: Vec<Action>,
-    limits: Limits,
-    /// The instance's exported memory, once instantiated.
-    memory: Option<Memory>,
-    failure: Option<RunError>,
-    log_lines: u32,
-    /// Lines the run logged, written to phoenix's log when it ends (those of an inline run
-    /// stopped at its budget are dropped: the run is made again).
-    logs: Vec<String>,
-    /// Fuel the run used (also when it failed).
-    fuel_used: u64,
-}
-
-impl HostState {
-    /// The state of a store between runs.
-    fn idle(limits: &Limits) -> HostState {
-        HostState {
-            fault: None,
-            plan: Vec::new(),
-            limits: limits.clone(),
-            memory: None,
-            failure: None,
-            log_lines: 0,
-            logs: Vec::new(),
-            fuel_used: 0,
-        }
-    }
-}
-
-impl ResourceLimiter for HostState {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.limits.memory_bytes {
-            self.failure = Some(RunError::MemoryLimit {
-                desired,
-                cap: self.limits.memory_bytes,
-            });
-            return Err(wasmtime::Error::msg("memory limit"));
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.limits.table_elements {
-            self.failure = Some(RunError::TableLimit {
-                desired,
-                cap: self.limits.table_elements,
-            });
-            return Err(wasmtime::Error::msg("table limit"));
-        }
-        Ok(true)
-    }
-
-    // Counted over the store's life, which spans up to `WARM_RUNS` runs; per module, the pool
-    // allows one memory and one table.
-    fn instances(&self) -> usize {
-        WARM_RUNS as usize
-    }
-
-    fn tables(&self) -> usize {
-        WARM_RUNS as usize
-    }
-
-    fn memories(&self) -> usize {
-        WARM_RUNS as usize
-    }
-}
-
 /// The sandbox: one wasmtime engine, its epoch ticker, and the compiled-module cache.
 pub struct Sandbox {
     engine: Engine,
@@ -273,6 +173,25 @@ pub struct Sandbox {
     pool: Pool,
     /// [`INLINE_WALL_TIME`], but for tests.
     inline_wall_time: Duration,
+}
+
+/// What `log` does with a patch's line (the host's own [`host_log`]; a test's stand-in).
+type LogFn = fn(Caller<'_, HostState>, i32, i32) -> wasmtime::Result<()>;
+
+/// The linker with the three `phoenix.*` host functions, `log` being `log`.
+fn link(engine: &Engine, log: LogFn) -> Result<Linker<HostState>, SandboxError> {
+    let engine_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
+    let mut linker = Linker::new(engine);
+    linker
+        .func_wrap("phoenix", "fault_get", host_fault_get)
+        .map_err(engine_error)?;
+    linker
+        .func_wrap("phoenix", "action", host_action)
+        .map_err(engine_error)?;
+    linker
+        .func_wrap("phoenix", "log", log)
+        .map_err(engine_error)?;
+    Ok(linker)
 }
 
 /// Loaded modules by content hash.
@@ -355,293 +274,8 @@ struct Budget {
     ticks: u64,
 }
 
-/// Where patches are compiled (a run never compiles twice: see the on-disk cache).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Compiler {
-    /// In this process: the offline CLI checks and the tests.
-    InProcess,
-    /// In a child running `EXE compile-patch` (the daemon: `/proc/self/exe`, the very binary that
-    /// runs, even if a newer one was installed since, so that artifacts always match the
-    /// engine). If the child cannot be started at all, the module is compiled in process.
-    Subprocess(PathBuf),
-}
-
-/// Longest a compiler child may take before it is stopped (and the module refused).
-const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Exit status of a compiler child that refused the module (its reason on standard output).
-const COMPILE_REFUSED: u8 = 65;
-
-/// Instances (each with one memory and one table) the pooling allocator keeps ready. Runs beyond
-/// it wait for a free slot: they are short (fuel and deadline bound them).
-const POOL_SLOTS: u32 = 64;
-
-/// Runs one store serves before it is dropped (with their instances): a store's own cost
-/// (creation, module registration, teardown) was ~0.4 us a run when each run had its own; 16
-/// runs share it, while what a store keeps stays bounded.
-const WARM_RUNS: u32 = 16;
-
-/// Warm stores kept at most (one per engine thread runs inline; others make their own).
-/// Their instances hold slots: at most `WARM_STORES * (WARM_RUNS - 1)` = 30 of the 64 while no
-/// run uses them, so runs never wait on idle stores.
-const WARM_STORES: usize = 2;
-const _: () = assert!(WARM_STORES as u32 * (WARM_RUNS - 1) <= POOL_SLOTS / 2);
-
-/// A store whose memory is larger than this after its run is not kept: its instances keep
-/// their memory (what they touched of it) until the store is dropped.
-const WARM_MEMORY_MAX: usize = 128 << 10;
-
-/// A store that serves more than one run. Each run's instance stays in it until it is dropped,
-/// and keeps its slot until then.
-struct WarmStore {
-    store: Store<HostState>,
-    /// Slots of the instances of its finished runs.
-    kept_slots: u32,
-}
-
-/// The pooling allocator's instance slots, shared by the runs, and the warm stores that keep
-/// some of them; one lock for both, taken once as a run starts and once as it ends. A counting
-/// semaphore for blocking threads (runs happen on tokio's blocking pool): a slot given back
-/// wakes a thread only if one waits (a condvar notify is a syscall even with none).
-struct Pool {
-    state: Mutex<PoolState>,
-    freed: std::sync::Condvar,
-}
-
-struct PoolState {
-    free: u32,
-    waiting: u32,
-    warm: Vec<WarmStore>,
-}
-
-/// Slots held, given back when dropped: a run's one slot for its instance, or those of a warm
-/// store's earlier instances while a run uses it.
-struct Slots<'a> {
-    pool: &'a Pool,
-    count: u32,
-}
-
-impl Drop for Slots<'_> {
-    fn drop(&mut self) {
-        if self.count > 0 {
-            self.pool.give_back(self.count);
-        }
-    }
-}
-
-impl Pool {
-    fn new(slots: u32) -> Pool {
-        Pool {
-            state: Mutex::new(PoolState {
-                free: slots,
-                waiting: 0,
-                warm: Vec::new(),
-            }),
-            freed: std::sync::Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A slot (waiting for one if none is free) and a warm store, if one is kept.
-    fn take(&self) -> (Slots<'_>, Option<WarmStore>) {
-        let mut state = self.lock();
-        while state.free == 0 {
-            state.waiting += 1;
-            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
-            state.waiting -= 1;
-        }
-        state.free -= 1;
-        (self.one_slot(), state.warm.pop())
-    }
-
-    /// A slot and a warm store (if one is kept), if a slot is free now, without waiting.
-    fn try_take(&self) -> Option<(Slots<'_>, Option<WarmStore>)> {
-        let mut state = self.lock();
-        if state.free == 0 {
-            return None;
-        }
-        state.free -= 1;
-        Some((self.one_slot(), state.warm.pop()))
-    }
-
-    /// Ends a run in `warm`, whose instance has `slot`: keeps the store for the next runs if
-    /// `reusable`, it has room for another run and fewer than `WARM_STORES` are kept; else
-    /// drops it (outside the lock: that frees its instances) and then gives its slots back.
-    fn finish(&self, mut slot: Slots<'_>, mut warm: WarmStore, reusable: bool) {
-        // Counted in `kept_slots` from here on.
-        warm.kept_slots += std::mem::take(&mut slot.count);
-        if reusable && warm.kept_slots < WARM_RUNS {
-            let mut state = self.lock();
-            if state.warm.len() < WARM_STORES {
-                state.warm.push(warm);
-                return;
-            }
-        }
-        let kept = warm.kept_slots;
-        drop(warm.store);
-        self.give_back(kept);
-    }
-
-    /// One slot just taken from the count (under the lock).
-    fn one_slot(&self) -> Slots<'_> {
-        Slots {
-            pool: self,
-            count: 1,
-        }
-    }
-
-    fn give_back(&self, count: u32) {
-        let mut state = self.lock();
-        state.free += count;
-        if state.waiting > 0 {
-            self.freed.notify_all();
-        }
-    }
-}
-
 /// Epoch tick length: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(5);
-
-fn bounds(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
-    let start = usize::try_from(ptr).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    (end <= memory.len()).then_some(start..end)
-}
-
-fn memory_of(caller: &mut Caller<'_, HostState>) -> Option<Memory> {
-    // Known once `heal` runs; a start function's host calls look it up by name.
-    if let Some(memory) = caller.data().memory {
-        return Some(memory);
-    }
-    caller
-        .get_export("memory")
-        .and_then(|export| export.into_memory())
-}
-
-/// Records `failure` and returns the error that unwinds the wasm call.
-fn fail(caller: &mut Caller<'_, HostState>, failure: RunError) -> wasmtime::Error {
-    let message = failure.to_string();
-    caller.data_mut().failure = Some(failure);
-    wasmtime::Error::msg(message)
-}
-
-/// Fuel a host call costs: a base plus one unit per byte it copies, so that a loop of cheap
-/// wasm instructions cannot make the host do unbounded work outside the fuel budget.
-const HOST_CALL_FUEL: u64 = 100;
-
-fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> wasmtime::Result<()> {
-    let cost = HOST_CALL_FUEL.saturating_add(bytes as u64);
-    let left = caller.get_fuel().unwrap_or(0);
-    if left < cost {
-        let _ = caller.set_fuel(0);
-        return Err(fail(caller, RunError::OutOfFuel));
-    }
-    caller.set_fuel(left - cost)?;
-    Ok(())
-}
-
-/// The module's memory and the range of `len` bytes at `ptr` in it (at most `keep` of them),
-/// charged by length; the whole range must be inside the memory.
-fn checked_range(
-    caller: &mut Caller<'_, HostState>,
-    ptr: i32,
-    len: i32,
-    keep: usize,
-) -> wasmtime::Result<(Memory, std::ops::Range<usize>)> {
-    let Some(memory) = memory_of(caller) else {
-        return Err(fail(caller, RunError::BadPointer));
-    };
-    let Some(range) = bounds(memory.data(&*caller), ptr, len) else {
-        return Err(fail(caller, RunError::BadPointer));
-    };
-    let range = range.start..range.end.min(range.start.saturating_add(keep));
-    charge(caller, range.len())?;
-    Ok((memory, range))
-}
-
-fn host_fault_get(
-    mut caller: Caller<'_, HostState>,
-    key_ptr: i32,
-    key_len: i32,
-    out_ptr: i32,
-    out_cap: i32,
-) -> wasmtime::Result<i32> {
-    let (memory, key) = checked_range(&mut caller, key_ptr, key_len, usize::MAX)?;
-    // Key and value are used where they lie (the module's memory, the fault view): no copies.
-    let (data, state) = memory.data_and_store_mut(&mut caller);
-    let Some(value) = state
-        .fault
-        .as_deref()
-        .and_then(|view| view.get(String::from_utf8_lossy(&data[key]).as_ref()))
-    else {
-        return Ok(-1);
-    };
-    // The whole output buffer the module declared must be its own memory, not just the part
-    // this value happens to fill.
-    let Some(out) = bounds(data, out_ptr, out_cap) else {
-        return Err(fail(&mut caller, RunError::BadPointer));
-    };
-    let copy = value.len().min(out.len());
-    data[out.start..out.start + copy].copy_from_slice(&value.as_bytes()[..copy]);
-    let length = i32::try_from(value.len()).unwrap_or(i32::MAX);
-    charge(&mut caller, copy)?;
-    Ok(length)
-}
-
-fn host_action(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
-    let (max_actions, max_action_bytes) = {
-        let limits = &caller.data().limits;
-        (limits.max_actions, limits.max_action_bytes)
-    };
-    if caller.data().plan.len() >= max_actions {
-        return Err(fail(&mut caller, RunError::PlanTooLarge(max_actions)));
-    }
-    let size = usize::try_from(len).unwrap_or(usize::MAX);
-    if size > max_action_bytes {
-        return Err(fail(
-            &mut caller,
-            RunError::ActionTooLarge {
-                size,
-                max: max_action_bytes,
-            },
-        ));
-    }
-    let (memory, range) = checked_range(&mut caller, ptr, len, usize::MAX)?;
-    let (data, state) = memory.data_and_store_mut(&mut caller);
-    match serde_json::from_slice::<Action>(&data[range]) {
-        Ok(action) => {
-            state.plan.push(action);
-            Ok(0)
-        }
-        Err(error) => Err(fail(&mut caller, RunError::BadAction(error.to_string()))),
-    }
-}
-
-fn host_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<()> {
-    // The line must lie in the module's memory; only its first KiB is kept.
-    let (memory, range) = checked_range(&mut caller, ptr, len, 1024)?;
-    let (data, state) = memory.data_and_store_mut(&mut caller);
-    #[cfg(test)]
-    assert_ne!(&data[range.clone()], b"test: panic", "a run that panics");
-    state.log_lines += 1;
-    // Kept only if phoenix's log takes patch lines at all (the level of `log_patch_line`).
-    if state.log_lines <= MAX_LOG_LINES && tracing::enabled!(tracing::Level::INFO) {
-        state
-            .logs
-            .push(String::from_utf8_lossy(&data[range]).into_owned());
-    }
-    Ok(())
-}
-
-/// Lines a run may log; the rest are counted but dropped.
-const MAX_LOG_LINES: u32 = 32;
-
-fn log_patch_line(patch: &str, line: &str) {
-    tracing::info!(message = "Patch log.", patch = %patch, line = %line);
-}
 
 /// Why a sandbox could not be built or a module not prepared.
 #[derive(Debug, thiserror::Error)]
@@ -675,16 +309,7 @@ impl Sandbox {
                 }
             })
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        let mut linker = Linker::new(&engine);
-        linker
-            .func_wrap("phoenix", "fault_get", host_fault_get)
-            .map_err(engine_error)?;
-        linker
-            .func_wrap("phoenix", "action", host_action)
-            .map_err(engine_error)?;
-        linker
-            .func_wrap("phoenix", "log", host_log)
-            .map_err(engine_error)?;
+        let linker = link(&engine, host_log)?;
         crate::fs::create_private_dir(&cache_dir).map_err(|source| SandboxError::Cache {
             path: cache_dir.clone(),
             source,
@@ -709,168 +334,6 @@ impl Sandbox {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
-    }
-
-    /// Registration-time checks of the module with content hash `hash`: size, validity, imports
-    /// only from the allow-list (so no WASI), and the required exports. Returns every problem
-    /// found, or none. The compiled module is kept for the runs that follow.
-    pub fn static_check(&self, hash: &str, wasm: &[u8]) -> Vec<String> {
-        let mut problems = Vec::new();
-        if wasm.len() > self.limits.max_module_bytes {
-            problems.push(format!(
-                "module is {} bytes; the limit is {}",
-                wasm.len(),
-                self.limits.max_module_bytes
-            ));
-            return problems;
-        }
-        let module = match self.compiled(hash, wasm) {
-            Ok(module) => module,
-            Err(text) => {
-                // The pool is sized by the caps, so a module declaring more memory or table
-                // than they allow is refused here, before it ever runs: name the cap.
-                let problem = if text.contains("memory index") && text.contains("pooling") {
-                    format!(
-                        "memory_limit: the module declares more memory than the {}-byte cap: {text}",
-                        self.limits.memory_bytes
-                    )
-                } else if text.contains("table index") && text.contains("pooling") {
-                    format!(
-                        "table_limit: the module declares a table larger than the {}-element cap: {text}",
-                        self.limits.table_elements
-                    )
-                } else {
-                    format!("module does not compile: {text}")
-                };
-                problems.push(problem);
-                return problems;
-            }
-        };
-        for import in module.imports() {
-            let (module_name, name) = (import.module(), import.name());
-            if module_name.starts_with("wasi") {
-                problems.push(format!(
-                    "import {module_name}.{name}: WASI is not available to patches"
-                ));
-                continue;
-            }
-            let allowed = ALLOWED_IMPORTS
-                .iter()
-                .find(|(n, _, _)| module_name == "phoenix" && *n == name);
-            let Some((_, params, results)) = allowed else {
-                problems.push(format!(
-                    "import {module_name}.{name} is not allowed (allowed: phoenix.fault_get, phoenix.action, phoenix.log)"
-                ));
-                continue;
-            };
-            match import.ty() {
-                ExternType::Func(ty)
-                    if kinds(ty.params()) == *params && kinds(ty.results()) == *results => {}
-                _ => problems.push(format!("import phoenix.{name} has the wrong type")),
-            }
-        }
-        match module.get_export("memory") {
-            Some(ExternType::Memory(_)) => {}
-            _ => problems.push("module must export a memory named `memory`".into()),
-        }
-        if !exports_heal(&module) {
-            problems.push("module must export `heal: () -> i32`".into());
-        }
-        problems
-    }
-
-    /// The compiled module for `hash`, imports resolved: from memory, else from the disk cache,
-    /// else compiled (and written to the cache).
-    fn module(&self, hash: &str, wasm: &[u8]) -> Result<Arc<Prepared>, RunError> {
-        if let Some(module) = self.lock_modules().get(hash) {
-            return Ok(Arc::clone(module));
-        }
-        let module = self.compiled(hash, wasm).map_err(RunError::Instantiate)?;
-        let prepared = Arc::new(Prepared {
-            // Only an export of the right type: `execute` calls it without checking again.
-            heal: module
-                .get_export_index("heal")
-                .filter(|_| exports_heal(&module)),
-            memory: module.get_export_index("memory"),
-            inline: InlineRecord::default(),
-            pre: self
-                .linker
-                .instantiate_pre(&module)
-                .map_err(|e| RunError::Instantiate(format!("{e:#}")))?,
-        });
-        self.lock_modules()
-            .insert(hash.to_owned(), Arc::clone(&prepared));
-        Ok(prepared)
-    }
-
-    /// The module `hash` compiled: from the disk cache, else compiled (see [`Compiler`]) and
-    /// written to the cache. Err: why the compiler refused it.
-    fn compiled(&self, hash: &str, wasm: &[u8]) -> Result<Module, String> {
-        let path = self.cache_dir.join(format!("{hash}.cwasm"));
-        if let Some(module) = self.load_cached(&path) {
-            return Ok(module);
-        }
-        let artifact = match &self.compiler {
-            Compiler::InProcess => None,
-            Compiler::Subprocess(exe) => match compile_in_child(exe, &self.limits, wasm) {
-                Ok(outcome) => Some(outcome?),
-                Err(error) => {
-                    tracing::warn!(message = "Cannot start the patch compiler; compiling in process.", exe = %exe.display(), %error);
-                    None
-                }
-            },
-        };
-        let artifact = match artifact {
-            Some(artifact) => artifact,
-            None => Module::from_binary(&self.engine, wasm)
-                .and_then(|module| module.serialize())
-                .map_err(|e| format!("{e:#}"))?,
-        };
-        self.store_cached(&path, &artifact);
-        self.trusted_artifact(&artifact)
-            .ok_or_else(|| "the compiled module does not load into this engine".to_string())
-    }
-
-    fn lock_modules(&self) -> std::sync::MutexGuard<'_, Modules> {
-        // A panic while holding this lock cannot leave the map inconsistent: recover it.
-        self.modules
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Cache file layout: 32 bytes of blake3 over the artifact, then the artifact.
-    fn store_cached(&self, path: &Path, artifact: &[u8]) {
-        let mut bytes = blake3::hash(artifact).as_bytes().to_vec();
-        bytes.extend_from_slice(artifact);
-        let temp = path.with_extension("cwasm.tmp");
-        if crate::fs::write_private(&temp, &bytes)
-            .and_then(|()| std::fs::rename(&temp, path))
-            .is_err()
-        {
-            tracing::warn!(message = "Cannot write the compiled-module cache.", path = %path.display());
-        }
-    }
-
-    fn load_cached(&self, path: &Path) -> Option<Module> {
-        let bytes = std::fs::read(path).ok()?;
-        let (digest, artifact) = bytes.split_at_checked(32)?;
-        if blake3::hash(artifact).as_bytes() != digest {
-            tracing::warn!(message = "Compiled-module cache entry is corrupt; recompiling.", path = %path.display());
-            return None;
-        }
-        self.trusted_artifact(artifact)
-    }
-
-    /// Loads an artifact that phoenix's own compiler produced: read back from the cache file
-    /// `store_cached` wrote (its blake3 digest checked), or just returned by a compiler child
-    /// (this same binary, over a pipe).
-    #[allow(unsafe_code)]
-    fn trusted_artifact(&self, artifact: &[u8]) -> Option<Module> {
-        // SAFETY: `Module::deserialize` trusts its input to be an artifact wasmtime produced. Both
-        // callers hand it bytes that `Module::serialize` of this very binary produced, intact
-        // (digest-checked from disk, or straight from the child's pipe). wasmtime itself rejects
-        // artifacts from another version or config.
-        unsafe { Module::deserialize(&self.engine, artifact) }.ok()
     }
 
     /// Compiles (or loads) the module so that its first real run is fast.
@@ -1112,134 +575,6 @@ fn engine_config(limits: &Limits) -> Config {
         .relaxed_simd_deterministic(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
-}
-
-/// Compiles `wasm` in a child `EXE compile-patch`. Outer Err: the child could not be started;
-/// inner Err: why the module was refused (by the compiler, or because the child failed).
-fn compile_in_child(
-    exe: &Path,
-    limits: &Limits,
-    wasm: &[u8],
-) -> std::io::Result<Result<Vec<u8>, String>> {
-    let limits_cap = limits.compile_memory_bytes;
-    let limits = serde_json::to_string(limits).map_err(std::io::Error::other)?;
-    let mut child = Command::new(exe)
-        .args(["compile-patch", "--limits", &limits])
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err(std::io::Error::other("the compiler's pipes are missing"));
-    };
-    // Feed and drain on threads, so that a child stuck anywhere is still stopped in time.
-    let input = wasm.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        stdout.read_to_end(&mut out).map(|_| out)
-    });
-    let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.take(16 << 10).read_to_string(&mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > COMPILE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(Err(format!(
-                "compiling took longer than {COMPILE_TIMEOUT:?}; the compiler was stopped"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let _ = feeder.join();
-    let out = reader
-        .join()
-        .map_err(|_| std::io::Error::other("the compiler's reader panicked"))??;
-    let errors = errors.join().unwrap_or_default();
-    Ok(match status.code() {
-        Some(0) => Ok(out),
-        Some(code) if code == i32::from(COMPILE_REFUSED) => {
-            Err(String::from_utf8_lossy(&out).into_owned())
-        }
-        _ if errors.contains("memory allocation of") => Err(format!(
-            "compiling needs more memory than `sandbox.compile_memory_bytes` ({} bytes) allows; the compiler was stopped",
-            limits_cap
-        )),
-        _ => Err(format!(
-            "the patch compiler failed ({status}): {}",
-            errors.trim()
-        )),
-    })
-}
-
-/// `phoenix compile-patch --limits JSON`, the child side of [`Compiler::Subprocess`]: reads a
-/// module from standard input and writes the compiled artifact to standard output (status 0),
-/// or the compiler's reason for refusing it (status 65).
-pub fn compile_child(limits: &str) -> ExitCode {
-    let limits: Limits = match serde_json::from_str(limits) {
-        Ok(limits) => limits,
-        Err(error) => {
-            eprintln!("compile-patch: bad --limits: {error}");
-            return ExitCode::from(64);
-        }
-    };
-    if let Err(error) = cap_data_memory(limits.compile_memory_bytes) {
-        eprintln!("compile-patch: cannot cap its memory: {error}");
-        return ExitCode::from(71);
-    }
-    let mut wasm = Vec::new();
-    if let Err(error) = std::io::stdin().read_to_end(&mut wasm) {
-        eprintln!("compile-patch: cannot read the module: {error}");
-        return ExitCode::from(66);
-    }
-    let compiled = Engine::new(&engine_config(&limits))
-        .and_then(|engine| Module::from_binary(&engine, &wasm))
-        .and_then(|module| module.serialize());
-    let (bytes, status) = match compiled {
-        Ok(artifact) => (artifact, ExitCode::SUCCESS),
-        Err(error) => (
-            format!("{error:#}").into_bytes(),
-            ExitCode::from(COMPILE_REFUSED),
-        ),
-    };
-    match std::io::stdout().lock().write_all(&bytes) {
-        Ok(()) => status,
-        Err(_) => ExitCode::from(74),
-    }
-}
-
-/// Caps this process's data memory (heap and private mappings) at `bytes`, or at the hard
-/// limit it already has if that is lower. An allocation past the cap fails and aborts the
-/// compiler child, which the daemon reports as a module refused for its memory.
-fn cap_data_memory(bytes: u64) -> std::io::Result<()> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let hard = getrlimit(Resource::Data).maximum;
-    let cap = hard.map_or(bytes, |hard| hard.min(bytes));
-    setrlimit(
-        Resource::Data,
-        Rlimit {
-            current: Some(cap),
-            maximum: hard,
-        },
-    )
-    .map_err(std::io::Error::from)
-}
-
-/// Compiles WebAssembly text to binary (a `.wasm` file's bytes pass through unchanged).
-pub fn wat_to_wasm(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    wat::parse_bytes(bytes)
-        .map(|cow| cow.into_owned())
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -1531,14 +866,20 @@ mod tests {
         assert_eq!(instances as usize, taken.len());
     }
 
+    /// A `log` that panics: a run that calls it panics inside the host.
+    fn panicking_log(_: Caller<'_, HostState>, _: i32, _: i32) -> wasmtime::Result<()> {
+        panic!("a run that panics")
+    }
+
     #[test]
     fn a_run_that_panics_gives_back_the_slots_of_its_store() {
-        let (_dir, sandbox) = sandbox(Limits::default());
+        let (_dir, mut sandbox) = sandbox(Limits::default());
+        sandbox.linker = link(&sandbox.engine, panicking_log).unwrap();
         let clean = module("", "", "(i32.const 0)");
         let panics = module(
             r#"(import "phoenix" "log" (func $log (param i32 i32)))"#,
-            "test: panic",
-            "(call $log (i32.const 0) (i32.const 11)) (i32.const 0)",
+            "",
+            "(call $log (i32.const 0) (i32.const 0)) (i32.const 0)",
         );
         for _ in 0..3 {
             assert_eq!(run(&sandbox, &clean), Ok(Vec::new()));

@@ -300,7 +300,7 @@ pub(super) fn apply_and_answer(
     written: Result<(), StoreError>,
     commits: &Commits,
 ) {
-    let stored = written.and_then(|()| apply_group(tree, &group, commits));
+    let stored = written.and_then(|()| apply_journaled(tree, &group, commits));
     if let Err(error) = &stored {
         commits.fail(error);
     }
@@ -309,23 +309,32 @@ pub(super) fn apply_and_answer(
     }
 }
 
-/// Applies one journaled group's writes to the tree and tells readers what changed.
-pub(super) fn apply_group(
-    tree: &sled::Tree,
-    group: &Sealed,
-    commits: &Commits,
-) -> Result<(), StoreError> {
-    #[cfg(test)]
+/// How the journal thread applies a group it journaled: [`apply_group`].
+#[cfg(not(test))]
+use apply_group as apply_journaled;
+
+/// How the journal thread applies a group in tests: [`apply_group`], after the delay the test
+/// asked for, or failing part-way (its first key applied) when the test asked for that.
+#[cfg(test)]
+fn apply_journaled(tree: &sled::Tree, group: &Sealed, commits: &Commits) -> Result<(), StoreError> {
     thread::sleep(std::time::Duration::from_millis(
         commits.apply_delay_ms.load(Ordering::Relaxed),
     ));
-    #[cfg(test)]
     if commits.fail_next_apply.swap(false, Ordering::Relaxed) {
         let first = group.writes.iter().take(1);
         let first: Pending = first.map(|(k, v)| (k.clone(), v.clone())).collect();
         apply(tree, &first)?;
         return Err(StoreError::Io("injected apply failure".into()));
     }
+    apply_group(tree, group, commits)
+}
+
+/// Applies one journaled group's writes to the tree and tells readers what changed.
+pub(super) fn apply_group(
+    tree: &sled::Tree,
+    group: &Sealed,
+    commits: &Commits,
+) -> Result<(), StoreError> {
     apply(tree, &group.writes)?;
     if group.registry_changed {
         commits.registry_generation.fetch_add(1, Ordering::Release);
