@@ -5,7 +5,15 @@
 //! (`plan::check`); the checks here repeat the lookups they need and never widen them.
 
 pub mod containment;
+mod exec;
+mod http;
 pub mod supervisor;
+mod write;
+
+pub use exec::run_command;
+pub use http::http_client;
+
+use http::*;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,12 +31,6 @@ use crate::core::policy::Capabilities;
 use crate::effects::containment::Containment;
 use crate::effects::supervisor::{Supervisor, signal_by_name};
 use crate::fs::{self, DirEntry, Found, TempName};
-
-/// Output kept from a command, per stream.
-const OUTPUT_LIMIT: usize = 2048;
-
-/// How long phoenix waits, once a command exits, for the output it wrote to be read.
-const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(100);
 
 /// Why an action failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,85 +76,6 @@ impl EffectError {
     }
 }
 
-/// An `http` action refused because its address is phoenix's own API.
-fn api_refused(url: &str) -> EffectError {
-    EffectError::ReachesPhoenix(format!(
-        "`{url}` is phoenix's own API: no plan may call phoenix itself"
-    ))
-}
-
-/// The HTTP client for probes and webhooks (URLs the operator wrote): rustls with the ring
-/// provider (installed here, once per process, because reqwest is built without a default
-/// provider).
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().build()
-}
-
-/// An HTTP client for a plan's `http` actions. It never follows a redirect: the policy allowed
-/// the URL the patch named, not wherever its target points next (a 307 would even resend the
-/// method and body there); a redirect answer fails the action instead. It uses no proxy from
-/// the environment (`HTTP_PROXY`…): the request goes to the address the URL names, the one
-/// phoenix checked. `resolver`, when given, resolves host names instead of the system's.
-fn action_http_client(
-    resolver: Option<Arc<ApiAvoidingResolver>>,
-) -> Result<reqwest::Client, reqwest::Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy();
-    match resolver {
-        Some(resolver) => builder.dns_resolver(resolver),
-        None => builder,
-    }
-    .build()
-}
-
-/// Resolves host names for `http` actions sent to the port phoenix's API listens on, leaving
-/// out every address that is phoenix's own listener: a name that resolves (now, whatever it
-/// resolved to when the policy loaded) only to phoenix fails with [`ReachesApi`].
-#[derive(Debug)]
-struct ApiAvoidingResolver(Arc<Containment>);
-
-/// An `http` action would reach phoenix's own API.
-#[derive(Debug, thiserror::Error)]
-#[error("`{0}` resolves only to phoenix's own API")]
-struct ReachesApi(String);
-
-impl reqwest::dns::Resolve for ApiAvoidingResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let containment = Arc::clone(&self.0);
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let port = containment.listener_port();
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-                .await?
-                .collect();
-            let allowed: Vec<SocketAddr> = all
-                .iter()
-                .copied()
-                .filter(|addr| !containment.reaches_api(*addr))
-                .collect();
-            if allowed.is_empty() && !all.is_empty() {
-                return Err(Box::new(ReachesApi(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// Whether `error` (or what caused it) is [`ReachesApi`].
-fn reached_api(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error.is::<ReachesApi>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}
-
 /// Facts about the fault passed to commands as environment variables (never as argv, which the
 /// policy fixes).
 #[derive(Debug, Clone)]
@@ -186,9 +109,6 @@ pub struct Effects {
     supervisor: Supervisor,
     containment: Arc<Containment>,
 }
-
-/// New files get this mode; replaced files keep theirs.
-const NEW_FILE_MODE: u32 = 0o644;
 
 impl Effects {
     /// `work_dir` is where commands run (the config file's folder); `containment` is what no
@@ -230,26 +150,6 @@ impl Effects {
         })
     }
 
-    /// The client for an `http` action to `url`, or why it may not be sent: its address is
-    /// phoenix's own API. (A host name is checked as it resolves, by the client's resolver.)
-    fn http_client_for(&self, url: &str) -> Result<&reqwest::Client, EffectError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| EffectError::NotAllowed(format!("URL `{url}`: {e}")))?;
-        let port = parsed.port_or_known_default().unwrap_or(0);
-        let host = parsed.host_str().unwrap_or_default();
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = literal.parse::<std::net::IpAddr>()
-            && self.containment.reaches_api(SocketAddr::new(ip, port))
-        {
-            return Err(api_refused(url));
-        }
-        Ok(if port == self.containment.listener_port() {
-            &self.http_to_api_port
-        } else {
-            &self.http
-        })
-    }
-
     /// Applies one action, given the undo [`Effects::prepare_undo`] recorded for it (a write
     /// uses the temporary name recorded there); returns a one-line summary of what happened.
     pub async fn apply(
@@ -272,28 +172,7 @@ impl Effects {
                     output.map(|o| format!("; stdout: {o}")).unwrap_or_default()
                 ))
             }
-            Action::WriteFile { path, content } => {
-                let entry = self.checked_target(path, caps)?;
-                let shown = entry.path().display().to_string();
-                let bytes = content.clone().into_bytes();
-                let written = bytes.len();
-                let temp = undo.and_then(Undo::temp).map(str::to_owned);
-                off_the_runtime(move || {
-                    // New content keeps the file's owner and mode, but never its setuid or
-                    // setgid bit, as when the kernel lets someone else write a file.
-                    let (mode, owner) = match entry.find()? {
-                        Found::File { mode, owner } => (mode & !0o6000, Some(owner)),
-                        _ => (NEW_FILE_MODE, None),
-                    };
-                    let temp = TempName::from_record(temp.as_deref());
-                    entry.replace(temp, mode, owner, |file| {
-                        std::io::Write::write_all(file, &bytes)
-                    })
-                })
-                .await
-                .map_err(|e| EffectError::File(format!("{shown}: {e}")))?;
-                Ok(format!("wrote {written} bytes to {shown}"))
-            }
+            Action::WriteFile { path, content } => self.write_file(path, content, caps, undo).await,
             Action::Restart { program } => {
                 if !caps.covers_program(program) {
                     return Err(EffectError::NotAllowed(format!("program `{program}`")));
@@ -328,365 +207,8 @@ impl Effects {
                 body,
                 headers,
             } => {
-                let method = reqwest::Method::from_bytes(method.as_bytes())
-                    .map_err(|e| EffectError::NotAllowed(format!("method {method}: {e}")))?;
-                let client = self.http_client_for(url)?;
-                let mut request = client.request(method, url).timeout(caps.http_timeout);
-                for (name, value) in headers {
-                    request = request.header(name, value);
-                }
-                if let Some(body) = body {
-                    request = request.body(body.clone());
-                }
-                let response = request.send().await.map_err(|e| {
-                    if reached_api(&e) {
-                        return api_refused(url);
-                    }
-                    EffectError::Http(if e.is_timeout() {
-                        format!("{url}: timed out after {:?}", caps.http_timeout)
-                    } else {
-                        format!("{url}: {e}")
-                    })
-                })?;
-                let status = response.status();
-                if status.is_success() {
-                    Ok(format!("HTTP {}", status.as_u16()))
-                } else if status.is_redirection() {
-                    let location = response
-                        .headers()
-                        .get(reqwest::header::LOCATION)
-                        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
-                        .unwrap_or_default();
-                    Err(EffectError::Http(format!(
-                        "{url} answered {status} to `{location}`: redirects are not followed (only the URL the policy allows is called)"
-                    )))
-                } else {
-                    Err(EffectError::Http(format!("{url} answered {status}")))
-                }
-            }
-        }
-    }
-}
-
-impl Effects {
-    /// The file a `write_file` action may replace: allowed by the policy (lexically), its
-    /// directory really inside an allowed directory once symlinks are resolved (then opened
-    /// without following any, see [`crate::fs`]), and not itself a symlink or anything but a
-    /// regular file.
-    fn checked_target(&self, path: &str, caps: &Capabilities) -> Result<DirEntry, EffectError> {
-        let denied = |why: &str| EffectError::NotAllowed(format!("write to `{path}`: {why}"));
-        self.refuse_own_ground(path)?;
-        let target = writable_target(path, caps, &self.work_dir)
-            .ok_or_else(|| denied("not under a writable directory"))?;
-        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-            return Err(denied("no parent directory"));
-        };
-        let real_parent = parent
-            .canonicalize()
-            .map_err(|e| denied(&format!("its directory: {e}")))?;
-        let inside = caps
-            .writable_dirs
-            .iter()
-            .filter_map(|dir| self.work_dir.join(dir).canonicalize().ok())
-            .any(|dir| real_parent.starts_with(dir));
-        if !inside {
-            return Err(denied(
-                "its directory resolves outside the writable directories",
-            ));
-        }
-        let entry = DirEntry::open(&real_parent.join(name))
-            .map_err(|e| denied(&format!("its directory: {e}")))?;
-        self.containment
-            .check_write(&entry)
-            .map_err(EffectError::ReachesPhoenix)?;
-        match entry.find() {
-            Ok(Found::Symlink) => Err(denied("it is a symlink")),
-            Ok(Found::Other) => Err(denied("it is not a regular file")),
-            Ok(Found::Nothing | Found::File { .. }) => Ok(entry),
-            Err(e) => Err(EffectError::File(format!(
-                "{}: {e}",
-                entry.path().display()
-            ))),
-        }
-    }
-
-    /// Refuses a write whose path, wherever its links and `..` lead, is one of phoenix's own
-    /// files or lies inside one of its folders (by path, and by the identity of every folder
-    /// along it): whatever the policy allows, and before what it allows is looked at, so such a
-    /// plan always ends `capability_denied`. (The write's own open is checked again.)
-    fn refuse_own_ground(&self, path: &str) -> Result<(), EffectError> {
-        let joined = self.work_dir.join(path);
-        let (Some(parent), Some(name)) = (joined.parent(), joined.file_name()) else {
-            return Ok(());
-        };
-        // A folder that does not exist holds nothing to write into (the write fails later).
-        let Ok(real_parent) = parent.canonicalize() else {
-            return Ok(());
-        };
-        match DirEntry::open(&real_parent.join(name)) {
-            Ok(entry) => self
-                .containment
-                .check_write(&entry)
-                .map_err(EffectError::ReachesPhoenix),
-            Err(_) => Ok(()),
-        }
-    }
-
-    /// Before an action runs: how to undo it, saving what the undo needs (a file's previous
-    /// bytes go to `backup`, flushed to disk). `None` for actions that cannot be undone.
-    pub async fn prepare_undo(
-        &self,
-        action: &Action,
-        caps: &Capabilities,
-        backup: &std::path::Path,
-    ) -> Result<Option<Undo>, EffectError> {
-        let Action::WriteFile { path, .. } = action else {
-            return Ok(None);
-        };
-        let entry = self.checked_target(path, caps)?;
-        let target = entry.path();
-        // One name per recorded write (its backup path is unique to it).
-        let temp = Some(fs::recorded_temp_name(
-            backup.as_os_str().as_encoded_bytes(),
-        ));
-        let backup = backup.to_owned();
-        let shown = target.display().to_string();
-        off_the_runtime(move || {
-            let Found::File { mode, owner } = entry.find()? else {
-                // Not there: undone by removing what the action creates. (A symlink or other
-                // kind appearing since the check is refused when the action writes.)
-                return Ok(Undo::RestoreFile {
-                    path: target,
-                    backup: None,
-                    mode: None,
-                    owner: None,
-                    temp,
-                });
-            };
-            // Copied by the kernel, not read into memory: the file may be a large log a patch
-            // empties.
-            let mut source = entry.open_regular()?;
-            fs::replace_own_file(&backup, 0o600, |file| {
-                std::io::copy(&mut source, file).map(|_| ())
-            })?;
-            Ok(Undo::RestoreFile {
-                path: target,
-                backup: Some(backup),
-                mode: Some(mode),
-                owner: Some(owner),
-                temp,
-            })
-        })
-        .await
-        .map(Some)
-        .map_err(|e| EffectError::File(format!("backing up {shown}: {e}")))
-    }
-
-    /// Removes what an action interrupted by a crash may have left behind (a write's temporary
-    /// file), when it is not to be undone; what was removed, if anything. The undo does this too.
-    pub async fn clear_leftover(&self, undo: &Undo) -> Result<Option<String>, EffectError> {
-        let Undo::RestoreFile {
-            path,
-            temp: Some(temp),
-            ..
-        } = undo.clone()
-        else {
-            return Ok(None);
-        };
-        let shown = path.display().to_string();
-        off_the_runtime(move || DirEntry::open(&path)?.remove_leftover(&temp))
-            .await
-            .map(|removed| removed.then(|| format!("removed the temporary file of {shown}")))
-            .map_err(|e| EffectError::File(format!("removing the temporary file of {shown}: {e}")))
-    }
-
-    /// Undoes one action; idempotent, so a rollback interrupted by a crash can run again. The
-    /// recorded path has no symlinks along it; one put there since is refused, not followed.
-    /// What the write left at its temporary name, if a crash stopped it there, goes too.
-    pub async fn undo(&self, undo: &Undo) -> Result<String, EffectError> {
-        let Undo::RestoreFile {
-            path,
-            backup,
-            mode,
-            owner,
-            temp,
-        } = undo.clone();
-        let shown = path.display().to_string();
-        let containment = Arc::clone(&self.containment);
-        // The recorded path is checked like a write's: an undo never writes phoenix's own files.
-        let open = move |path: &std::path::Path| {
-            let entry = DirEntry::open(path)?;
-            containment
-                .check_write(&entry)
-                .map_err(std::io::Error::other)?;
-            Ok::<_, std::io::Error>(entry)
-        };
-        match backup {
-            Some(backup) => off_the_runtime(move || {
-                let mut source = std::fs::File::open(&backup).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("reading backup {}: {e}", backup.display()),
-                    )
-                })?;
-                let mode = mode.unwrap_or(NEW_FILE_MODE);
-                let temp = TempName::from_record(temp.as_deref());
-                open(&path)?.replace(temp, mode, owner, |file| {
-                    std::io::copy(&mut source, file).map(|_| ())
-                })
-            })
-            .await
-            .map(|()| format!("restored {shown}"))
-            .map_err(|e| EffectError::File(format!("restoring {shown}: {e}"))),
-            None => off_the_runtime(move || {
-                let entry = open(&path)?;
-                if let Some(temp) = &temp {
-                    entry.remove_leftover(temp)?;
-                }
-                entry.remove()
-            })
-            .await
-            .map(|removed| {
-                if removed {
-                    format!("removed {shown} (it did not exist before)")
-                } else {
-                    format!("{shown} already absent")
-                }
-            })
-            .map_err(|e| EffectError::File(format!("removing {shown}: {e}"))),
-        }
-    }
-}
-
-/// Runs blocking file work (a copy may be large) on tokio's blocking pool, not on a worker
-/// thread that serves the API.
-async fn off_the_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("file task: {e}"))))
-}
-
-/// The variables of phoenix's environment that commands inherit; everything else is dropped.
-const COMMAND_ENV: [&str; 8] = [
-    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR",
-];
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Runs `argv` in `work_dir` with stdin closed, killing it (its whole process group) after
-/// `timeout`. It is done when it exits, even if something it started in the background still
-/// holds its output (that keeps running; what it writes later is read and dropped). Returns its
-/// trimmed, truncated stdout (None when empty) on exit status 0.
-pub async fn run_command(
-    argv: &[String],
-    timeout: Duration,
-    work_dir: &std::path::Path,
-    fault: Option<&FaultEnv>,
-) -> Result<Option<String>, EffectError> {
-    let program = argv.first().cloned().unwrap_or_default();
-    let mut command = tokio::process::Command::new(&program);
-    command
-        .args(&argv[1..])
-        .current_dir(work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so that a timeout stops everything it started.
-        .process_group(0)
-        .kill_on_drop(true)
-        // Not phoenix's environment (tokens, NOTIFY_SOCKET…): only the basics a command needs.
-        .env_clear()
-        .envs(
-            COMMAND_ENV
-                .iter()
-                .filter_map(|name| Some((*name, std::env::var_os(name)?))),
-        );
-    if std::env::var_os("PATH").is_none() {
-        command.env("PATH", DEFAULT_PATH);
-    }
-    if let Some(fault) = fault {
-        command
-            .env("PHOENIX_FAULT_ID", &fault.id)
-            .env("PHOENIX_APP", &fault.app)
-            .env("PHOENIX_KIND", &fault.kind)
-            .env("PHOENIX_ATTEMPT", fault.attempt.to_string());
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|source| EffectError::Spawn { program, source })?;
-    let group = child
-        .id()
-        .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
-    // Read by tasks of their own: what the command leaves running in the background (a server
-    // a start script launched) may hold its output open and write to it long after; it is read
-    // and dropped until it closes, so those writes never fail with SIGPIPE.
-    let (out, err) = (Captured::default(), Captured::default());
-    let mut readers = (
-        tokio::spawn(read_limited(child.stdout.take(), out.clone())),
-        tokio::spawn(read_limited(child.stderr.take(), err.clone())),
-    );
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            // The whole group: a shell's children would otherwise live on. (Dropping the child
-            // handle also kills and reaps the direct child.)
-            if let Some(group) = group {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-            }
-            return Err(EffectError::Timeout(timeout));
-        }
-    };
-    // The command is done when it exits; what it wrote just before is read in a moment.
-    let _ = tokio::time::timeout(OUTPUT_AFTER_EXIT, async {
-        let _ = (&mut readers.0).await;
-        let _ = (&mut readers.1).await;
-    })
-    .await;
-    let status = status.map_err(|e| EffectError::Failed {
-        status: "unknown".into(),
-        stderr: e.to_string(),
-    })?;
-    if status.success() {
-        Ok(Some(out.shown()).filter(|o| !o.is_empty()))
-    } else {
-        Err(EffectError::Failed {
-            status: status.to_string(),
-            stderr: err.shown(),
-        })
-    }
-}
-
-/// The first [`OUTPUT_LIMIT`] bytes of a command's stream, shared with the task reading it.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Captured {
-    /// As shown in history: trimmed text, `…` when it was cut at [`OUTPUT_LIMIT`].
-    fn shown(&self) -> String {
-        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut text = String::from_utf8_lossy(&kept).trim().to_owned();
-        if kept.len() >= OUTPUT_LIMIT {
-            text.push('…');
-        }
-        text
-    }
-}
-
-/// Reads a whole stream to its end, keeping only its first [`OUTPUT_LIMIT`] bytes in `kept`
-/// (so a chatty command cannot block on a full pipe, nor fill phoenix's memory).
-async fn read_limited<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>, kept: Captured) {
-    let Some(mut stream) = stream else {
-        return;
-    };
-    let mut buffer = [0u8; 4096];
-    loop {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let mut kept = kept.0.lock().unwrap_or_else(|p| p.into_inner());
-                let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..n.min(room)]);
+                self.send_http(method, url, body.as_deref(), headers, caps)
+                    .await
             }
         }
     }
