@@ -5,9 +5,18 @@
 //! bad config, policy or patch manifest exits with [`EXIT_USAGE`] and changes nothing.
 
 pub mod config;
+mod inputs;
 pub mod logging;
 pub mod notify;
+mod signals;
+mod tasks;
 pub mod watch;
+
+pub use inputs::{SharedPolicies, load_inputs, load_policies};
+
+use inputs::*;
+use signals::*;
+use tasks::*;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -92,151 +101,6 @@ impl DaemonError {
             }
             DaemonError::RestartNeeded(_) => EXIT_RESTART,
             _ => 1,
-        }
-    }
-}
-
-/// Loads policies and patch sources: the part of start-up (and of every reload) that only reads
-/// input files. A policy that reaches phoenix's own files or API (`containment`) is invalid.
-pub fn load_inputs(
-    config: &Config,
-    containment: &Containment,
-) -> Result<(PolicySet, Vec<PatchSource>), DaemonError> {
-    let policies = load_policies(&config.policies_dir, |policy| {
-        containment.check_policy(policy, &config.base_dir)
-    })
-    .map_err(DaemonError::Policies)?;
-    let patches = PatchSource::load_all(&config.patches_dir).map_err(DaemonError::Patches)?;
-    Ok((policies, patches))
-}
-
-/// Reads every `*.toml` file of `dir` (in name order) into a policy set, each checked by
-/// `check` (see [`PolicySet::from_files`]).
-pub fn load_policies(
-    dir: &Path,
-    check: impl Fn(&crate::core::policy::Policy) -> Result<(), String>,
-) -> Result<PolicySet, Vec<PolicyError>> {
-    let entries = std::fs::read_dir(dir).map_err(|source| {
-        vec![PolicyError::Io {
-            path: dir.to_owned(),
-            source,
-        }]
-    })?;
-    let mut paths: Vec<std::path::PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
-        .collect();
-    paths.sort();
-    let files = paths
-        .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path);
-            (path, text)
-        })
-        .collect();
-    PolicySet::from_files(files, check)
-}
-
-/// The policy set the engine reads; reload swaps the inner `Arc` in one step.
-pub type SharedPolicies = Arc<RwLock<Arc<PolicySet>>>;
-
-/// Everything start-up and reload need to (re)load policies and patches. One code path serves
-/// both: start-up treats an input error as fatal, reload reports it and keeps the last good set.
-struct Inputs {
-    config: Config,
-    containment: Arc<Containment>,
-    store: Arc<Store>,
-    sandbox: Arc<Sandbox>,
-    policies: SharedPolicies,
-    readiness: Arc<RwLock<Readiness>>,
-}
-
-impl Inputs {
-    /// Loads policies and patches, registers patches, then swaps the policy set and updates
-    /// readiness. Input errors change nothing and are returned.
-    async fn load(&self) -> Result<(), DaemonError> {
-        let (policies, patches) = load_inputs(&self.config, &self.containment)?;
-        let store_error = |source| DaemonError::Store {
-            path: "store".into(),
-            source,
-        };
-        let mut problems = Vec::new();
-        let patch_count = patches.len();
-        for patch in patches {
-            let manifest = patch.dir.join("patch.toml");
-            let registered = registry::register_dir_patch(&self.store, &self.sandbox, patch)
-                .await
-                .map_err(store_error)?;
-            let record = &registered.record;
-            if record.usable() {
-                tracing::info!(message = "Patch registered.", patch = %record.name, version = %record.version, hash = %record.hash, active = registered.active);
-            } else {
-                let kept = if registered.active {
-                    "it is the only version"
-                } else {
-                    "the previous version stays active"
-                };
-                let problem = format!(
-                    "{}: patch {}@{} will not be used ({kept}): {}",
-                    manifest.display(),
-                    record.name,
-                    record.version,
-                    record.problems()
-                );
-                tracing::warn!(message = "Patch rejected.", problem = %problem);
-                problems.push(problem);
-            }
-        }
-        for policy in policies.iter() {
-            tracing::info!(message = "Policy loaded.", policy = %policy.name, patch = %policy.patch.name);
-        }
-        let policy_count = policies.len();
-        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
-        let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
-        readiness.policies = policy_count;
-        readiness.patches = patch_count;
-        readiness.problems = problems;
-        Ok(())
-    }
-
-    /// Reload: like start-up, but a bad input is reported (log and `/readyz`) and the last good
-    /// set stays in force.
-    async fn reload(&self) {
-        match self.load().await {
-            Ok(()) => {
-                let (policies, patches) = {
-                    let readiness = self.readiness.read().unwrap_or_else(|p| p.into_inner());
-                    (readiness.policies, readiness.patches)
-                };
-                let detail = format!("{policies} policies, {patches} patches");
-                if let Err(error) = self
-                    .store
-                    .audit("phoenix", "reload", "inputs", detail)
-                    .await
-                {
-                    tracing::error!(message = "Cannot write the audit log.", %error);
-                }
-                let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
-                readiness.reloads += 1;
-                tracing::info!(
-                    message = "Reloaded policies and patches.",
-                    policies = readiness.policies,
-                    patches = readiness.patches
-                );
-            }
-            Err(error) => {
-                let lines: Vec<String> = error
-                    .to_string()
-                    .lines()
-                    .map(|l| l.trim().to_owned())
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                for line in &lines {
-                    tracing::warn!(message = "Reload rejected; the last good policies and patches stay in force.", problem = %line);
-                }
-                let mut readiness = self.readiness.write().unwrap_or_else(|p| p.into_inner());
-                readiness.problems = vec![error.to_string()];
-            }
         }
     }
 }
@@ -444,171 +308,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-/// While the data dir is full, phoenix serves reads and refuses writes (507). Once it has room
-/// again the store must be reopened, which sled allows only in a new process: ask for a
-/// restart (see [`Store::recovered_from_full_disk`]).
-fn spawn_full_disk_watch(store: Arc<Store>, restart: tokio::sync::oneshot::Sender<String>) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(500));
-        loop {
-            ticker.tick().await;
-            if store.recovered_from_full_disk() {
-                let _ = restart.send(
-                    "the data dir has room again after it ran full; the store is reopened at the next start".into(),
-                );
-                return;
-            }
-        }
-    });
-}
-
 /// Why an HTTP client could not be built (its TLS set-up failed).
 fn http_client_error(error: reqwest::Error) -> DaemonError {
     DaemonError::Io {
         what: "HTTP client".into(),
         source: std::io::Error::other(error),
-    }
-}
-
-/// Starts the detection sources of the config (probes, log watches).
-fn start_sources(config: &Config, intake: &Intake) -> Result<(), DaemonError> {
-    let http = crate::effects::http_client().map_err(http_client_error)?;
-    for probe in &config.probes {
-        tracing::info!(message = "Probe started.", probe = %probe.name, interval = ?probe.interval);
-        probe::spawn(
-            probe.clone(),
-            intake.clone(),
-            http.clone(),
-            config.base_dir.clone(),
-        );
-    }
-    for log in &config.logs {
-        // Validated when the config was parsed; compile again for this thread.
-        let regex = log.validate().map_err(|message| {
-            DaemonError::Config(ConfigError::Invalid {
-                path: "<config>".into(),
-                message,
-            })
-        })?;
-        logwatch::spawn(log.clone(), regex, intake.clone()).map_err(|e| DaemonError::Io {
-            what: e.to_string(),
-            source: std::io::Error::other("log watch"),
-        })?;
-        tracing::info!(message = "Log watch started.", log = %log.name, path = %log.path.display());
-    }
-    Ok(())
-}
-
-/// Sends `WATCHDOG=1` every `interval`, but only while the engine's dispatcher answers and the
-/// store can be read: a stuck phoenix stops petting the watchdog and systemd restarts it.
-fn spawn_watchdog(
-    interval: std::time::Duration,
-    engine: crate::engine::EngineHandle,
-    store: Arc<Store>,
-) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        loop {
-            ticker.tick().await;
-            if engine.alive(interval).await && store.is_readable() {
-                crate::daemon::notify::notify("WATCHDOG=1");
-            } else {
-                tracing::error!(
-                    message = "Engine or store not responding; withholding the systemd watchdog."
-                );
-            }
-        }
-    });
-}
-
-/// Where the engine keeps the bytes a `write_file` replaced, one folder per fault.
-fn backup_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
-    data_dir.join("backups")
-}
-
-/// Deletes faults that ended more than `retention` ago, now and then (a tenth of the retention,
-/// at most hourly), so the store does not grow without bound; then the file backups of faults
-/// no longer stored.
-fn spawn_retention(store: Arc<Store>, retention: std::time::Duration, backups: std::path::PathBuf) {
-    let every = (retention / 10).clamp(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(3600),
-    );
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every);
-        loop {
-            ticker.tick().await;
-            let before = crate::core::fault::Timestamp::now()
-                .0
-                .saturating_sub(retention.as_millis() as u64);
-            match store.compact(crate::core::fault::Timestamp(before)).await {
-                Ok(0) => {}
-                Ok(removed) => {
-                    for _ in 0..removed {
-                        crate::core::metrics::metrics().inc("phoenix_faults_compacted_total", &[]);
-                    }
-                    tracing::info!(message = "Old faults compacted.", removed);
-                }
-                Err(error) => tracing::error!(message = "Compaction failed.", %error),
-            }
-            let (store, backups) = (Arc::clone(&store), backups.clone());
-            let swept =
-                tokio::task::spawn_blocking(move || remove_orphaned_backups(&store, &backups))
-                    .await
-                    .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked)));
-            match swept {
-                Ok(0) => {}
-                Ok(removed) => {
-                    tracing::info!(message = "Backups of deleted faults removed.", removed)
-                }
-                Err(error) => tracing::error!(message = "Removing old backups failed.", %error),
-            }
-        }
-    });
-}
-
-/// Removes the backup folder of every fault the store no longer has (compacted, also by an
-/// earlier run that stopped before removing its folders). A fault's folder is made only after
-/// the fault is stored, and open faults are never compacted, so a folder still needed for an
-/// undo is never removed. Returns how many folders went.
-fn remove_orphaned_backups(store: &Store, backups: &std::path::Path) -> std::io::Result<usize> {
-    let entries = match std::fs::read_dir(backups) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(error) => return Err(error),
-    };
-    let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let stored = store
-            .has_fault(&id)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        if !stored && entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(entry.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// SIGHUP asks for a reload, as with most daemons.
-fn spawn_sighup(control: mpsc::Sender<Control>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hangups) => {
-            tokio::spawn(async move {
-                while hangups.recv().await.is_some() {
-                    tracing::info!(message = "SIGHUP: reloading policies and patches.");
-                    if control.send(Control::Reload).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Err(error) => tracing::warn!(message = "Cannot listen for SIGHUP.", %error),
     }
 }
 
@@ -635,46 +339,4 @@ fn write_addr_file(path: &Path, addr: &str) -> Result<(), DaemonError> {
             what: format!("cannot write {}", path.display()),
             source,
         })
-}
-
-/// SIGTERM and SIGINT, listened for from creation on. Until a listener exists a signal's
-/// default action kills the process, so they are made before phoenix says it is ready (a
-/// SIGTERM right after that must still shut down cleanly).
-struct ShutdownSignals {
-    terminate: Option<tokio::signal::unix::Signal>,
-    interrupt: Option<tokio::signal::unix::Signal>,
-}
-
-impl ShutdownSignals {
-    fn listen() -> ShutdownSignals {
-        use tokio::signal::unix::{SignalKind, signal};
-        let listen = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(message = "Cannot listen for a shutdown signal.", signal = name, %error);
-                None
-            }
-        };
-        ShutdownSignals {
-            terminate: listen(SignalKind::terminate(), "SIGTERM"),
-            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
-        }
-    }
-
-    /// Waits for either signal.
-    async fn received(self) {
-        async fn one(signal: Option<tokio::signal::unix::Signal>) {
-            match signal {
-                Some(mut signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            () = one(self.terminate) => {}
-            () = one(self.interrupt) => {}
-        }
-        tracing::info!(message = "Shutdown requested; draining requests.");
-    }
 }
