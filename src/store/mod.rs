@@ -364,6 +364,85 @@ impl Store {
     }
 }
 
+/// Reads of faults: straight from sled, never through the committer.
+impl Store {
+    pub fn fault(&self, id: &str) -> Result<Option<Fault>, StoreError> {
+        get(&self.db, &fault_key(id))
+    }
+
+    /// Whether fault `id` is stored, without decoding it.
+    pub fn has_fault(&self, id: &str) -> Result<bool, StoreError> {
+        self.db.contains_key(fault_key(id)).map_err(io)
+    }
+
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for item in self.db.scan_prefix(history_prefix(id)) {
+            let (key, value) = item.map_err(io)?;
+            // One entry, or the several steps of one write (a JSON array).
+            if value.first() == Some(&b'[') {
+                entries.extend(decode::<Vec<HistoryEntry>>(&key, &value)?);
+            } else {
+                entries.push(decode(&key, &value)?);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Faults in id (= creation) order, filtered, one page at a time.
+    pub fn list_faults(&self, filter: &FaultFilter) -> Result<Vec<Fault>, StoreError> {
+        let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            match (&filter.after, filter.newest_first) {
+                // The first key after `f/{after}`: append a zero byte.
+                (Some(after), false) => {
+                    let mut start = fault_key(after);
+                    start.push(0);
+                    Box::new(self.db.range(start..b"f0".to_vec()))
+                }
+                (None, false) => Box::new(self.db.range(b"f/".to_vec()..b"f0".to_vec())),
+                (Some(after), true) => {
+                    Box::new(self.db.range(b"f/".to_vec()..fault_key(after)).rev())
+                }
+                (None, true) => Box::new(self.db.range(b"f/".to_vec()..b"f0".to_vec()).rev()),
+            };
+        let mut faults = Vec::new();
+        for item in items {
+            let (key, value) = item.map_err(io)?;
+            let fault: Fault = decode(&key, &value)?;
+            if filter
+                .state
+                .as_ref()
+                .is_some_and(|s| s != fault.state.name())
+                || filter.app.as_ref().is_some_and(|a| *a != fault.app)
+                || filter
+                    .apps
+                    .as_ref()
+                    .is_some_and(|apps| !apps.contains(&fault.app))
+            {
+                continue;
+            }
+            faults.push(fault);
+            if faults.len() >= filter.limit {
+                break;
+            }
+        }
+        Ok(faults)
+    }
+
+    /// Ids of every fault that has not reached a terminal state (read from the fingerprint
+    /// index, which holds exactly those).
+    pub fn open_fault_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = scan(&self.db, b"fp/")?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Open faults of `app`.
+    pub fn open_faults_of(&self, app: &str) -> Result<u64, StoreError> {
+        Ok(get::<u64>(&self.db, &open_count_key(app))?.unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
