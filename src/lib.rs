@@ -14,10 +14,10 @@ pub mod store;
 
 pub mod patch;
 
-pub mod engine;
+pub(crate) mod engine;
 
 pub mod sources;
 
-pub mod http;
+pub(crate) mod http;
 
 pub mod daemon;

@@ -255,6 +255,7 @@ fn client_key(client: IpAddr) -> IpAddr {
 
 impl Tokens {
     /// The tokens with the default request budget.
+    #[cfg(test)]
     pub fn new(configs: &[TokenConfig]) -> Result<Tokens, String> {
         Tokens::with_limits(configs, RequestLimits::default())
     }

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use ops::{OPENAPI, Readiness};
+pub use ops::Readiness;
 
 use crate::engine::operations::Operations;
 use crate::sources::alertmanager::AlertmanagerConfig;
@@ -219,7 +219,7 @@ mod tests {
     }
 
     fn documented_routes() -> Vec<(String, String, serde_json::Value)> {
-        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(super::ops::OPENAPI).unwrap();
         let mut routes = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {

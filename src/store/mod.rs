@@ -8,7 +8,7 @@
 //! fault's sequence number and the fingerprint dedup stay correct). The committer then runs the
 //! other writes that queued up meanwhile, each seeing the ones before it, and hands the group's
 //! writes to the journal thread, which appends them to the write-ahead journal as one record
-//! (see [`crate::store::journal`]) and syncs it once; only then does it apply them to sled (group
+//! (see `store/journal.rs`) and syncs it once; only then does it apply them to sled (group
 //! commit) and answer every caller, so an acknowledged write is on disk, and N concurrent
 //! writers cost one record and one fsync, not N. A write that fails leaves nothing in its
 //! group. The two stages overlap: while one group is synced and applied, the next runs in the
