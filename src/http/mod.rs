@@ -21,6 +21,8 @@ pub mod guard;
 pub mod listener;
 mod ops;
 mod patches;
+#[cfg(test)]
+mod router_tests;
 pub mod server;
 
 use std::sync::Arc;
