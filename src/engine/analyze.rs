@@ -501,3 +501,226 @@ impl Engine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fault::Timestamp;
+
+    fn proposal(plan: Vec<Action>) -> Proposal {
+        Proposal {
+            attempt: 2,
+            detail: "attempt 2: the plan".into(),
+            request: ApprovalRequest {
+                reason: String::new(),
+                requested_at: Timestamp(0),
+                expires_at: Timestamp(1),
+                quorum: 1,
+                patch_author: "ops".into(),
+                author_may_approve: true,
+                patch_confidence: 0.9,
+                decisions: Vec::new(),
+            },
+            run: Run {
+                attempt: 2,
+                policy: "p".into(),
+                patch_name: "x".into(),
+                patch_version: "1".into(),
+                patch_hash: "h".into(),
+                plan,
+                policy_hash: String::new(),
+                policy_snapshot: None,
+                actions_started: 0,
+                actions_done: 0,
+                approval: None,
+                undo: Vec::new(),
+            },
+        }
+    }
+
+    fn exec() -> Action {
+        Action::Exec {
+            command: "c".into(),
+        }
+    }
+
+    /// The states a fault in `from` reaches by `events`, as the engine writes them.
+    fn states(from: FaultState, events: Vec<(Event, String)>) -> Vec<FaultState> {
+        steps(from, events)
+            .unwrap()
+            .into_iter()
+            .map(|(state, _)| state)
+            .collect()
+    }
+
+    #[test]
+    fn a_fault_still_detected_is_picked_up_in_the_write_of_its_analysis() {
+        let ready = || {
+            vec![(
+                Event::PlanReady {
+                    needs_approval: false,
+                },
+                "plan".to_string(),
+            )]
+        };
+        assert_eq!(
+            states(FaultState::Detected, ready()),
+            [FaultState::Analyzing, FaultState::Patching]
+        );
+        assert_eq!(
+            states(FaultState::Analyzing, ready()),
+            [FaultState::Patching]
+        );
+        // A source calling the fault off: no analysis is recorded for it.
+        let resolved = vec![(Event::ResolvedExternally, "resolved".to_string())];
+        assert_eq!(
+            states(FaultState::Detected, resolved),
+            [FaultState::Resolved]
+        );
+        // What the table forbids is an error, never a write.
+        assert!(steps(FaultState::Healed, vec![(Event::Applied, String::new())]).is_err());
+    }
+
+    #[test]
+    fn a_proposal_goes_ahead_waits_for_a_person_or_skips_an_empty_plan() {
+        let (events, record) = proposal(vec![exec()]).outcome(None);
+        assert_eq!(
+            events.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+            [Event::PlanReady {
+                needs_approval: false
+            }]
+        );
+        let mut fault = Fault::new(
+            "F".into(),
+            crate::core::fault::Report::sample("web", "k", &[]),
+            crate::core::fault::Source::Api,
+            Timestamp(0),
+        );
+        record(&mut fault);
+        assert_eq!(fault.attempts, 2);
+        assert!(fault.run.as_ref().is_some_and(|r| r.approval.is_none()));
+
+        let (events, record) = proposal(vec![exec()]).outcome(Some("production".into()));
+        assert_eq!(
+            events[0],
+            (
+                Event::PlanReady {
+                    needs_approval: true
+                },
+                "attempt 2: the plan; awaiting approval: production".to_string()
+            )
+        );
+        record(&mut fault);
+        let request = fault.run.unwrap().approval.unwrap();
+        assert_eq!(request.reason, "production");
+
+        let (events, _) = proposal(Vec::new()).outcome(None);
+        assert_eq!(
+            events,
+            [
+                (
+                    Event::PlanReady {
+                        needs_approval: false
+                    },
+                    "attempt 2: the plan".to_string()
+                ),
+                (Event::Applied, plan_applied(0)),
+            ],
+            "an empty plan goes straight to testing"
+        );
+    }
+
+    #[test]
+    fn a_report_no_policy_matches_fails_naming_what_it_was() {
+        let (event, detail) = no_policy("web", "oom");
+        assert_eq!(event, Event::Fail(FailReason::NoPolicy));
+        assert_eq!(detail, "no policy matches app `web` kind `oom`");
+    }
+
+    /// How analysis ends for a patch run's `outcome` under a policy allowing only command `ok`,
+    /// in a work dir whose `policies/` is phoenix's own: the failure's reason and detail, or
+    /// the plan.
+    fn checked(outcome: PlanOutcome) -> Result<Vec<Action>, (FailReason, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(base.join("policies")).unwrap();
+        let (policies, patches, data) = (
+            base.join("policies"),
+            base.join("patches"),
+            base.join("data"),
+        );
+        let containment = Arc::new(crate::effects::containment::Containment::new(
+            &crate::effects::containment::OwnGround {
+                config_file: None,
+                policies_dir: &policies,
+                patches_dir: &patches,
+                data_dir: &data,
+                listen: "127.0.0.1:7070".parse().unwrap(),
+            },
+        ));
+        let effects = Effects::new(
+            base.clone(),
+            crate::effects::supervisor::Supervisor::default(),
+            containment,
+        )
+        .unwrap();
+        let policy: Policy = toml::from_str(
+            "name = \"p\"\n[match]\napp = \"web\"\n[patch]\nname = \"x\"\n[capabilities]\nwritable_dirs = [\"policies\"]\n[capabilities.commands.ok]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n",
+        )
+        .unwrap();
+        let prepared = Prepared {
+            policy: Arc::new(policy),
+            policy_hash: "ph".into(),
+            record: crate::core::record::PatchRecord {
+                schema: 1,
+                name: "x".into(),
+                version: "1".into(),
+                hash: "h".into(),
+                description: String::new(),
+                author: "ops".into(),
+                claimed_author: None,
+                confidence: 0.9,
+                source: crate::core::record::Provenance::Dir,
+                registered_at: Timestamp(0),
+                check_problems: Vec::new(),
+                tests: Vec::new(),
+                first_use_approved: false,
+            },
+        };
+        checked_plan(&prepared, outcome, &effects).map_err(|verdict| match verdict {
+            Verdict::Write(events, _) => match events.into_iter().next() {
+                Some((Event::Fail(reason), detail)) => (reason, detail),
+                other => panic!("not a failure: {other:?}"),
+            },
+            Verdict::GoAhead(_) => panic!("not a failure"),
+        })
+    }
+
+    #[test]
+    fn a_plan_is_used_only_when_the_run_made_one_and_it_stays_within_bounds() {
+        let ok = Action::Exec {
+            command: "ok".into(),
+        };
+        assert_eq!(checked(Ok(Ok(vec![ok.clone()]))), Ok(vec![ok]));
+        let (reason, detail) = checked(Ok(Err(RunError::OutOfFuel))).unwrap_err();
+        assert_eq!(reason, FailReason::SandboxError);
+        assert!(detail.starts_with("patch x@1: out_of_fuel"), "{detail}");
+        let (reason, detail) = checked(Err("panicked".into())).unwrap_err();
+        assert_eq!(reason, FailReason::SandboxError);
+        assert!(detail.contains("sandbox task failed: panicked"), "{detail}");
+        let undeclared = Action::Exec {
+            command: "rm".into(),
+        };
+        let (reason, detail) = checked(Ok(Ok(vec![undeclared]))).unwrap_err();
+        assert_eq!(reason, FailReason::CapabilityDenied);
+        assert!(detail.contains("command `rm` is not declared"), "{detail}");
+        // Allowed by the policy, but phoenix's own: refused before the policy is asked.
+        let own = Action::WriteFile {
+            path: "policies/evil.toml".into(),
+            content: String::new(),
+        };
+        let (reason, detail) = checked(Ok(Ok(vec![own]))).unwrap_err();
+        assert_eq!(reason, FailReason::CapabilityDenied);
+        assert!(detail.contains("reaches phoenix itself"), "{detail}");
+    }
+}
