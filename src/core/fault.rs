@@ -28,6 +28,18 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// The severity's name, as in the API and a patch's view of its fault.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// Where a fault came from. Later detection sources (probes, log watching, supervised programs,
 /// Alertmanager) add their own variants and feed the same intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -709,5 +721,34 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2023-11-14T22:13:20.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn enums_name_themselves_as_their_json_does() {
+        use super::*;
+        for severity in [
+            Severity::Info,
+            Severity::Warning,
+            Severity::Error,
+            Severity::Critical,
+        ] {
+            assert_eq!(serde_json::to_value(severity).unwrap(), severity.as_str());
+        }
+        for source in [
+            Source::Api,
+            Source::Alertmanager,
+            Source::Probe,
+            Source::Log,
+            Source::Supervisor,
+        ] {
+            assert_eq!(serde_json::to_value(source).unwrap(), source.as_str());
+        }
+        for reason in [
+            FailReason::NoPolicy,
+            FailReason::CapabilityDenied,
+            FailReason::Interrupted,
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
     }
 }

@@ -198,6 +198,17 @@ fn fields_of<'de, D: serde::Deserializer<'de>>(
 }
 
 impl Action {
+    /// The action's kind, as in its JSON (`exec`, `write_file`…).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Exec { .. } => "exec",
+            Action::Restart { .. } => "restart",
+            Action::Signal { .. } => "signal",
+            Action::WriteFile { .. } => "write_file",
+            Action::Http { .. } => "http",
+        }
+    }
+
     /// A short human description for history lines and logs.
     pub fn describe(&self) -> String {
         match self {
@@ -694,6 +705,11 @@ mod tests {
     fn an_action_reads_back_whatever_the_order_of_its_fields() {
         for action in one_of_each() {
             let written = serde_json::to_value(&action).unwrap();
+            assert_eq!(
+                written["kind"],
+                action.kind(),
+                "kind() names it as its JSON does"
+            );
             let serde_json::Value::Object(fields) = written else {
                 panic!("not an object")
             };

@@ -99,14 +99,10 @@ impl Engine {
             let applied = (self.parts.effects)
                 .apply(action, caps, &env, undo.as_ref())
                 .await;
-            let kind = serde_json::to_value(action)
-                .ok()
-                .and_then(|v| v["kind"].as_str().map(str::to_owned))
-                .unwrap_or_default();
             let outcome = if applied.is_ok() { "ok" } else { "error" };
             crate::core::metrics::metrics().inc(
                 "phoenix_effects_total",
-                &[("kind", &kind), ("outcome", outcome)],
+                &[("kind", action.kind()), ("outcome", outcome)],
             );
             match applied {
                 Ok(outcome) => {

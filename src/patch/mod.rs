@@ -102,10 +102,7 @@ pub fn fault_view(
     if let Some(message) = message {
         view.insert("message".into(), message.into());
     }
-    let severity = serde_json::to_value(severity)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned));
-    view.insert("severity".into(), severity.unwrap_or_default());
+    view.insert("severity".into(), severity.as_str().into());
     view.insert("occurrences".into(), occurrences.to_string());
     view.insert("fingerprint".into(), fingerprint.into());
     for (key, value) in labels {
