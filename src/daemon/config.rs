@@ -1,5 +1,5 @@
 //! The daemon's configuration file (`phoenix.toml`): parsing, defaults, validation, and path
-//! resolution. Every key is documented in README.md ("Configuration").
+//! resolution. Every key is documented in docs/configuration.md.
 //!
 //! Relative paths resolve against the folder holding the config file, so a config works wherever
 //! the daemon is started from. With no file, [`Config::embedded_default`] uses the current
