@@ -2,7 +2,8 @@
 //! own layer and the ones below it. This reads the source and fails on a `crate::` path that
 //! points up or sideways, on sled or wasmtime outside the one layer that owns each, on I/O or
 //! tokio in the core, on a path into the store's insides from outside it, and on the transition
-//! table outside the engine (which alone decides a fault's state).
+//! table outside the engine (which alone decides a fault's state); and no two modules, in a
+//! layer or across, import each other however far round.
 //!
 //! ```text
 //! 0 core        pure data and rules
@@ -211,6 +212,108 @@ fn every_module_uses_only_its_own_layer_and_the_ones_below() {
         found.is_empty(),
         "layer rules broken:\n{}",
         found.join("\n")
+    );
+}
+
+/// The production code of a file: without its `mod tests`.
+fn production(source: &str) -> &str {
+    source
+        .find("#[cfg(test)]\nmod ")
+        .map_or(source, |at| &source[..at])
+}
+
+/// A module's path (`store::faults`) from its file under `src/`.
+fn module_of(relative: &Path) -> String {
+    let text = relative.with_extension("").display().to_string();
+    text.trim_end_matches("/mod").replace('/', "::")
+}
+
+/// The first cycle among `graph`'s modules, as the path that closes it.
+fn cycle(graph: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    fn visit(
+        module: &str,
+        graph: &std::collections::BTreeMap<String, Vec<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|m| m == module) {
+            let mut found = path[at..].to_vec();
+            found.push(module.to_owned());
+            return Some(found);
+        }
+        if done.contains(module) {
+            return None;
+        }
+        path.push(module.to_owned());
+        for next in graph.get(module).into_iter().flatten() {
+            if let Some(found) = visit(next, graph, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(module.to_owned());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|module| visit(module, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_two_modules_import_each_other_however_far_round() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut sources = std::collections::BTreeMap::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let name = module_of(relative);
+        if name.starts_with("cli") || name == "main" || name == "lib" || name.ends_with("tests") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        sources.insert(name, code(production(&text)));
+    }
+    let modules: Vec<String> = sources.keys().cloned().collect();
+    let mut graph = std::collections::BTreeMap::new();
+    for (module, code) in &sources {
+        let mut uses = std::collections::BTreeSet::new();
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let path: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            // The longest module the path names.
+            let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+            let named = (1..=segments.len())
+                .rev()
+                .map(|n| segments[..n].join("::"))
+                .find(|candidate| modules.contains(candidate));
+            if let Some(named) = named.filter(|named| named != module) {
+                uses.insert(named);
+            }
+        }
+        graph.insert(module.clone(), uses.into_iter().collect::<Vec<_>>());
+    }
+    assert!(graph.len() > 40, "read too few modules: {}", graph.len());
+    if let Some(found) = cycle(&graph) {
+        panic!("modules import each other: {}", found.join(" -> "));
+    }
+    let mut with_cycle = graph.clone();
+    with_cycle
+        .entry("core::window".into())
+        .or_default()
+        .push("core::fault".into());
+    with_cycle
+        .entry("core::fault".into())
+        .or_default()
+        .push("core::window".into());
+    assert!(
+        cycle(&with_cycle).is_some(),
+        "the check finds a cycle it is given"
     );
 }
 

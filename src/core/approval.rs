@@ -131,7 +131,7 @@ mod tests {
             patch_hash: "h".into(),
             plan: vec![],
             policy_hash: String::new(),
-            policy_snapshot: Some(policy),
+            policy_snapshot: Some(serde_json::to_value(policy).unwrap()),
             approval: Some(ApprovalRequest {
                 reason: "production".into(),
                 requested_at: Timestamp(0),

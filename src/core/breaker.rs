@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::fault::Timestamp;
+use crate::core::forms::Timestamp;
 use crate::core::window::WindowCounts;
 
 /// Breaker settings (`[breaker]` in a policy, and in the config for the global one).

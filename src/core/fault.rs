@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::plan::Action;
+
+pub use crate::core::forms::Timestamp;
+pub use crate::core::source::{RESERVED_LABELS, Source};
 
 /// Limits on a report, so that one client cannot make phoenix store unbounded data.
 pub const MAX_NAME_LEN: usize = 128;
@@ -37,62 +39,6 @@ impl Severity {
             Severity::Error => "error",
             Severity::Critical => "critical",
         }
-    }
-}
-
-/// Where a fault came from. Later detection sources (probes, log watching, supervised programs,
-/// Alertmanager) add their own variants and feed the same intake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// `POST /v1/faults`.
-    Api,
-    /// `POST /v1/alertmanager` (a Prometheus Alertmanager webhook).
-    Alertmanager,
-    /// A `[[probe]]` of the config.
-    Probe,
-    /// A `[[log]]` watch of the config.
-    Log,
-    /// A `[[program]]` of the config exited.
-    Supervisor,
-}
-
-/// The labels phoenix's own sources set (a supervised program's exit: `supervisor`,
-/// `exit_code`, `signal`; a probe: `probe`, `target`; a log watch: `log`). A report from outside
-/// (the API, an alert) may not carry them, so that no reporter can pose as one of them: a
-/// forged "exit" of a healthy program would have it restarted.
-pub const RESERVED_LABELS: [&str; 6] = [
-    "supervisor",
-    "exit_code",
-    "signal",
-    "probe",
-    "target",
-    "log",
-];
-
-impl Source {
-    /// The source's name, as in the API and in a policy's `match.source`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Api => "api",
-            Source::Alertmanager => "alertmanager",
-            Source::Probe => "probe",
-            Source::Log => "log",
-            Source::Supervisor => "supervisor",
-        }
-    }
-
-    /// A source phoenix runs itself: the only ones whose reports may carry
-    /// [`RESERVED_LABELS`].
-    pub fn is_phoenixs_own(self) -> bool {
-        matches!(self, Source::Probe | Source::Log | Source::Supervisor)
-    }
-
-    /// Its reports may carry `reopen_within`: a supervised program that crashes again soon after
-    /// its restart healed it reopens that fault. The store remembers the last closed fault per
-    /// fingerprint only for such sources.
-    pub fn may_recur(self) -> bool {
-        matches!(self, Source::Supervisor)
     }
 }
 
@@ -386,7 +332,7 @@ pub struct Run {
     pub policy_hash: String,
     /// Runs recorded before policies were stored by hash carry the policy itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_snapshot: Option<crate::core::policy::Policy>,
+    pub policy_snapshot: Option<serde_json::Value>,
     /// Actions whose execution has begun (durably recorded before starting each one).
     pub actions_started: u32,
     /// Actions that finished successfully.
@@ -526,6 +472,16 @@ pub struct Fault {
 pub const FAULT_SCHEMA: u32 = 1;
 
 impl Fault {
+    /// What a policy matches this fault by.
+    pub fn subject(&self) -> crate::core::policy::Subject<'_> {
+        crate::core::policy::Subject {
+            app: &self.app,
+            kind: &self.kind,
+            labels: &self.labels,
+            source: self.source,
+        }
+    }
+
     /// A fresh fault in `detected`, history seq 1.
     pub fn new(id: String, report: Report, source: Source, now: Timestamp) -> Fault {
         let fingerprint = report.fingerprint();
@@ -564,47 +520,6 @@ pub struct HistoryEntry {
     pub detail: String,
 }
 
-/// Milliseconds since the Unix epoch; RFC 3339 on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Timestamp(pub u64);
-
-impl Timestamp {
-    pub fn now() -> Timestamp {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let time = UNIX_EPOCH + Duration::from_millis(self.0);
-        write!(f, "{}", humantime::format_rfc3339_millis(time))
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let time = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
-        let millis = time
-            .duration_since(UNIX_EPOCH)
-            .map_err(serde::de::Error::custom)?
-            .as_millis();
-        Ok(Timestamp(
-            u64::try_from(millis).map_err(serde::de::Error::custom)?,
-        ))
-    }
-}
-
 /// Crockford base32, the ULID alphabet: ids sort by creation time as plain strings.
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -629,8 +544,8 @@ mod tests {
         let run: Run = serde_json::from_str(&old).unwrap();
         assert_eq!(run.policy_hash, "");
         assert_eq!(
-            run.policy_snapshot.as_ref().map(|p| p.name.as_str()),
-            Some("p")
+            run.policy_snapshot.as_ref().map(|p| p["name"].clone()),
+            Some("p".into())
         );
 
         let new = Run {

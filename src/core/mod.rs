@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod record;
+pub mod source;
 pub mod window;

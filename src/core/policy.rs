@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::fault::{Fault, Source};
 use crate::core::forms::duration;
+use crate::core::source::Source;
 
 /// A parsed, validated policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +140,15 @@ impl Matcher {
             + usize::from(self.source.is_some())
             + self.labels.len()
     }
+}
+
+/// What a policy matches a fault (or a report) by.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub app: &'a str,
+    pub kind: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub source: Source,
 }
 
 /// The patch a policy uses: its name, optionally pinned to one content hash.
@@ -452,9 +461,9 @@ impl PolicySet {
         }
     }
 
-    /// The most specific matching policy; ties go to the first by name.
-    pub fn find(&self, fault: &Fault) -> Option<&Policy> {
-        self.find_versioned(fault).map(|(policy, _)| &**policy)
+    /// The most specific policy matching `subject`; ties go to the first by name.
+    pub fn find(&self, subject: Subject<'_>) -> Option<&Policy> {
+        self.find_versioned(subject).map(|(policy, _)| &**policy)
     }
 
     /// Whether any policy matches a report of `app` and `kind` with `labels` from `source`.
@@ -471,13 +480,16 @@ impl PolicySet {
     }
 
     /// [`PolicySet::find`], with the policy shared and its `content_hash`.
-    pub fn find_versioned(&self, fault: &Fault) -> Option<(&Arc<Policy>, &str)> {
+    pub fn find_versioned(&self, subject: Subject<'_>) -> Option<(&Arc<Policy>, &str)> {
         let mut best: Option<(&Arc<Policy>, &str)> = None;
         for (policy, hash) in &self.policies {
-            if !policy
-                .matcher
-                .matches(&fault.app, &fault.kind, &fault.labels, fault.source)
-            {
+            let Subject {
+                app,
+                kind,
+                labels,
+                source,
+            } = subject;
+            if !policy.matcher.matches(app, kind, labels, source) {
                 continue;
             }
             if best.is_none_or(|(b, _)| policy.matcher.specificity() > b.matcher.specificity()) {
@@ -503,7 +515,7 @@ impl PolicySet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::fault::{Report, Source, Timestamp};
+    use crate::core::fault::{Fault, Report, Source, Timestamp};
 
     const GOOD: &str = r#"
         [match]
@@ -626,20 +638,24 @@ mod tests {
             .insert("mount".into(), "/var".into());
         let set = PolicySet::from_policies(vec![any_app, base, labelled]);
         assert_eq!(
-            set.find(&fault("demo", "disk_full", &[])).unwrap().name,
+            set.find(fault("demo", "disk_full", &[]).subject())
+                .unwrap()
+                .name,
             "a"
         );
         assert_eq!(
-            set.find(&fault("demo", "disk_full", &[("mount", "/var")]))
+            set.find(fault("demo", "disk_full", &[("mount", "/var")]).subject())
                 .unwrap()
                 .name,
             "labelled"
         );
         assert_eq!(
-            set.find(&fault("other", "disk_full", &[])).unwrap().name,
+            set.find(fault("other", "disk_full", &[]).subject())
+                .unwrap()
+                .name,
             "any"
         );
-        assert!(set.find(&fault("demo", "oom", &[])).is_none());
+        assert!(set.find(fault("demo", "oom", &[]).subject()).is_none());
     }
 
     #[test]
@@ -663,7 +679,7 @@ mod tests {
             let fault = fault(app, kind, labels);
             assert_eq!(
                 set.matches_any(&fault.app, &fault.kind, &fault.labels, fault.source),
-                set.find(&fault).is_some(),
+                set.find(fault.subject()).is_some(),
                 "{app} {kind} {labels:?}"
             );
         }
@@ -689,11 +705,11 @@ mod tests {
         let set = PolicySet::from_policies(vec![exits]);
         let mut exit = fault("web", "exited", &[("supervisor", "phoenix")]);
         assert!(
-            set.find(&exit).is_none(),
+            set.find(exit.subject()).is_none(),
             "an API report that says it is an exit"
         );
         exit.source = Source::Supervisor;
-        assert_eq!(set.find(&exit).unwrap().name, "restart");
+        assert_eq!(set.find(exit.subject()).unwrap().name, "restart");
         let unknown = parse_err(&GOOD.replace("kind = \"disk_full\"", "source = \"me\""));
         assert!(unknown.contains("unknown variant `me`"), "{unknown}");
     }

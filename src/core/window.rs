@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::fault::Timestamp;
+use crate::core::forms::Timestamp;
 
 /// Buckets per window.
 pub const BUCKETS: u64 = 64;

@@ -294,7 +294,7 @@ impl Engine {
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
             policies
-                .find_versioned(fault)
+                .find_versioned(fault.subject())
                 .map(|(policy, hash)| (Arc::clone(policy), hash.to_owned()))
         };
         let Some((policy, policy_hash)) = policy else {

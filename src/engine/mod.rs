@@ -270,7 +270,10 @@ impl Engine {
     /// hash, else the stored snapshot (kept in memory after the first read). None if missing.
     fn policy_of(&self, run: &Run) -> Result<Option<Arc<Policy>>, EngineError> {
         if let Some(inline) = &run.policy_snapshot {
-            return Ok(Some(Arc::new(inline.clone())));
+            // An inline policy that no longer reads is missing (the run cannot go on).
+            return Ok(serde_json::from_value::<Policy>(inline.clone())
+                .ok()
+                .map(Arc::new));
         }
         if let Some(known) = self.lock_policies().get(&run.policy_hash) {
             return Ok(Some(Arc::clone(known)));
