@@ -2,6 +2,7 @@
 //! `token`), and the client commands that talk to a running daemon (see `client.rs`).
 
 pub mod client;
+mod patch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,7 +12,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use phoenix::daemon::config::Config;
 use phoenix::daemon::{self, DaemonError, EXIT_USAGE};
-use phoenix::patch::PatchSource;
 use phoenix::patch::registry::{TestResult, evaluate};
 use phoenix::sandbox::Sandbox;
 
@@ -40,10 +40,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Work with one patch.
+    /// Work with one patch: new, build, test.
     Patch {
         #[command(subcommand)]
-        command: PatchCommand,
+        command: patch::PatchCommand,
     },
     /// Replace a stopped daemon's store with a backup (`phoenix backup`).
     Restore {
@@ -77,15 +77,6 @@ enum TokenCommand {
     New,
 }
 
-#[derive(Debug, Subcommand)]
-enum PatchCommand {
-    /// Run a patch directory's static checks and contract tests.
-    Test {
-        /// The patch directory (holding patch.toml).
-        dir: PathBuf,
-    },
-}
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -103,9 +94,7 @@ pub fn run(cli: Cli) -> ExitCode {
             serve(config.as_deref())
         }
         Command::Check { config } => report(check(config.as_deref())),
-        Command::Patch {
-            command: PatchCommand::Test { dir },
-        } => report(patch_test(&dir)),
+        Command::Patch { command } => report(patch::run(command)),
         Command::Token { command } => report(token(command)),
         Command::Restore { config, from } => report(restore(config.as_deref(), &from)),
         Command::Client(command) => crate::cli::client::run(cli.connection, command),
@@ -153,7 +142,7 @@ fn report(result: anyhow::Result<bool>) -> ExitCode {
     }
 }
 
-fn scratch_sandbox(config: &Config) -> anyhow::Result<(Sandbox, PathBuf)> {
+pub(crate) fn scratch_sandbox(config: &Config) -> anyhow::Result<(Sandbox, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("phoenix-check-{}", std::process::id()));
     let sandbox =
         Sandbox::new(config.sandbox.clone(), dir.clone()).context("building the sandbox")?;
@@ -161,7 +150,7 @@ fn scratch_sandbox(config: &Config) -> anyhow::Result<(Sandbox, PathBuf)> {
 }
 
 /// Prints each test result; returns true when the patch is usable.
-fn print_evaluation(name: &str, problems: &[String], tests: &[TestResult]) -> bool {
+pub(crate) fn print_evaluation(name: &str, problems: &[String], tests: &[TestResult]) -> bool {
     for problem in problems {
         println!("FAIL {name}: static check: {problem}");
     }
@@ -260,19 +249,4 @@ fn token(command: TokenCommand) -> anyhow::Result<bool> {
     anyhow::ensure!(!secret.is_empty(), "the secret is empty");
     println!("blake3: {}", blake3::hash(secret.as_bytes()).to_hex());
     Ok(true)
-}
-
-fn patch_test(dir: &Path) -> anyhow::Result<bool> {
-    let patch = PatchSource::load(dir).map_err(|e| DaemonError::Patches(vec![e]))?;
-    let config = Config::embedded_default()?;
-    let (sandbox, scratch) = scratch_sandbox(&config)?;
-    let (problems, tests) = evaluate(&sandbox, &patch);
-    let ok = print_evaluation(&patch.manifest.name, &problems, &tests);
-    let _ = std::fs::remove_dir_all(scratch);
-    println!(
-        "{} passed, {} failed",
-        tests.iter().filter(|t| t.passed).count(),
-        tests.iter().filter(|t| !t.passed).count() + usize::from(!problems.is_empty())
-    );
-    Ok(ok)
 }

@@ -17,6 +17,54 @@ pub enum Provenance {
     Api,
 }
 
+/// The language a patch's module is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// Rust with the `phoenix-patch` SDK (`sdk/rust`), built by `phoenix patch build`.
+    Rust,
+    /// AssemblyScript with the `phoenix-patch` SDK (`sdk/assemblyscript`), built likewise.
+    AssemblyScript,
+    /// WebAssembly text: `patch.wat` is the module itself.
+    Wat,
+}
+
+impl Language {
+    /// Its name, as in a manifest's `[source] language`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Rust => "rust",
+            Language::AssemblyScript => "assemblyscript",
+            Language::Wat => "wat",
+        }
+    }
+
+    /// The source file a patch in this language has unless its manifest says otherwise,
+    /// relative to the patch directory.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Language::Rust => "src/lib.rs",
+            Language::AssemblyScript => "assembly/index.ts",
+            Language::Wat => "patch.wat",
+        }
+    }
+}
+
+/// Where a patch's module came from, as its manifest's `[source]` table says: shown by the
+/// registry, `phoenix check` and the API beside the module's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceInfo {
+    pub language: Language,
+    /// The source's entry file, relative to the patch directory.
+    #[serde(default)]
+    pub path: String,
+    /// The toolchain the committed module was built with (e.g. `rustc 1.63.0`): a rebuild
+    /// with another is refused, since it would give other bytes and so another id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<String>,
+}
+
 /// One contract test's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestResult {
@@ -52,6 +100,9 @@ pub struct PatchRecord {
     /// For an uploaded version: a person approved a run of it, so later runs follow the policy.
     #[serde(default)]
     pub first_use_approved: bool,
+    /// The language and source its manifest names, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_from: Option<SourceInfo>,
 }
 
 impl PatchRecord {

@@ -357,11 +357,15 @@ impl Engine {
         fault: &Fault,
     ) -> Result<PlanOutcome, Arc<FaultView>> {
         let record = &prepared.record;
+        // The attempt this analysis plans (see `propose`).
+        let attempt = fault.attempts + 1;
         let started = std::time::Instant::now();
         let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.parts
-                .sandbox
-                .run_inline(&record.name, &record.hash, Arc::new(view_of(fault)))
+            self.parts.sandbox.run_inline(
+                &record.name,
+                &record.hash,
+                Arc::new(view_of(fault, attempt)),
+            )
         }));
         let outcome = match inline {
             Ok(Inline::Done(outcome)) => Ok(outcome),
@@ -685,6 +689,7 @@ mod tests {
                 check_problems: Vec::new(),
                 tests: Vec::new(),
                 first_use_approved: false,
+                built_from: None,
             },
         };
         checked_plan(&prepared, outcome, &effects).map_err(|verdict| match verdict {

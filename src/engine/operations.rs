@@ -343,7 +343,12 @@ impl Operations {
         wasm: Vec<u8>,
         fault: &Fault,
     ) -> Result<ShadowOutcome, OperationError> {
-        let view = Arc::new(crate::patch::view_of(fault));
+        // The attempt whose plan it is compared with (the next one for a fault with no run).
+        let attempt = fault
+            .run
+            .as_ref()
+            .map_or(fault.attempts + 1, |run| run.attempt);
+        let view = Arc::new(crate::patch::view_of(fault, attempt));
         let outcome =
             super::analyze::run_elsewhere(&self.sandbox, &record.name, &record.hash, wasm, view)
                 .await

@@ -5,15 +5,18 @@
 //! its canonical bytes. It does not run anything (see `sandbox`) or store anything (see
 //! `registry`).
 
+pub mod build;
 pub mod registry;
+pub mod scaffold;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::fault::Severity;
+use crate::core::fault::{Fault, Report, Severity, Source, Timestamp};
 use crate::core::plan::Action;
+pub use crate::core::record::{Language, SourceInfo};
 use crate::sandbox::{FaultView, wat_to_wasm};
 
 /// The manifest, `patch.toml`.
@@ -32,6 +35,10 @@ pub struct Manifest {
     /// Contract tests: golden faults and the exact plan each must produce.
     #[serde(default, rename = "test")]
     pub tests: Vec<ContractTest>,
+    /// The language and source the module is built from (`phoenix patch build`); absent for a
+    /// module given as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceInfo>,
 }
 
 fn default_confidence() -> f64 {
@@ -66,54 +73,68 @@ pub struct TestFault {
     pub severity: Severity,
     #[serde(default = "one")]
     pub occurrences: u64,
+    /// Where the fault came from (`api` unless the test says otherwise). Left out of the
+    /// canonical form when it is the default, so that the ids of manifests written before
+    /// the field existed stay what they were.
+    #[serde(default = "api", skip_serializing_if = "is_api")]
+    pub source: Source,
+    /// The attempt being planned, 1 for the first (left out by default, as `source`).
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first")]
+    pub attempt: u32,
 }
 
 fn one() -> u64 {
     1
 }
 
-/// Builds what a patch can read about a fault. Shared by real runs and contract tests so that
-/// both see exactly the same fields.
-/// What a patch sees of a stored fault (see [`fault_view`]).
-pub fn view_of(fault: &crate::core::fault::Fault) -> FaultView {
-    fault_view(
-        &fault.app,
-        &fault.kind,
-        &fault.labels,
-        fault.message.as_deref(),
-        fault.severity,
-        fault.occurrences,
-        &fault.fingerprint,
-    )
+fn api() -> Source {
+    Source::Api
 }
 
-pub fn fault_view(
-    app: &str,
-    kind: &str,
-    labels: &BTreeMap<String, String>,
-    message: Option<&str>,
-    severity: Severity,
-    occurrences: u64,
-    fingerprint: &str,
-) -> FaultView {
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_api(source: &Source) -> bool {
+    *source == Source::Api
+}
+
+fn is_first(attempt: &u32) -> bool {
+    *attempt == 1
+}
+
+/// What a patch sees of `fault` while attempt `attempt` (1 for the first) is planned: the
+/// fields of ABI version 1 (`docs/patch-abi.md`), each a string. Real runs, shadow runs and
+/// contract tests all build it here, so that each sees exactly the same fields.
+pub fn view_of(fault: &Fault, attempt: u32) -> FaultView {
     let mut view = FaultView::new();
-    view.insert("app".into(), app.into());
-    view.insert("kind".into(), kind.into());
-    if let Some(message) = message {
-        view.insert("message".into(), message.into());
+    view.insert("app".into(), fault.app.clone());
+    view.insert("kind".into(), fault.kind.clone());
+    if let Some(message) = &fault.message {
+        view.insert("message".into(), message.clone());
     }
-    view.insert("severity".into(), severity.as_str().into());
-    view.insert("occurrences".into(), occurrences.to_string());
-    view.insert("fingerprint".into(), fingerprint.into());
-    for (key, value) in labels {
+    view.insert("severity".into(), fault.severity.as_str().into());
+    view.insert("occurrences".into(), fault.occurrences.to_string());
+    view.insert("fingerprint".into(), fault.fingerprint.clone());
+    view.insert("source".into(), fault.source.as_str().into());
+    view.insert("attempt".into(), attempt.to_string());
+    // Label names are `[A-Za-z0-9._:/-]` (see `Report::validate`), so a newline separates
+    // them unambiguously; sorted, as the map keeps them.
+    let mut names = String::new();
+    for (key, value) in &fault.labels {
+        if !names.is_empty() {
+            names.push('\n');
+        }
+        names.push_str(key);
         view.insert(format!("labels.{key}"), value.clone());
     }
+    view.insert("labels".into(), names);
     view
 }
 
 impl TestFault {
     pub fn view(&self) -> FaultView {
-        let report = crate::core::fault::Report {
+        let report = Report {
             app: self.app.clone(),
             kind: self.kind.clone(),
             labels: self.labels.clone(),
@@ -122,15 +143,9 @@ impl TestFault {
             dedup_key: None,
             reopen_within: None,
         };
-        fault_view(
-            &self.app,
-            &self.kind,
-            &self.labels,
-            self.message.as_deref(),
-            self.severity,
-            self.occurrences,
-            &report.fingerprint(),
-        )
+        let mut fault = Fault::new(String::new(), report, self.source, Timestamp(0));
+        fault.occurrences = self.occurrences;
+        view_of(&fault, self.attempt)
     }
 }
 
@@ -161,7 +176,17 @@ pub enum PatchError {
     Module { dir: PathBuf, message: String },
 }
 
-const MAX_NAME_LEN: usize = 64;
+/// The longest patch name and version.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A patch's name: 1-64 letters, digits, `-` and `_` (it names a folder, and is shown).
+pub fn is_patch_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// Most contract tests one patch may have. Each runs in the sandbox at registration, up to the
 /// run deadline: without a cap one upload could keep the sandbox busy for hours.
@@ -175,13 +200,7 @@ impl Manifest {
         };
         let manifest: Manifest =
             toml::from_str(text).map_err(|e| invalid(crate::core::forms::toml_error(&e)))?;
-        let name_ok = !manifest.name.is_empty()
-            && manifest.name.len() <= MAX_NAME_LEN
-            && manifest
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
+        if !is_patch_name(&manifest.name) {
             return Err(invalid(format!(
                 "`name` must be 1-{MAX_NAME_LEN} characters of letters, digits, - and _ (got {:?})",
                 manifest.name
@@ -205,7 +224,26 @@ impl Manifest {
                 manifest.confidence
             )));
         }
+        let mut manifest = manifest;
+        if let Some(source) = &mut manifest.source {
+            if source.path.is_empty() {
+                source.path = source.language.default_path().to_owned();
+            }
+            check_source_path(&source.path).map_err(invalid)?;
+            if source.language == Language::Wat && source.path != "patch.wat" {
+                return Err(invalid(format!(
+                    "a WAT patch's module is its `patch.wat` (the manifest names {:?})",
+                    source.path
+                )));
+            }
+        }
         for test in &manifest.tests {
+            if test.fault.attempt == 0 {
+                return Err(invalid(format!(
+                    "test `{}`: `attempt` counts from 1 (got 0)",
+                    test.name
+                )));
+            }
             if test.expect_error.is_some() && !test.expect.is_empty() {
                 return Err(invalid(format!(
                     "test `{}`: give `expect` or `expect_error`, not both",
@@ -215,6 +253,24 @@ impl Manifest {
         }
         Ok(manifest)
     }
+}
+
+/// A source path must stay inside the patch directory: relative, without `..`, of ordinary
+/// characters.
+fn check_source_path(path: &str) -> Result<(), String> {
+    let ordinary = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+    let inside = !path.starts_with('/')
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if path.len() > 256 || !ordinary || !inside {
+        return Err(format!(
+            "`source.path` must be a relative path inside the patch directory, of letters, digits, . _ - and / (got {path:?})"
+        ));
+    }
+    Ok(())
 }
 
 /// The id of a patch: blake3 over a domain tag, the manifest in canonical JSON form (so that
@@ -260,7 +316,16 @@ impl PatchSource {
                 path: wasm.clone(),
                 source,
             })?,
-            (false, false) => return Err(module_error("no patch.wat or patch.wasm")),
+            (false, false) => {
+                return Err(module_error(&match &manifest.source {
+                    Some(source) if source.language != Language::Wat => format!(
+                        "no patch.wasm: build it from {} with `phoenix patch build {}`",
+                        source.path,
+                        dir.display()
+                    ),
+                    _ => "no patch.wat or patch.wasm".to_owned(),
+                }));
+            }
             (true, true) => {
                 return Err(module_error(
                     "both patch.wat and patch.wasm exist; keep one",
@@ -391,6 +456,61 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_sees_the_fields_of_abi_version_1() {
+        let manifest = Manifest::parse(
+            Path::new("patch.toml"),
+            r#"
+            name = "p"
+            version = "1"
+            [[test]]
+            name = "all fields"
+            fault = { app = "web", kind = "oom", message = "m", severity = "critical", occurrences = 3, source = "alertmanager", attempt = 2, labels = { zone = "b", host = "h1" } }
+            [[test]]
+            name = "defaults"
+            fault = { app = "web", kind = "oom" }
+            "#,
+        )
+        .unwrap();
+        let view = manifest.tests[0].fault.view();
+        let field = |key: &str| view.get(key).map(String::as_str);
+        assert_eq!(field("app"), Some("web"));
+        assert_eq!(field("kind"), Some("oom"));
+        assert_eq!(field("message"), Some("m"));
+        assert_eq!(field("severity"), Some("critical"));
+        assert_eq!(field("occurrences"), Some("3"));
+        assert_eq!(field("source"), Some("alertmanager"));
+        assert_eq!(field("attempt"), Some("2"));
+        assert_eq!(field("labels"), Some("host\nzone"), "sorted, one per line");
+        assert_eq!(field("labels.zone"), Some("b"));
+        assert_eq!(field("fingerprint").map(str::len), Some(64));
+        assert_eq!(view.len(), 11);
+        let view = manifest.tests[1].fault.view();
+        let field = |key: &str| view.get(key).map(String::as_str);
+        assert_eq!(
+            (
+                field("source"),
+                field("attempt"),
+                field("labels"),
+                field("message")
+            ),
+            (Some("api"), Some("1"), Some(""), None)
+        );
+    }
+
+    #[test]
+    fn a_test_fault_counts_attempts_from_1() {
+        let text = MANIFEST.replace(
+            r#"kind = "disk_full" }"#,
+            r#"kind = "disk_full", attempt = 0 }"#,
+        );
+        let error = Manifest::parse(Path::new("patch.toml"), &text).unwrap_err();
+        assert!(
+            error.to_string().contains("`attempt` counts from 1"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_hash_follows_content_not_formatting() {
         let a = Manifest::parse(Path::new("a"), MANIFEST).unwrap();
         let b = Manifest::parse(Path::new("b"), &MANIFEST.replace("        ", "  ")).unwrap();
@@ -399,5 +519,14 @@ mod tests {
         let mut c = a.clone();
         c.version = "1.0.1".into();
         assert_ne!(content_hash(&a, b"wasm"), content_hash(&c, b"wasm"));
+        // Fields added since keep the ids of manifests that do not use them (this id is the
+        // one phoenix gave this manifest before `source` and `attempt` existed).
+        assert_eq!(
+            content_hash(&a, b"wasm"),
+            "ae3709069dbff866c5161e6f237f88a448dfe042d04c58dd14ef3051388ac3a2"
+        );
+        let mut d = a.clone();
+        d.tests[0].fault.attempt = 2;
+        assert_ne!(content_hash(&a, b"wasm"), content_hash(&d, b"wasm"));
     }
 }

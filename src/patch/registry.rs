@@ -129,6 +129,7 @@ pub async fn register(
         check_problems,
         tests,
         first_use_approved: false,
+        built_from: patch.manifest.source.clone(),
     };
     let registered = put(store, record, patch.wasm.clone()).await?;
     if registered.record.usable() {

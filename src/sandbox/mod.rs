@@ -34,6 +34,7 @@ mod check;
 mod compile;
 mod pool;
 
+pub use check::{ABI_SECTION, ABI_VERSION, abi_version};
 pub use compile::{Compiler, compile_child, wat_to_wasm};
 
 use abi::*;
@@ -1022,6 +1023,64 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("does not compile"))
         );
+    }
+
+    #[test]
+    fn a_module_states_the_abi_version_it_speaks_or_is_version_1() {
+        let (_dir, sandbox) = sandbox(Limits::default());
+        let with = |sections: &str| {
+            let text = format!(
+                r#"(module {sections}
+                     (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
+                     (memory (export "memory") 1)
+                     (func (export "heal") (result i32) (i32.const 0)))"#
+            );
+            let wasm = wat_to_wasm(text.as_bytes()).unwrap();
+            (
+                abi_version(&wasm),
+                sandbox.static_check(&hash(&wasm), &wasm),
+            )
+        };
+        assert_eq!(with(""), (Ok(1), vec![]), "none stated: version 1");
+        assert_eq!(with(r#"(@custom "phoenix.abi" "1")"#), (Ok(1), vec![]));
+        // Anywhere in the module, other custom sections beside it.
+        assert_eq!(
+            with(r#"(@custom "name2" "x") (@custom "phoenix.abi" (after code) "1")"#),
+            (Ok(1), vec![])
+        );
+        let (version, problems) = with(r#"(@custom "phoenix.abi" "2")"#);
+        assert!(
+            version.is_err() && problems.len() == 1,
+            "{version:?} {problems:?}"
+        );
+        assert!(
+            problems[0].contains("speaks ABI version 2") && problems[0].contains("version 1 only"),
+            "{problems:?}"
+        );
+        for bad in ["", "01", "1 ", "one", "-1", "99999999999", "\\01"] {
+            let (version, problems) = with(&format!(r#"(@custom "phoenix.abi" "{bad}")"#));
+            assert!(version.is_err(), "{bad:?}: {version:?}");
+            assert!(
+                problems[0].contains("must hold the ABI version in decimal digits"),
+                "{bad:?}: {problems:?}"
+            );
+        }
+        let (_, problems) = with(r#"(@custom "phoenix.abi" "1") (@custom "phoenix.abi" "1")"#);
+        assert!(
+            problems[0].contains("states its ABI version 2 times"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn section_walking_never_reads_past_the_bytes() {
+        assert!(abi_version(b"\0asm").is_err());
+        // A section claiming more bytes than follow, a LEB128 size that never ends.
+        assert!(abi_version(b"\0asm\x01\0\0\0\x00\x7f").is_err());
+        assert!(abi_version(b"\0asm\x01\0\0\0\x00\xff\xff\xff\xff\xff\x01").is_err());
+        // A custom section whose name is longer than the section.
+        assert!(abi_version(b"\0asm\x01\0\0\0\x00\x02\x05ab").is_err());
+        assert_eq!(abi_version(b"\0asm\x01\0\0\0"), Ok(1));
     }
 
     #[test]

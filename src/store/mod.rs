@@ -1507,6 +1507,7 @@ mod tests {
             check_problems: Vec::new(),
             tests: Vec::new(),
             first_use_approved: false,
+            built_from: None,
         };
         // Absent, and read (so cached) as absent: registering must still show.
         assert_eq!(store.active_patch_hash("p").unwrap(), None);
