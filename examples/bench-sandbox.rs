@@ -2,9 +2,14 @@
 //! deadline, limits, instantiate, `heal`, plan collected and parsed) against the floor, a bare
 //! wasmtime instantiate + call of an empty function with a default engine, in the same process.
 //!
-//! Prints `P4 patch_us floor_us empty_us page_us` (the best of several rounds each, the rounds
-//! of the four interleaved; `empty_us` is the sandbox running a patch that does nothing,
-//! `page_us` the shipped patch with a 64 KiB page of memory instead of its 4 KiB).
+//! The patch is disk-cleanup, in three twins of the same logic: WebAssembly text
+//! (`examples/twins/disk-cleanup-wat`, 4 KiB of 1-byte pages), Rust with the SDK (the shipped
+//! `patches/disk-cleanup`) and AssemblyScript with the SDK (`examples/twins/...-assemblyscript`).
+//!
+//! Prints `P4 patch_us floor_us empty_us page_us rust_us assemblyscript_us` (the best of
+//! several rounds each, the rounds of all interleaved; `patch_us` is the WAT twin, `empty_us`
+//! the sandbox running a patch that does nothing, `page_us` the WAT twin with a 64 KiB page of
+//! memory instead of its 4 KiB).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,7 +49,8 @@ fn best_means<const N: usize>(mut runs: [&mut dyn FnMut(); N]) -> [f64; N] {
 
 fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let wat = std::fs::read(root.join("patches/disk-cleanup/patch.wat")).expect("shipped patch");
+    let wat =
+        std::fs::read(root.join("examples/twins/disk-cleanup-wat/patch.wat")).expect("WAT twin");
     let wasm = phoenix::sandbox::wat_to_wasm(&wat).expect("valid patch");
     let cache = tempfile::tempdir().expect("temp dir");
     let sandbox = Sandbox::new(Limits::default(), cache.path().to_owned()).expect("sandbox");
@@ -83,6 +89,24 @@ fn main() {
         assert_eq!(plan.len(), 1);
     };
 
+    // The SDK-built twins: what a patch written in Rust or AssemblyScript costs.
+    let twin = |path: &str| {
+        let wasm = std::fs::read(root.join(path)).expect("built twin");
+        let hash = blake3::hash(&wasm).to_hex().to_string();
+        sandbox.prepare(&hash, &wasm).expect("compiles");
+        (wasm, hash)
+    };
+    let (rust_wasm, rust_hash) = twin("patches/disk-cleanup/patch.wasm");
+    let (as_wasm, as_hash) = twin("examples/twins/disk-cleanup-assemblyscript/patch.wasm");
+    let run_twin = |name: &str, hash: &str, wasm: &[u8]| {
+        let plan = sandbox
+            .run(name, hash, wasm, Arc::clone(&view))
+            .expect("plans");
+        assert_eq!(plan.len(), 1);
+    };
+    let mut rust_patch = || run_twin("disk-cleanup-rust", &rust_hash, &rust_wasm);
+    let mut as_patch = || run_twin("disk-cleanup-assemblyscript", &as_hash, &as_wasm);
+
     // The sandbox's own cost with nothing to do (empty heal, empty plan): what the isolation
     // (fresh instance, fuel, deadline, limiter, pooled memory) costs before any patch logic.
     let empty = phoenix::sandbox::wat_to_wasm(
@@ -108,7 +132,13 @@ fn main() {
             .expect("export");
         f.call(&mut store, ()).expect("call");
     };
-    let [patch_us, floor_us, empty_us, page_us] =
-        best_means([&mut patch, &mut floor, &mut empty_patch, &mut page_patch]);
-    println!("P4 {patch_us:.2} {floor_us:.2} {empty_us:.2} {page_us:.2}");
+    let [patch_us, floor_us, empty_us, page_us, rust_us, as_us] = best_means([
+        &mut patch,
+        &mut floor,
+        &mut empty_patch,
+        &mut page_patch,
+        &mut rust_patch,
+        &mut as_patch,
+    ]);
+    println!("P4 {patch_us:.2} {floor_us:.2} {empty_us:.2} {page_us:.2} {rust_us:.2} {as_us:.2}");
 }

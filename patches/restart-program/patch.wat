@@ -1,6 +1,8 @@
 ;; restart-program: plans {"kind":"restart","program":"<app>"} for the fault's app.
 ;; App names are validated by phoenix ([A-Za-z0-9._:/-]), so they need no JSON escaping.
+;; Kept in WebAssembly text as the ABI's reference: docs/patch-abi.md.
 (module
+  (@custom "phoenix.abi" "1") ;; the ABI version it speaks
   (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
   (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
   (memory (export "memory") 4096 (pagesize 1)) ;; 4 KiB: reset by a copy alone

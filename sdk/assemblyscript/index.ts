@@ -40,34 +40,58 @@ export function decline(): i32 {
   return DECLINED;
 }
 
+// Static buffers, so that the common case allocates nothing: a run's memory is thrown away
+// after it, but every page it dirties is reset, and every allocation costs instructions.
+// Fields are read into `scratch`, large enough for the longest field phoenix sends (the list
+// of 32 label names of 128 bytes each); keys and log lines are encoded into `text`; actions
+// are written into `action` (phoenix's default max_action_bytes) unless they outgrow it.
+const SCRATCH_BYTES: i32 = 4224;
+const scratch: usize = memory.data(SCRATCH_BYTES);
+const TEXT_BYTES: i32 = 1024;
+const text: usize = memory.data(TEXT_BYTES);
+const ACTION_BYTES: i32 = 8192;
+const action: usize = memory.data(ACTION_BYTES);
+
+/** `value` as UTF-8 in the static `text` buffer when it fits, else in a new one; calls
+ *  `use(pointer, length)`. */
+function withUtf8(value: string, use: (ptr: usize, len: usize) => void): void {
+  const length = String.UTF8.byteLength(value);
+  if (length <= TEXT_BYTES) {
+    String.UTF8.encodeUnsafe(changetype<usize>(value), value.length, text);
+    use(text, <usize>length);
+  } else {
+    const bytes = String.UTF8.encode(value);
+    use(changetype<usize>(bytes), <usize>bytes.byteLength);
+  }
+}
+
 /** Writes a line to phoenix's log (at `info`, once the run ends; the first 32 lines of a run,
  *  each cut at 1 KiB). */
 export function log(line: string): void {
-  const bytes = String.UTF8.encode(line);
-  hostLog(changetype<usize>(bytes), <usize>bytes.byteLength);
+  withUtf8(line, (ptr: usize, len: usize): void => hostLog(ptr, len));
 }
-
-// Fields are read into this buffer, large enough for the longest field phoenix sends (the
-// list of 32 label names of 128 bytes each).
-const SCRATCH_BYTES: i32 = 4224;
-const scratch: usize = memory.data(SCRATCH_BYTES);
 
 export namespace fault {
   /** Field `key` of the fault, or null when it has none. The keys of ABI version 1: `app`,
    *  `kind`, `message`, `severity`, `fingerprint`, `occurrences`, `source`, `attempt`,
    *  `labels`, and `labels.NAME`. */
   export function get(key: string): string | null {
-    const name = String.UTF8.encode(key);
-    const keyPtr = changetype<usize>(name);
-    const keyLen = <usize>name.byteLength;
-    const length = hostFaultGet(keyPtr, keyLen, scratch, <usize>SCRATCH_BYTES);
-    if (length < 0) return null;
-    if (length <= SCRATCH_BYTES) return String.UTF8.decodeUnsafe(scratch, <usize>length);
-    // Longer than any field phoenix sends today: read it again, whole.
-    const whole = new ArrayBuffer(length);
-    hostFaultGet(keyPtr, keyLen, changetype<usize>(whole), <usize>length);
+    withUtf8(key, (ptr: usize, len: usize): void => {
+      read = hostFaultGet(ptr, len, scratch, <usize>SCRATCH_BYTES);
+      if (read > SCRATCH_BYTES) {
+        // Longer than any field phoenix sends today: read it again, whole.
+        whole = new ArrayBuffer(read);
+        hostFaultGet(ptr, len, changetype<usize>(whole), <usize>read);
+      }
+    });
+    if (read < 0) return null;
+    if (read <= SCRATCH_BYTES) return String.UTF8.decodeUnsafe(scratch, <usize>read);
     return String.UTF8.decode(whole);
   }
+
+  // What `get`'s reader left (closures here may not capture locals).
+  let read: i32 = 0;
+  let whole = new ArrayBuffer(0);
 
   /** The application the fault is about (the program's name for a supervised exit). */
   export function app(): string {
@@ -130,44 +154,80 @@ export namespace fault {
   }
 }
 
-/** A JSON string literal of `text` (quotes included), escaped as RFC 8259 says: quotes,
- *  backslashes and control characters; a lone surrogate (not valid Unicode) as U+FFFD. */
-export function jsonString(text: string): string {
-  let out = "\"";
-  let clean = 0; // start of the run of characters that need no escape
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    let escape: string | null = null;
-    if (c == 0x22) escape = "\\\"";
-    else if (c == 0x5c) escape = "\\\\";
-    else if (c == 0x0a) escape = "\\n";
-    else if (c == 0x0d) escape = "\\r";
-    else if (c == 0x09) escape = "\\t";
-    else if (c == 0x08) escape = "\\b";
-    else if (c == 0x0c) escape = "\\f";
-    else if (c < 0x20) escape = "\\u00" + (c < 0x10 ? "0" : "") + c.toString(16);
-    else if (c >= 0xd800 && c <= 0xdbff) {
-      const next = i + 1 < text.length ? text.charCodeAt(i + 1) : 0;
-      if (next >= 0xdc00 && next <= 0xdfff) {
-        i++; // a whole pair: kept as it is
-        continue;
-      }
-      escape = "\\ufffd";
-    } else if (c >= 0xdc00 && c <= 0xdfff) escape = "\\ufffd";
-    if (escape === null) continue;
-    out += text.substring(clean, i) + escape;
-    clean = i + 1;
+/** An action being written: UTF-8 bytes in the static `action` buffer, moved to one twice as
+ *  large whenever it is full (so a long text costs memory in proportion to its length: the
+ *  stub runtime never frees). */
+class Json {
+  private start: usize = action;
+  private capacity: i32 = ACTION_BYTES;
+  private length: i32 = 0;
+
+  private byte(b: i32): void {
+    if (this.length == this.capacity) {
+      const larger = changetype<usize>(new ArrayBuffer(this.capacity * 2));
+      memory.copy(larger, this.start, <usize>this.length);
+      this.start = larger;
+      this.capacity *= 2;
+    }
+    store<u8>(this.start + <usize>this.length, <u8>b);
+    this.length++;
   }
-  return out + text.substring(clean) + "\"";
-}
 
-function field(name: string, value: string): string {
-  return "\"" + name + "\":" + jsonString(value);
-}
+  /** Appends `text`, which is JSON already and ASCII. */
+  raw(text: string): Json {
+    for (let i = 0; i < text.length; i++) this.byte(text.charCodeAt(i));
+    return this;
+  }
 
-function append(json: string): void {
-  const bytes = String.UTF8.encode(json);
-  hostAction(changetype<usize>(bytes), <usize>bytes.byteLength);
+  /** Appends `text` as a JSON string, quotes included, escaped as RFC 8259 says: quotes,
+   *  backslashes and control characters; a lone surrogate (not Unicode) as U+FFFD. */
+  string(text: string): Json {
+    this.byte(0x22);
+    for (let i = 0; i < text.length; i++) {
+      let c = text.charCodeAt(i);
+      if (c == 0x22) this.raw("\\\"");
+      else if (c == 0x5c) this.raw("\\\\");
+      else if (c == 0x0a) this.raw("\\n");
+      else if (c == 0x0d) this.raw("\\r");
+      else if (c == 0x09) this.raw("\\t");
+      else if (c == 0x08) this.raw("\\b");
+      else if (c == 0x0c) this.raw("\\f");
+      else if (c < 0x20) this.raw("\\u00" + (c < 0x10 ? "0" : "") + c.toString(16));
+      else if (c < 0x80) this.byte(c);
+      else if (c < 0x800) {
+        this.byte(0xc0 | (c >> 6));
+        this.byte(0x80 | (c & 0x3f));
+      } else if (c >= 0xd800 && c <= 0xdfff) {
+        const next = i + 1 < text.length ? text.charCodeAt(i + 1) : 0;
+        if (c <= 0xdbff && next >= 0xdc00 && next <= 0xdfff) {
+          const point = 0x10000 + ((c - 0xd800) << 10) + (next - 0xdc00);
+          this.byte(0xf0 | (point >> 18));
+          this.byte(0x80 | ((point >> 12) & 0x3f));
+          this.byte(0x80 | ((point >> 6) & 0x3f));
+          this.byte(0x80 | (point & 0x3f));
+          i++;
+        } else {
+          this.raw("\\ufffd");
+        }
+      } else {
+        this.byte(0xe0 | (c >> 12));
+        this.byte(0x80 | ((c >> 6) & 0x3f));
+        this.byte(0x80 | (c & 0x3f));
+      }
+    }
+    this.byte(0x22);
+    return this;
+  }
+
+  /** `"name":` and `value` as a string. */
+  field(name: string, value: string): Json {
+    return this.raw("\"" + name + "\":").string(value);
+  }
+
+  /** Appends the action to the plan. */
+  plan(): void {
+    hostAction(this.start, <usize>this.length);
+  }
 }
 
 /** The signals phoenix sends to a supervised program's process group. */
@@ -206,18 +266,22 @@ export class Http {
 
   /** Appends the request to the plan. */
   plan(): void {
-    let json = "{\"kind\":\"http\"," + field("method", this.method) + "," + field("url", this.url);
+    const json = new Json()
+      .raw("{\"kind\":\"http\",")
+      .field("method", this.method)
+      .raw(",")
+      .field("url", this.url);
     const body = this.text;
-    if (body !== null) json += "," + field("body", body);
+    if (body !== null) json.raw(",").field("body", body);
     if (this.names.length > 0) {
-      json += ",\"headers\":{";
+      json.raw(",\"headers\":{");
       for (let i = 0; i < this.names.length; i++) {
-        if (i > 0) json += ",";
-        json += jsonString(this.names[i]) + ":" + jsonString(this.values[i]);
+        if (i > 0) json.raw(",");
+        json.string(this.names[i]).raw(":").string(this.values[i]);
       }
-      json += "}";
+      json.raw("}");
     }
-    append(json + "}");
+    json.raw("}").plan();
   }
 }
 
@@ -227,23 +291,35 @@ export class Http {
 export namespace plan {
   /** Runs the policy's command `command`, whose argv the policy fixes. */
   export function exec(command: string): void {
-    append("{\"kind\":\"exec\"," + field("command", command) + "}");
+    new Json().raw("{\"kind\":\"exec\",").field("command", command).raw("}").plan();
   }
 
   /** Replaces the file at `path` (under one of the policy's `writable_dirs`) with `content`,
    *  atomically; phoenix keeps the old content to roll back. */
   export function writeFile(path: string, content: string): void {
-    append("{\"kind\":\"write_file\"," + field("path", path) + "," + field("content", content) + "}");
+    new Json()
+      .raw("{\"kind\":\"write_file\",")
+      .field("path", path)
+      .raw(",")
+      .field("content", content)
+      .raw("}")
+      .plan();
   }
 
   /** Restarts the supervised program `program`. */
   export function restart(program: string): void {
-    append("{\"kind\":\"restart\"," + field("program", program) + "}");
+    new Json().raw("{\"kind\":\"restart\",").field("program", program).raw("}").plan();
   }
 
   /** Sends `signal` (one of `Signal`) to the supervised program `program`. */
   export function signal(program: string, signal: string): void {
-    append("{\"kind\":\"signal\"," + field("program", program) + "," + field("signal", signal) + "}");
+    new Json()
+      .raw("{\"kind\":\"signal\",")
+      .field("program", program)
+      .raw(",")
+      .field("signal", signal)
+      .raw("}")
+      .plan();
   }
 
   /** An HTTP request (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`) to a URL under one of the

@@ -16,6 +16,7 @@ use crate::sandbox::{ABI_SECTION, ABI_VERSION, abi_version};
 /// The Rust SDK's files, as `sdk/rust/src` holds them.
 const RUST_SDK: &[(&str, &str)] = &[
     ("lib.rs", include_str!("../../sdk/rust/src/lib.rs")),
+    ("buf.rs", include_str!("../../sdk/rust/src/buf.rs")),
     ("fault.rs", include_str!("../../sdk/rust/src/fault.rs")),
     ("host.rs", include_str!("../../sdk/rust/src/host.rs")),
     ("json.rs", include_str!("../../sdk/rust/src/json.rs")),
@@ -38,7 +39,7 @@ const ASSEMBLYSCRIPT_SDK: &[(&str, &str)] = &[
 
 /// Stack of a Rust patch: room for an action being written (8 KiB) and the fields read, well
 /// under a 64 KiB page. A stack overflow traps (the stack lies first, below the data).
-const RUST_STACK_BYTES: u32 = 32 << 10;
+const RUST_STACK_BYTES: u32 = 12 << 10;
 
 /// A built module and the compiler that built it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,6 +344,10 @@ fn build_rust(dir: &Path, source: &SourceInfo, scratch: &Scratch) -> Result<Buil
         "panic=abort",
         "-C",
         "codegen-units=1",
+        // Copies and fills as one instruction (memory.copy, memory.fill) instead of a loop
+        // of loads and stores: values move by copy, and patches move a few.
+        "-C",
+        "target-feature=+bulk-memory",
     ];
     let mut sdk_build = Command::new(&rustc);
     sdk_build

@@ -28,6 +28,14 @@ pub fn get<const N: usize>(key: &str) -> Option<Text<N>> {
 /// Reads field `key` into `out` and returns the field's whole length (more than `out.len()`
 /// when it was cut), or None when the fault has no such field.
 pub fn get_into(key: &str, out: &mut [u8]) -> Option<usize> {
+    // SAFETY: `&mut [u8]` and `&mut [MaybeUninit<u8>]` have one layout, and the host writes
+    // only bytes (never uninitialized ones) into it.
+    let out = unsafe {
+        core::slice::from_raw_parts_mut(
+            out.as_mut_ptr().cast::<core::mem::MaybeUninit<u8>>(),
+            out.len(),
+        )
+    };
     usize::try_from(host::fault_get(key.as_bytes(), out)).ok()
 }
 

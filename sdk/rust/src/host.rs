@@ -2,6 +2,9 @@
 //! they are phoenix's; elsewhere, the stand-in of [`crate::testing`].
 
 #[cfg(target_arch = "wasm32")]
+use core::mem::MaybeUninit;
+
+#[cfg(target_arch = "wasm32")]
 mod imports {
     #[link(wasm_import_module = "phoenix")]
     extern "C" {
@@ -18,11 +21,12 @@ mod imports {
 
 /// Copies the fault field `key` into `out` (at most `out.len()` bytes) and returns the field's
 /// whole length, or -1 when the fault has no such field.
+/// `out` need not be initialized: phoenix writes its first `min(length, out.len())` bytes.
 #[cfg(target_arch = "wasm32")]
-pub(crate) fn fault_get(key: &[u8], out: &mut [u8]) -> i32 {
+pub(crate) fn fault_get(key: &[u8], out: &mut [MaybeUninit<u8>]) -> i32 {
     // SAFETY: both buffers are live slices of this module's memory, passed with their lengths;
     // phoenix writes only within `out` and keeps neither pointer after the call.
-    unsafe { imports::fault_get(key.as_ptr(), key.len(), out.as_mut_ptr(), out.len()) }
+    unsafe { imports::fault_get(key.as_ptr(), key.len(), out.as_mut_ptr().cast(), out.len()) }
 }
 
 /// Appends one action (its JSON) to the plan. phoenix ends the run on a malformed action or

@@ -33,6 +33,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 extern crate std;
 
+mod buf;
 pub mod fault;
 mod host;
 mod json;

@@ -3,8 +3,7 @@
 //! a command the policy does not declare, a path outside its writable directories, a URL
 //! outside its prefixes or a program it does not cover denies the whole plan.
 
-use crate::host;
-use crate::json::Json;
+use crate::json::action;
 use crate::Outcome;
 
 /// The largest action the SDK writes: phoenix's default `max_action_bytes` (8 KiB). A larger
@@ -14,41 +13,36 @@ pub const MAX_ACTION_BYTES: usize = 8 << 10;
 /// The most headers one HTTP action may carry here.
 pub const MAX_HEADERS: usize = 16;
 
-fn append(json: &Json) -> Outcome {
-    host::action(json.finish()?);
-    Ok(())
-}
-
 /// Runs the policy's command `command` (`[capabilities.commands.NAME]`), whose argv the policy
 /// fixes.
 pub fn exec(command: &str) -> Outcome {
-    let mut json = Json::new();
-    json.raw(b"{\"kind\":\"exec\",")
-        .field("command", command)
-        .raw(b"}");
-    append(&json)
+    action(|json| {
+        json.raw(b"{\"kind\":\"exec\",")
+            .field("command", command)
+            .raw(b"}");
+    })
 }
 
 /// Replaces the file at `path` (under one of the policy's `writable_dirs`) with `content`,
 /// atomically; phoenix keeps the old content to roll back.
 pub fn write_file(path: &str, content: &str) -> Outcome {
-    let mut json = Json::new();
-    json.raw(b"{\"kind\":\"write_file\",")
-        .field("path", path)
-        .raw(b",")
-        .field("content", content)
-        .raw(b"}");
-    append(&json)
+    action(|json| {
+        json.raw(b"{\"kind\":\"write_file\",")
+            .field("path", path)
+            .raw(b",")
+            .field("content", content)
+            .raw(b"}");
+    })
 }
 
 /// Restarts the supervised program `program` (the policy's `capabilities.programs` must cover
 /// it).
 pub fn restart(program: &str) -> Outcome {
-    let mut json = Json::new();
-    json.raw(b"{\"kind\":\"restart\",")
-        .field("program", program)
-        .raw(b"}");
-    append(&json)
+    action(|json| {
+        json.raw(b"{\"kind\":\"restart\",")
+            .field("program", program)
+            .raw(b"}");
+    })
 }
 
 /// The signals phoenix sends to a supervised program's process group.
@@ -82,13 +76,13 @@ impl Signal {
 
 /// Sends `signal` to the supervised program `program`'s process group.
 pub fn signal(program: &str, signal: Signal) -> Outcome {
-    let mut json = Json::new();
-    json.raw(b"{\"kind\":\"signal\",")
-        .field("program", program)
-        .raw(b",")
-        .field("signal", signal.as_str())
-        .raw(b"}");
-    append(&json)
+    action(|json| {
+        json.raw(b"{\"kind\":\"signal\",")
+            .field("program", program)
+            .raw(b",")
+            .field("signal", signal.as_str())
+            .raw(b"}");
+    })
 }
 
 /// HTTP methods phoenix sends.
@@ -164,26 +158,26 @@ impl<'a> Http<'a> {
         if self.too_many_headers {
             return Err(crate::Stop::TooManyHeaders);
         }
-        let mut json = Json::new();
-        json.raw(b"{\"kind\":\"http\",")
-            .field("method", self.method.as_str())
-            .raw(b",")
-            .field("url", self.url);
-        if let Some(body) = self.body {
-            json.raw(b",").field("body", body);
-        }
-        if self.header_count > 0 {
-            json.raw(b",\"headers\":{");
-            for (index, (name, value)) in self.headers[..self.header_count].iter().enumerate() {
-                if index > 0 {
-                    json.raw(b",");
+        action(|json| {
+            json.raw(b"{\"kind\":\"http\",")
+                .field("method", self.method.as_str())
+                .raw(b",")
+                .field("url", self.url);
+            if let Some(body) = self.body {
+                json.raw(b",").field("body", body);
+            }
+            if self.header_count > 0 {
+                json.raw(b",\"headers\":{");
+                for (index, (name, value)) in self.headers[..self.header_count].iter().enumerate() {
+                    if index > 0 {
+                        json.raw(b",");
+                    }
+                    json.string(name).raw(b":").string(value);
                 }
-                json.string(name).raw(b":").string(value);
+                json.raw(b"}");
             }
             json.raw(b"}");
-        }
-        json.raw(b"}");
-        append(&json)
+        })
     }
 }
 

@@ -65,15 +65,17 @@ pub(crate) mod host {
     use super::HOST;
     use std::string::String;
 
-    pub(crate) fn fault_get(key: &[u8], out: &mut [u8]) -> i32 {
+    pub(crate) fn fault_get(key: &[u8], out: &mut [core::mem::MaybeUninit<u8>]) -> i32 {
         HOST.with(|host| {
             let host = host.borrow();
             let value = match host.fault.iter().find(|(k, _)| k.as_bytes() == key) {
                 Some((_, value)) => value,
                 None => return -1,
             };
-            let copy = value.len().min(out.len());
-            out[..copy].copy_from_slice(&value.as_bytes()[..copy]);
+            // As phoenix does: the bytes that fit, and the whole length.
+            for (slot, byte) in out.iter_mut().zip(value.as_bytes()) {
+                *slot = core::mem::MaybeUninit::new(*byte);
+            }
             i32::try_from(value.len()).unwrap_or(i32::MAX)
         })
     }

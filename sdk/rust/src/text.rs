@@ -2,15 +2,17 @@
 //! and building content without an allocator.
 
 use core::fmt;
+use core::mem::MaybeUninit;
 use core::ops::Deref;
+
+use crate::buf::Buf;
 
 /// A UTF-8 string of at most `N` bytes, stored inline. Reads of fault fields return one sized
 /// for phoenix's limits, so a field is never cut; [`Text::is_truncated`] says if one was.
 /// It is also a [`core::fmt::Write`] target: `write!(text, "port = {}", port)`.
 #[derive(Clone, Copy)]
 pub struct Text<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
+    buf: Buf<N>,
     truncated: bool,
 }
 
@@ -18,21 +20,16 @@ impl<const N: usize> Text<N> {
     /// An empty text.
     pub const fn new() -> Self {
         Text {
-            bytes: [0; N],
-            len: 0,
+            buf: Buf::new(),
             truncated: false,
         }
     }
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Only whole UTF-8 sequences are ever kept (see `push_str` and `from_host`).
-        match core::str::from_utf8(&self.bytes[..self.len]) {
-            Ok(text) => text,
-            Err(error) => {
-                core::str::from_utf8(&self.bytes[..error.valid_up_to()]).unwrap_or_default()
-            }
-        }
+        // SAFETY: a text holds UTF-8 only: `push_str` appends whole characters of a `str`, and
+        // `from_host` keeps the prefix `from_utf8` accepted.
+        unsafe { core::str::from_utf8_unchecked(self.buf.as_bytes()) }
     }
 
     /// True when something did not fit: a field longer than `N` bytes, or a `push_str` or
@@ -43,13 +40,12 @@ impl<const N: usize> Text<N> {
 
     /// Appends `text`, all of it or (when it does not fit) as many whole characters as fit.
     pub fn push_str(&mut self, text: &str) -> Result<(), fmt::Error> {
-        let room = N - self.len;
+        let room = N - self.buf.len();
         let mut take = text.len().min(room);
         while !text.is_char_boundary(take) {
             take -= 1;
         }
-        self.bytes[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
-        self.len += take;
+        self.buf.push(&text.as_bytes()[..take]);
         if take < text.len() {
             self.truncated = true;
             return Err(fmt::Error);
@@ -59,16 +55,16 @@ impl<const N: usize> Text<N> {
 
     /// Fills the text from a host read into its buffer: `full` is the field's whole length,
     /// of which the host copied at most `N` bytes.
-    pub(crate) fn from_host(read: impl FnOnce(&mut [u8]) -> i32) -> Option<Self> {
-        let mut text = Text::new();
-        let full = usize::try_from(read(&mut text.bytes)).ok()?;
-        text.len = full.min(N);
-        text.truncated = full > N;
+    pub(crate) fn from_host(read: impl FnOnce(&mut [MaybeUninit<u8>]) -> i32) -> Option<Self> {
+        let (mut buf, full) = Buf::fill(|out| usize::try_from(read(out)).ok())?;
         // A cut field may end inside a character: keep the whole ones.
-        if let Err(error) = core::str::from_utf8(&text.bytes[..text.len]) {
-            text.len = error.valid_up_to();
+        if let Err(error) = core::str::from_utf8(buf.as_bytes()) {
+            buf.truncate(error.valid_up_to());
         }
-        Some(text)
+        Some(Text {
+            buf,
+            truncated: full > N,
+        })
     }
 }
 
@@ -134,6 +130,7 @@ impl<const N: usize> fmt::Debug for Text<N> {
 mod tests {
     use super::Text;
     use core::fmt::Write;
+    use core::mem::MaybeUninit;
 
     #[test]
     fn a_text_keeps_whole_characters_and_says_when_it_cut() {
@@ -155,9 +152,10 @@ mod tests {
     #[test]
     fn a_field_read_from_the_host_is_cut_at_a_character() {
         let read = |field: &'static str| {
-            move |out: &mut [u8]| {
-                let n = field.len().min(out.len());
-                out[..n].copy_from_slice(&field.as_bytes()[..n]);
+            move |out: &mut [MaybeUninit<u8>]| {
+                for (slot, byte) in out.iter_mut().zip(field.as_bytes()) {
+                    *slot = MaybeUninit::new(*byte);
+                }
                 field.len() as i32
             }
         };

@@ -1,5 +1,7 @@
 ;; disk-cleanup: reads the fault's kind; for "disk_full" plans the policy's `cleanup` command.
-;; ABI: see src/sandbox.rs. Memory map: constants below 256, the read buffer at 1024.
+;; The WAT twin of patches/disk-cleanup (Rust) and disk-cleanup-assemblyscript, for P4
+;; (scripts/bench): the same logic in each language. ABI: docs/patch-abi.md. Memory map:
+;; constants below 256, the read buffer at 1024.
 (module
   (import "phoenix" "fault_get" (func $fault_get (param i32 i32 i32 i32) (result i32)))
   (import "phoenix" "action" (func $action (param i32 i32) (result i32)))
