@@ -300,3 +300,64 @@ async fn an_assemblyscript_patch_heals_once_approved() {
         "port = 8080\nworkers = 4\n"
     );
 }
+
+/// The walk-through of docs/writing-patches.md from outside: a patch built with the Rust SDK
+/// is uploaded with the CLI, and its first use waits for a person, who approves it.
+#[tokio::test]
+async fn an_uploaded_sdk_patch_runs_first_once_a_person_approves() {
+    let env = Env::new();
+    env.simple_policy(
+        "demo",
+        "disk-cleanup",
+        "[capabilities.commands.cleanup]\nargv = [\"sh\", \"-c\", \"echo cleaned >> ran\"]",
+        r#"["test", "-e", "ran"]"#,
+    );
+    let daemon = env.start();
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .args(args)
+            .env("PHOENIX_ADDR", format!("http://{}", daemon.addr))
+            .env_remove("PHOENIX_TOKEN")
+            .output()
+            .expect("run phoenix");
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status.code().unwrap_or(-1), text)
+    };
+    let patch = root().join("patches/disk-cleanup");
+    let (code, out) = cli(&["patches", "add", patch.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("uploaded disk-cleanup@") && out.contains("usable, active"),
+        "{out}"
+    );
+    assert!(out.contains("ok   disk_full plans the cleanup"), "{out}");
+    let (code, out) = cli(&["patches", "add", env.path("nowhere").to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("cannot read") && out.contains("nowhere/patch.toml"),
+        "{out}"
+    );
+
+    let id = daemon
+        .report_id(r#"{"app":"demo","kind":"disk_full","labels":{"mount":"/var"}}"#)
+        .await;
+    let waiting = daemon
+        .wait_for(&id, "awaiting approval", |f| {
+            f["state"] == "awaiting_approval"
+        })
+        .await;
+    assert!(
+        waiting.to_string().contains("its first use needs approval"),
+        "{waiting:#}"
+    );
+    assert!(!env.path("ran").exists(), "nothing ran before the approval");
+    let (code, out) = cli(&["approvals", "approve", &id, "--by", "alice"]);
+    assert_eq!(code, 0, "{out}");
+    let fault = daemon.wait_terminal(&id).await;
+    assert_eq!(fault["state"], "healed", "{fault:#}");
+    assert_eq!(
+        std::fs::read_to_string(env.path("ran")).unwrap(),
+        "cleaned\n"
+    );
+}

@@ -122,6 +122,12 @@ pub enum ApprovalsCommand {
 pub enum PatchesCommand {
     /// Patch names with their active versions.
     List,
+    /// Upload a patch directory (patch.toml with patch.wasm or patch.wat): it is checked and
+    /// tested at once, and its first use waits for a person's approval.
+    Add {
+        /// The patch directory (build an SDK patch first: `phoenix patch build DIR`).
+        dir: std::path::PathBuf,
+    },
     /// Every version of a patch.
     Show { name: String },
     /// Make an earlier version active.
@@ -171,6 +177,8 @@ enum Failure {
     Refused(u16, String),
     /// The daemon could not be reached.
     Unreachable(String),
+    /// Nothing was sent: a local file could not be read or written.
+    Local(String),
 }
 
 struct Client {
@@ -276,6 +284,10 @@ pub fn run(connection: Connection, command: ClientCommand) -> ExitCode {
         Err(Failure::Unreachable(message)) => {
             eprintln!("phoenix: cannot reach the daemon: {}", escaped(&message));
             ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(Failure::Local(message)) => {
+            eprintln!("phoenix: {}", escaped(&message));
+            ExitCode::from(phoenix::daemon::EXIT_USAGE)
         }
     }
 }
@@ -475,11 +487,13 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             ];
             listing(client, "/v1/patches", "patches", &columns).await?
         }
+        ClientCommand::Patches(PatchesCommand::Add { dir }) => upload(client, &dir).await?,
         ClientCommand::Patches(PatchesCommand::Show { name }) => {
             let columns = [
                 ("VERSION", "/version"),
                 ("HASH", "/hash"),
                 ("SOURCE", "/source"),
+                ("LANGUAGE", "/built_from/language"),
                 ("REGISTERED", "/registered_at"),
                 ("USABLE", "/usable"),
                 ("ACTIVE", "/active"),
@@ -539,7 +553,7 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             let temp = out.with_extension("partial");
             std::fs::write(&temp, &text)
                 .and_then(|()| std::fs::rename(&temp, &out))
-                .map_err(|e| Failure::Refused(0, format!("cannot write {}: {e}", out.display())))?;
+                .map_err(|e| Failure::Local(format!("cannot write {}: {e}", out.display())))?;
             let summary = json!({ "file": out.display().to_string(), "entries": entries, "bytes": text.len() });
             (
                 summary,
@@ -566,4 +580,61 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             listing(client, &path, "entries", &columns).await?
         }
     })
+}
+
+/// Uploads the patch in `dir`: its manifest and its module (the binary when there is one).
+async fn upload(client: &Client, dir: &std::path::Path) -> Result<(Value, String), Failure> {
+    use base64::Engine as _;
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| (path, e))
+    };
+    let local = |(path, error): (std::path::PathBuf, std::io::Error)| {
+        Failure::Local(format!("cannot read {}: {error}", path.display()))
+    };
+    let manifest = String::from_utf8_lossy(&read("patch.toml").map_err(local)?).into_owned();
+    let body = match (read("patch.wasm"), read("patch.wat")) {
+        (Ok(wasm), _) => json!({
+            "manifest": manifest,
+            "wasm_base64": base64::engine::general_purpose::STANDARD.encode(wasm),
+        }),
+        (Err(_), Ok(wat)) => json!({ "manifest": manifest, "wat": String::from_utf8_lossy(&wat) }),
+        (Err(_), Err(_)) => {
+            return Err(Failure::Local(format!(
+                "{}: no patch.wasm or patch.wat (an SDK patch: `phoenix patch build {}` first)",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    };
+    let answer = client.post("/v1/patches", body).await?;
+    let patch = &answer["patch"];
+    let mut out = format!(
+        "uploaded {}@{} ({}): {}, {}\n",
+        text(&patch["name"]),
+        text(&patch["version"]),
+        text(&patch["hash"]),
+        if answer["usable"] == true {
+            "usable"
+        } else {
+            "NOT usable"
+        },
+        if answer["active"] == true {
+            "active (its first use waits for approval)"
+        } else {
+            "not active"
+        }
+    );
+    for problem in patch["check_problems"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  static check: {}", text(problem));
+    }
+    for test in patch["tests"].as_array().into_iter().flatten() {
+        let mark = if test["passed"] == true {
+            "ok  "
+        } else {
+            "FAIL"
+        };
+        let _ = writeln!(out, "  {mark} {}", text(&test["name"]));
+    }
+    Ok((answer, out))
 }

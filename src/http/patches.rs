@@ -22,8 +22,12 @@ use crate::http::operator_fields;
 pub struct UploadIn {
     /// patch.toml, as text.
     manifest: String,
-    /// The module, as WebAssembly text.
-    wat: String,
+    /// The module, as WebAssembly text (or `wasm_base64`).
+    #[serde(default)]
+    wat: Option<String>,
+    /// The module, as a binary in standard base64 (an SDK-built `patch.wasm`).
+    #[serde(default)]
+    wasm_base64: Option<String>,
 }
 
 impl Input for UploadIn {
@@ -44,7 +48,27 @@ pub async fn upload_patch(
     Extension(identity): Extension<Identity>,
     JsonBody(input): JsonBody<UploadIn>,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
-    let patch = crate::patch::PatchSource::from_upload(&input.manifest, &input.wat)
+    use base64::Engine as _;
+    let module = match (&input.wat, &input.wasm_base64) {
+        (Some(wat), None) => crate::patch::Uploaded::Wat(wat),
+        (None, Some(encoded)) => crate::patch::Uploaded::Wasm(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|error| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("`wasm_base64` is not standard base64: {error}"),
+                    )
+                })?,
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give the module once: `wat` (WebAssembly text) or `wasm_base64` (the binary)",
+            ));
+        }
+    };
+    let patch = crate::patch::PatchSource::from_upload(&input.manifest, module)
         .map_err(|error| ApiError::bad_request("invalid_patch", error.to_string()))?;
     // The uploader is the author: author rules must not rest on what the manifest claims.
     let registered = state.operations.upload_patch(patch, &identity.name).await?;

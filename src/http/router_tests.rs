@@ -54,7 +54,9 @@ impl Api {
         let base = dir.path().canonicalize().unwrap();
         let store = Arc::new(Store::open(&base.join("data/store"), 8 << 20).unwrap());
         let sandbox = Arc::new(Sandbox::new(Limits::default(), base.join("data/modules")).unwrap());
-        let patch = PatchSource::from_upload(&manifest("1.0.0"), RECORD).unwrap();
+        let patch =
+            PatchSource::from_upload(&manifest("1.0.0"), crate::patch::Uploaded::Wat(RECORD))
+                .unwrap();
         crate::patch::registry::register_dir_patch(&store, &sandbox, patch)
             .await
             .unwrap();
@@ -363,6 +365,18 @@ async fn an_approval_request_is_shown_and_decided_once_by_someone_allowed() {
     );
 }
 
+/// The hash of the registered version `version` of patch `record`.
+async fn uploaded_hash(api: &Api, version: &str) -> String {
+    let (_, versions) = api.get("/v1/patches/record", APPROVER).await;
+    let found = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == version)
+        .unwrap_or_else(|| panic!("no version {version}: {versions}"));
+    found["hash"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn patches_are_uploaded_listed_shown_rolled_back_and_shadowed() {
     let api = Api::new().await;
@@ -392,6 +406,45 @@ async fn patches_are_uploaded_listed_shown_rolled_back_and_shadowed() {
         403,
         "forbidden",
     );
+    // An SDK-built module arrives as its binary, in base64; the module is given exactly once.
+    let binary = {
+        use base64::Engine as _;
+        let wasm = crate::sandbox::wat_to_wasm(RECORD.as_bytes()).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(wasm)
+    };
+    let upload = json!({"manifest": manifest("3.0.0"), "wasm_base64": binary});
+    let (status, uploaded) = api.post("/v1/patches", ADMIN, upload).await;
+    assert_eq!(
+        (status, &uploaded["usable"]),
+        (StatusCode::CREATED, &json!(true)),
+        "{uploaded}"
+    );
+    for body in [
+        json!({"manifest": manifest("4.0.0")}),
+        json!({"manifest": manifest("4.0.0"), "wat": RECORD, "wasm_base64": binary}),
+        json!({"manifest": manifest("4.0.0"), "wasm_base64": "not base64!"}),
+    ] {
+        refused(
+            api.post("/v1/patches", ADMIN, body).await,
+            400,
+            "invalid_request",
+        );
+    }
+    let garbage = json!({"manifest": manifest("4.0.0"), "wasm_base64": "AGFzbQ=="});
+    let (status, uploaded) = api.post("/v1/patches", ADMIN, garbage).await;
+    assert_eq!(
+        (status, &uploaded["usable"]),
+        (StatusCode::CREATED, &json!(false)),
+        "a module that does not compile is recorded, never used: {uploaded}"
+    );
+    // The latest usable upload (3.0.0) stays the active version.
+    let (_, list) = api.get("/v1/patches", APPROVER).await;
+    assert_eq!(list["patches"][0]["active"]["version"], "3.0.0", "{list}");
+    let rollback = json!({"to": uploaded_hash(&api, "2.0.0").await, "by": "bob"});
+    let (status, _) = api
+        .post("/v1/patches/record/rollback", ADMIN, rollback)
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     let (status, list) = api.get("/v1/patches", APPROVER).await;
     assert_eq!(

@@ -546,5 +546,17 @@ mod tests {
         let text = "name = \"p\"\nversion = \"1\"\n[source]\nlanguage = \"wat\"\npath = \"x.wat\"";
         let error = Manifest::parse(Path::new("patch.toml"), text).unwrap_err();
         assert!(error.to_string().contains("is its `patch.wat`"), "{error}");
+        // As TOML values: empty, a terminal escape, too long.
+        let long = format!("\"{}\"", "x".repeat(65));
+        for toolchain in ["\"\"", r#""rustc\u001b[2J""#, &long] {
+            let text = format!(
+                "name = \"p\"\nversion = \"1\"\n[source]\nlanguage = \"rust\"\ntoolchain = {toolchain}"
+            );
+            let error = Manifest::parse(Path::new("patch.toml"), &text).unwrap_err();
+            assert!(
+                error.to_string().contains("`source.toolchain` must be"),
+                "{error}"
+            );
+        }
     }
 }

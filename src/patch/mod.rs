@@ -158,6 +158,14 @@ pub struct PatchSource {
     pub dir: PathBuf,
 }
 
+/// An uploaded patch's module.
+pub enum Uploaded<'a> {
+    /// WebAssembly text, as a `patch.wat`.
+    Wat(&'a str),
+    /// The binary, as a `patch.wasm` (an SDK-built patch).
+    Wasm(Vec<u8>),
+}
+
 /// Why a patch directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -230,6 +238,14 @@ impl Manifest {
                 source.path = source.language.default_path().to_owned();
             }
             check_source_path(&source.path).map_err(invalid)?;
+            if let Some(toolchain) = &source.toolchain {
+                let printable = toolchain.bytes().all(|b| (b' '..=b'~').contains(&b));
+                if toolchain.is_empty() || toolchain.len() > MAX_NAME_LEN || !printable {
+                    return Err(invalid(format!(
+                        "`source.toolchain` must be 1-{MAX_NAME_LEN} printable ASCII characters, e.g. \"rustc 1.63.0\" (got {toolchain:?})"
+                    )));
+                }
+            }
             if source.language == Language::Wat && source.path != "patch.wat" {
                 return Err(invalid(format!(
                     "a WAT patch's module is its `patch.wat` (the manifest names {:?})",
@@ -341,13 +357,18 @@ impl PatchSource {
         })
     }
 
-    /// A patch uploaded as text: its manifest (patch.toml) and module (WebAssembly text).
-    pub fn from_upload(manifest: &str, wat: &str) -> Result<PatchSource, PatchError> {
+    /// A patch uploaded: its manifest (patch.toml) and module.
+    pub fn from_upload(manifest: &str, module: Uploaded) -> Result<PatchSource, PatchError> {
         let manifest = Manifest::parse(Path::new("manifest"), manifest)?;
-        let wasm = wat_to_wasm(wat.as_bytes()).map_err(|message| PatchError::Manifest {
-            path: PathBuf::from("module"),
-            message,
-        })?;
+        let wasm = match module {
+            Uploaded::Wat(wat) => {
+                wat_to_wasm(wat.as_bytes()).map_err(|message| PatchError::Manifest {
+                    path: PathBuf::from("module"),
+                    message,
+                })?
+            }
+            Uploaded::Wasm(wasm) => wasm,
+        };
         let hash = content_hash(&manifest, &wasm);
         Ok(PatchSource {
             manifest,
