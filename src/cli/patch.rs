@@ -7,7 +7,7 @@ use clap::{Subcommand, ValueEnum};
 
 use phoenix::daemon::DaemonError;
 use phoenix::daemon::config::Config;
-use phoenix::patch::build::{BuildError, build, needs_build, write_module};
+use phoenix::patch::build::{BuildError, Built, build, needs_build, write_module};
 use phoenix::patch::registry::evaluate;
 use phoenix::patch::{Language, Manifest, PatchSource, content_hash};
 
@@ -84,9 +84,8 @@ fn manifest_of(dir: &Path) -> anyhow::Result<Manifest> {
     Ok(Manifest::parse(&path, &text)?)
 }
 
-/// Builds and writes the module; prints what was built.
-fn build_and_write(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
-    let built = build(dir, manifest)?;
+/// Writes the built module; prints what was built.
+fn write_built(dir: &Path, manifest: &Manifest, built: &Built) -> anyhow::Result<()> {
     let path = write_module(dir, &built.wasm)?;
     println!(
         "built {} ({} bytes, {}); patch id {}",
@@ -111,14 +110,7 @@ fn build_command(dir: &Path, check: bool) -> anyhow::Result<bool> {
         other => other?,
     };
     if !check {
-        let path = write_module(dir, &built.wasm)?;
-        println!(
-            "built {} ({} bytes, {}); patch id {}",
-            path.display(),
-            built.wasm.len(),
-            built.toolchain,
-            content_hash(&manifest, &built.wasm)
-        );
+        write_built(dir, &manifest, &built)?;
         return Ok(true);
     }
     let path = dir.join("patch.wasm");
@@ -152,7 +144,7 @@ fn test(dir: &Path) -> anyhow::Result<bool> {
             "{}: the source is newer than patch.wasm: building",
             dir.display()
         );
-        build_and_write(dir, &manifest)?;
+        write_built(dir, &manifest, &build(dir, &manifest)?)?;
     }
     let patch = PatchSource::load(dir).map_err(|e| DaemonError::Patches(vec![e]))?;
     let config = Config::embedded_default()?;
