@@ -361,3 +361,42 @@ async fn an_uploaded_sdk_patch_runs_first_once_a_person_approves() {
         "cleaned\n"
     );
 }
+
+/// Whether a module is built from its source is read from the module (its `phoenix.source`
+/// section), not from file times: a copy or a fresh clone, whose files all have new times, is
+/// not rebuilt; a changed source is, and without a compiler the module there is tested as is.
+#[test]
+fn a_copied_patch_is_not_rebuilt_and_without_a_compiler_its_module_is_tested() {
+    let dir = tempfile::tempdir().unwrap();
+    let patch = dir.path().join("disk-cleanup");
+    copy_dir(&root().join("patches/disk-cleanup"), &patch);
+    // The source written after the module, as `git clone` writes them.
+    let source = patch.join("src/lib.rs");
+    std::fs::write(&source, std::fs::read(&source).unwrap()).unwrap();
+    let run = |rustc: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .args(["patch", "test", patch.to_str().unwrap()])
+            .env("PHOENIX_RUSTC", rustc)
+            .output()
+            .expect("run phoenix");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code().unwrap_or(-1), text)
+    };
+    let (code, out) = run("/nonexistent/rustc");
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("building"), "{out}");
+    let committed = std::fs::read(patch.join("patch.wasm")).unwrap();
+
+    let mut text = std::fs::read_to_string(&source).unwrap();
+    text.push_str("\n// changed\n");
+    std::fs::write(&source, text).unwrap();
+    let (code, out) = run("/nonexistent/rustc");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("not built from the source there: building")
+            && out.contains("testing the patch.wasm there")
+            && out.contains("2 passed, 0 failed"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(patch.join("patch.wasm")).unwrap(), committed);
+}

@@ -173,6 +173,20 @@ fn check(config: Option<&Path>) -> anyhow::Result<bool> {
     let (sandbox, scratch) = scratch_sandbox(&config)?;
     let mut ok = true;
     for patch in &patches {
+        if let Some(source) = &patch.manifest.source {
+            let stale = phoenix::patch::build::needs_build(&patch.dir, &patch.manifest);
+            println!(
+                "{}: {} from {}{}",
+                patch.manifest.name,
+                source.language.as_str(),
+                source.path,
+                if stale {
+                    " (patch.wasm is not built from this source: `phoenix patch build` it)"
+                } else {
+                    ""
+                }
+            );
+        }
         let (problems, tests) = evaluate(&sandbox, patch);
         ok &= print_evaluation(&patch.manifest.name, &problems, &tests);
     }

@@ -77,7 +77,11 @@ impl Inputs {
                 .map_err(store_error)?;
             let record = &registered.record;
             if record.usable() {
-                tracing::info!(message = "Patch registered.", patch = %record.name, version = %record.version, hash = %record.hash, active = registered.active);
+                let language = record
+                    .built_from
+                    .as_ref()
+                    .map_or("module", |source| source.language.as_str());
+                tracing::info!(message = "Patch registered.", patch = %record.name, version = %record.version, hash = %record.hash, language, active = registered.active);
             } else {
                 let kept = if registered.active {
                     "it is the only version"

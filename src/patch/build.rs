@@ -11,7 +11,12 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use super::{Language, Manifest, SourceInfo};
-use crate::sandbox::{ABI_SECTION, ABI_VERSION, abi_version};
+use crate::sandbox::{ABI_SECTION, ABI_VERSION, abi_version, custom_sections};
+
+/// The custom section in which a built module names the source it was built from: the blake3
+/// digest of the SDK and of every file of the source's folder. `patch test` rebuilds when it
+/// differs (file times say nothing after a `git clone`).
+pub const SOURCE_SECTION: &str = "phoenix.source";
 
 /// The Rust SDK's files, as `sdk/rust/src` holds them.
 const RUST_SDK: &[(&str, &str)] = &[
@@ -104,7 +109,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
 pub fn build(dir: &Path, manifest: &Manifest) -> Result<Built, BuildError> {
     let source = source_of(dir, manifest)?;
     let scratch = Scratch::new()?;
-    let built = match source.language {
+    let mut built = match source.language {
         Language::Rust => build_rust(dir, source, &scratch)?,
         Language::AssemblyScript => build_assemblyscript(dir, source, &scratch)?,
         Language::Wat => {
@@ -113,6 +118,8 @@ pub fn build(dir: &Path, manifest: &Manifest) -> Result<Built, BuildError> {
             });
         }
     };
+    let digest = source_digest(dir, source).map_err(io_error(dir))?;
+    append_custom_section(&mut built.wasm, SOURCE_SECTION, digest.as_bytes());
     match abi_version(&built.wasm) {
         Ok(ABI_VERSION) => Ok(built),
         Ok(other) => Err(BuildError::Unusable(format!(
@@ -138,8 +145,8 @@ pub fn write_module(dir: &Path, wasm: &[u8]) -> Result<PathBuf, BuildError> {
     Ok(target)
 }
 
-/// True when the patch is built from source and `patch.wasm` is missing or older than a file
-/// of its source (the entry file's folder and everything under it).
+/// True when the patch is built from source and `patch.wasm` is missing or was not built
+/// from the source (and SDK) there now: its `phoenix.source` section names another digest.
 pub fn needs_build(dir: &Path, manifest: &Manifest) -> bool {
     let Some(source) = &manifest.source else {
         return false;
@@ -147,34 +154,63 @@ pub fn needs_build(dir: &Path, manifest: &Manifest) -> bool {
     if source.language == Language::Wat {
         return false;
     }
-    let Ok(built) = std::fs::metadata(dir.join("patch.wasm")).and_then(|m| m.modified()) else {
+    let Ok(wasm) = std::fs::read(dir.join("patch.wasm")) else {
         return true;
     };
-    let root = dir.join(&source.path);
-    let folder = root.parent().unwrap_or(dir);
-    newest_change(folder).is_some_and(|newest| newest > built)
+    let Ok(digest) = source_digest(dir, source) else {
+        return true;
+    };
+    let stated = custom_sections(&wasm, SOURCE_SECTION).unwrap_or_default();
+    stated != [digest.as_bytes()]
 }
 
-/// The latest modification time of a file under `folder` (links not followed).
-fn newest_change(folder: &Path) -> Option<SystemTime> {
-    let mut newest = None;
+/// blake3 of the SDK the build compiles against and of every file under the folder of the
+/// source's entry file (its relative name and its bytes, in name order), in hex.
+fn source_digest(dir: &Path, source: &SourceInfo) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(b"phoenix-source-v1");
+    let sdk = match source.language {
+        Language::Rust => RUST_SDK,
+        Language::AssemblyScript => ASSEMBLYSCRIPT_SDK,
+        Language::Wat => &[],
+    };
+    for (name, text) in sdk {
+        field(name.as_bytes());
+        field(text.as_bytes());
+    }
+    let entry = dir.join(&source.path);
+    let folder = entry.parent().unwrap_or(dir);
+    for path in files_under(folder)? {
+        let name = path.strip_prefix(folder).unwrap_or(&path);
+        field(name.to_string_lossy().as_bytes());
+        field(&std::fs::read(&path)?);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// The regular files under `folder`, at any depth, sorted (links not followed; `target` and
+/// `node_modules`, a build's own outputs, left out).
+fn files_under(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     let mut pending = vec![folder.to_owned()];
     while let Some(next) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if meta.is_dir() {
+        for entry in std::fs::read_dir(&next)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let name = entry.file_name();
+            if kind.is_dir() && name != "target" && name != "node_modules" {
                 pending.push(entry.path());
-            } else if let Ok(modified) = meta.modified() {
-                newest = newest.max(Some(modified));
+            } else if kind.is_file() {
+                files.push(entry.path());
             }
         }
     }
-    newest
+    files.sort();
+    Ok(files)
 }
 
 fn source_of<'m>(dir: &Path, manifest: &'m Manifest) -> Result<&'m SourceInfo, BuildError> {
@@ -449,21 +485,34 @@ fn build_assemblyscript(
 
 /// `wasm` with a custom section stating [`ABI_VERSION`] at its end, unless it states one.
 fn with_abi_section(mut wasm: Vec<u8>) -> Vec<u8> {
-    if wasm
-        .windows(ABI_SECTION.len())
-        .any(|w| w == ABI_SECTION.as_bytes())
-    {
-        return wasm;
+    if custom_sections(&wasm, ABI_SECTION).is_ok_and(|found| found.is_empty()) {
+        append_custom_section(&mut wasm, ABI_SECTION, ABI_VERSION.to_string().as_bytes());
     }
-    let version = ABI_VERSION.to_string();
-    let name_len = u8::try_from(ABI_SECTION.len()).unwrap_or(u8::MAX);
-    let size = 1 + ABI_SECTION.len() + version.len();
-    wasm.push(0); // custom section
-    wasm.push(u8::try_from(size).unwrap_or(u8::MAX)); // < 128: one LEB128 byte
-    wasm.push(name_len);
-    wasm.extend_from_slice(ABI_SECTION.as_bytes());
-    wasm.extend_from_slice(version.as_bytes());
     wasm
+}
+
+/// Appends a custom section `name` holding `payload` (a custom section may stand anywhere).
+fn append_custom_section(wasm: &mut Vec<u8>, name: &str, payload: &[u8]) {
+    let mut body = leb128(name.len());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    wasm.push(0); // a custom section
+    wasm.extend(leb128(body.len()));
+    wasm.extend(body);
+}
+
+/// `value` in unsigned LEB128.
+fn leb128(mut value: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            bytes.push(low);
+            return bytes;
+        }
+        bytes.push(low | 0x80);
+    }
 }
 
 #[cfg(test)]
@@ -486,28 +535,78 @@ mod tests {
     }
 
     #[test]
-    fn a_module_older_than_its_source_is_rebuilt() {
+    fn a_module_not_built_from_the_source_there_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let rust = manifest("[source]\nlanguage = \"rust\"");
-        assert_eq!(rust.source.as_ref().unwrap().path, "src/lib.rs");
+        let source = rust.source.as_ref().unwrap();
+        assert_eq!(source.path, "src/lib.rs");
         std::fs::create_dir_all(dir.path().join("src/deep")).unwrap();
-        std::fs::write(dir.path().join("src/lib.rs"), "").unwrap();
+        std::fs::write(dir.path().join("src/lib.rs"), "// one").unwrap();
         assert!(needs_build(dir.path(), &rust), "no module yet");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(dir.path().join("patch.wasm"), "").unwrap();
+        let built = |dir: &Path| {
+            let mut wasm = crate::sandbox::wat_to_wasm(b"(module)").unwrap();
+            let digest = source_digest(dir, source).unwrap();
+            append_custom_section(&mut wasm, SOURCE_SECTION, digest.as_bytes());
+            std::fs::write(dir.join("patch.wasm"), wasm).unwrap();
+        };
+        built(dir.path());
         assert!(!needs_build(dir.path(), &rust));
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Whatever the files' times: a copy (or a fresh clone) is as built as the original.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(copy.path().join("src")).unwrap();
+        std::fs::write(copy.path().join("src/lib.rs"), "// one").unwrap();
+        std::fs::copy(
+            dir.path().join("patch.wasm"),
+            copy.path().join("patch.wasm"),
+        )
+        .unwrap();
+        assert!(!needs_build(copy.path(), &rust));
         std::fs::write(dir.path().join("src/deep/mod.rs"), "").unwrap();
         assert!(
             needs_build(dir.path(), &rust),
-            "a module under src/ changed"
+            "a file under src/ was added"
         );
+        built(dir.path());
+        std::fs::write(dir.path().join("src/lib.rs"), "// two").unwrap();
+        assert!(needs_build(dir.path(), &rust), "a file changed");
+        // A module without the section (built by other means) counts as not built here.
+        std::fs::write(
+            dir.path().join("patch.wasm"),
+            crate::sandbox::wat_to_wasm(b"(module)").unwrap(),
+        )
+        .unwrap();
+        assert!(needs_build(dir.path(), &rust));
         assert!(
             !needs_build(dir.path(), &manifest("")),
             "nothing to build from"
         );
         let wat = manifest("[source]\nlanguage = \"wat\"");
         assert!(!needs_build(dir.path(), &wat));
+    }
+
+    #[test]
+    fn custom_sections_of_any_size_are_appended_readably() {
+        let mut wasm = crate::sandbox::wat_to_wasm(
+            br#"(module (memory (export "memory") 1) (func (export "heal") (result i32) (i32.const 0)))"#,
+        )
+        .unwrap();
+        let long = vec![b'x'; 300]; // a size of two LEB128 bytes
+        append_custom_section(&mut wasm, "a", b"1");
+        append_custom_section(&mut wasm, "b", &long);
+        assert_eq!(custom_sections(&wasm, "a").unwrap(), [b"1".as_slice()]);
+        assert_eq!(custom_sections(&wasm, "b").unwrap(), [long.as_slice()]);
+        // Still a module phoenix takes.
+        let cache = tempfile::tempdir().unwrap();
+        let sandbox =
+            crate::sandbox::Sandbox::new(crate::sandbox::Limits::default(), cache.path().into())
+                .unwrap();
+        assert_eq!(
+            sandbox.static_check("appended", &wasm),
+            Vec::<String>::new()
+        );
+        assert_eq!(leb128(0), [0]);
+        assert_eq!(leb128(127), [0x7f]);
+        assert_eq!(leb128(128), [0x80, 0x01]);
     }
 
     #[test]

@@ -45,8 +45,9 @@ pub fn abi_version(wasm: &[u8]) -> Result<u32, String> {
     }
 }
 
-/// The payloads of the custom sections named `name`, in order.
-fn custom_sections<'a>(wasm: &'a [u8], name: &str) -> Result<Vec<&'a [u8]>, String> {
+/// The payloads of the custom sections named `name`, in order (`wasm` need not have been
+/// compiled: a malformed layout is an error, never a read past the bytes).
+pub fn custom_sections<'a>(wasm: &'a [u8], name: &str) -> Result<Vec<&'a [u8]>, String> {
     let malformed = || "the module's sections are malformed".to_string();
     let mut rest = wasm.get(8..).ok_or_else(malformed)?; // magic and version
     let mut found = Vec::new();

@@ -34,7 +34,7 @@ mod check;
 mod compile;
 mod pool;
 
-pub use check::{ABI_SECTION, ABI_VERSION, abi_version};
+pub use check::{ABI_SECTION, ABI_VERSION, abi_version, custom_sections};
 pub use compile::{Compiler, compile_child, wat_to_wasm};
 
 use abi::*;
