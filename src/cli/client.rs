@@ -172,7 +172,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 /// Why a client command failed.
-enum Failure {
+pub(crate) enum Failure {
     /// The daemon answered with an error.
     Refused(u16, String),
     /// The daemon could not be reached.
@@ -181,7 +181,7 @@ enum Failure {
     Local(String),
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     connection: Connection,
 }
@@ -236,7 +236,7 @@ impl Client {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 }
@@ -294,7 +294,7 @@ pub fn run(connection: Connection, command: ClientCommand) -> ExitCode {
 
 /// A value as a person reads it in a table or a `show` view: by the log's escaping rule, so
 /// text from outside (a reporter's label, an approver's comment) cannot act on the terminal.
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => escaped(s),
         Value::Null => "-".into(),
@@ -487,7 +487,9 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             ];
             listing(client, "/v1/patches", "patches", &columns).await?
         }
-        ClientCommand::Patches(PatchesCommand::Add { dir }) => upload(client, &dir).await?,
+        ClientCommand::Patches(PatchesCommand::Add { dir }) => {
+            crate::cli::upload::upload(client, &dir).await?
+        }
         ClientCommand::Patches(PatchesCommand::Show { name }) => {
             let columns = [
                 ("VERSION", "/version"),
@@ -580,61 +582,4 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
             listing(client, &path, "entries", &columns).await?
         }
     })
-}
-
-/// Uploads the patch in `dir`: its manifest and its module (the binary when there is one).
-async fn upload(client: &Client, dir: &std::path::Path) -> Result<(Value, String), Failure> {
-    use base64::Engine as _;
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|e| (path, e))
-    };
-    let local = |(path, error): (std::path::PathBuf, std::io::Error)| {
-        Failure::Local(format!("cannot read {}: {error}", path.display()))
-    };
-    let manifest = String::from_utf8_lossy(&read("patch.toml").map_err(local)?).into_owned();
-    let body = match (read("patch.wasm"), read("patch.wat")) {
-        (Ok(wasm), _) => json!({
-            "manifest": manifest,
-            "wasm_base64": base64::engine::general_purpose::STANDARD.encode(wasm),
-        }),
-        (Err(_), Ok(wat)) => json!({ "manifest": manifest, "wat": String::from_utf8_lossy(&wat) }),
-        (Err(_), Err(_)) => {
-            return Err(Failure::Local(format!(
-                "{}: no patch.wasm or patch.wat (an SDK patch: `phoenix patch build {}` first)",
-                dir.display(),
-                dir.display()
-            )));
-        }
-    };
-    let answer = client.post("/v1/patches", body).await?;
-    let patch = &answer["patch"];
-    let mut out = format!(
-        "uploaded {}@{} ({}): {}, {}\n",
-        text(&patch["name"]),
-        text(&patch["version"]),
-        text(&patch["hash"]),
-        if answer["usable"] == true {
-            "usable"
-        } else {
-            "NOT usable"
-        },
-        if answer["active"] == true {
-            "active (its first use waits for approval)"
-        } else {
-            "not active"
-        }
-    );
-    for problem in patch["check_problems"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "  static check: {}", text(problem));
-    }
-    for test in patch["tests"].as_array().into_iter().flatten() {
-        let mark = if test["passed"] == true {
-            "ok  "
-        } else {
-            "FAIL"
-        };
-        let _ = writeln!(out, "  {mark} {}", text(&test["name"]));
-    }
-    Ok((answer, out))
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 mod patch;
+mod upload;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
