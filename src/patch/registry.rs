@@ -36,11 +36,12 @@ pub fn evaluate(sandbox: &Sandbox, patch: &PatchSource) -> (Vec<String>, Vec<Tes
                 (Ok(plan), _) => format!(
                     "expected {}, got plan {}",
                     expectation(&test.expect, test.expect_error.as_deref()),
-                    serde_json::to_string(plan).unwrap_or_default()
+                    shortened(serde_json::to_string(plan).unwrap_or_default())
                 ),
                 (Err(error), _) => format!(
-                    "expected {}, got error {error}",
-                    expectation(&test.expect, test.expect_error.as_deref())
+                    "expected {}, got error {}",
+                    expectation(&test.expect, test.expect_error.as_deref()),
+                    shortened(error.to_string())
                 ),
             };
             TestResult {
@@ -56,7 +57,22 @@ pub fn evaluate(sandbox: &Sandbox, patch: &PatchSource) -> (Vec<String>, Vec<Tes
 fn expectation(plan: &[crate::core::plan::Action], error: Option<&str>) -> String {
     match error {
         Some(code) => format!("error `{code}`"),
-        None => format!("plan {}", serde_json::to_string(plan).unwrap_or_default()),
+        None => format!(
+            "plan {}",
+            shortened(serde_json::to_string(plan).unwrap_or_default())
+        ),
+    }
+}
+
+/// Plans and errors in a test's outcome, at most this many characters each: a failing test of
+/// a plan of 8 KiB actions is recorded with every version, and read by people.
+const SHOWN_CHARS: usize = 400;
+
+/// `text`, cut after [`SHOWN_CHARS`] characters with what was left out said.
+fn shortened(text: String) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((at, _)) => format!("{}… ({} bytes in all)", &text[..at], text.len()),
+        None => text,
     }
 }
 
@@ -148,4 +164,20 @@ async fn put(store: &Store, record: PatchRecord, wasm: Vec<u8>) -> Result<Regist
     };
     let (record, active) = store.put_patch(record, wasm, activation).await?;
     Ok(Registered { record, active })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_plans_and_errors_are_shown_shortened_at_a_character() {
+        assert_eq!(shortened("short".into()), "short");
+        let exact = "é".repeat(SHOWN_CHARS);
+        assert_eq!(shortened(exact.clone()), exact);
+        assert_eq!(
+            shortened("é".repeat(SHOWN_CHARS + 1)),
+            format!("{exact}… ({} bytes in all)", 2 * (SHOWN_CHARS + 1))
+        );
+    }
 }
