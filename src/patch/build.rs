@@ -237,14 +237,27 @@ fn source_of<'m>(dir: &Path, manifest: &'m Manifest) -> Result<&'m SourceInfo, B
 struct Scratch(PathBuf);
 
 impl Scratch {
+    /// Made new (never one that exists: another user of a shared temporary folder could have
+    /// put a folder or a link there to catch what the build writes), 0700.
     fn new() -> Result<Scratch, BuildError> {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path =
-            std::env::temp_dir().join(format!("phoenix-build-{}-{nanos:09}", std::process::id()));
-        crate::fs::create_private_dir(&path).map_err(io_error(&path))?;
-        Ok(Scratch(path))
+        use std::os::unix::fs::DirBuilderExt;
+        let mut attempt = 0u32;
+        loop {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let path = std::env::temp_dir().join(format!(
+                "phoenix-build-{}-{nanos:09}-{attempt}",
+                std::process::id()
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Scratch(path)),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                    attempt += 1;
+                }
+                Err(source) => return Err(BuildError::Io { path, source }),
+            }
+        }
     }
 
     /// Writes `files` (relative names) under `folder` of the scratch folder.
