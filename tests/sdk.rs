@@ -400,3 +400,53 @@ fn a_copied_patch_is_not_rebuilt_and_without_a_compiler_its_module_is_tested() {
     );
     assert_eq!(std::fs::read(patch.join("patch.wasm")).unwrap(), committed);
 }
+
+/// The SDKs are separate crates, on other toolchains, so they spell out what phoenix names
+/// (sources, severities, signals, methods) and its limits on fields: here they are kept equal.
+#[test]
+fn the_sdks_know_every_name_and_limit_phoenix_has() {
+    use phoenix::core::fault::{MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_MESSAGE_LEN, MAX_NAME_LEN};
+    use phoenix::core::fault::{Severity, Source};
+    use phoenix::core::plan::{METHODS, SignalName};
+    let read = |path: &str| std::fs::read_to_string(root().join(path)).unwrap();
+    let rust = read("sdk/rust/src/fault.rs") + &read("sdk/rust/src/plan.rs");
+    let assemblyscript = read("sdk/assemblyscript/index.ts");
+    let names = Source::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .chain(Severity::ALL.iter().map(|s| s.as_str()))
+        .chain(SignalName::NAMES)
+        .chain(METHODS);
+    for name in names {
+        let quoted = format!("\"{name}\"");
+        assert!(
+            rust.contains(&quoted),
+            "the Rust SDK does not know {quoted}"
+        );
+        // AssemblyScript takes these as strings: its SDK names them in code or in its docs.
+        let in_assemblyscript =
+            assemblyscript.contains(&quoted) || assemblyscript.contains(&format!("`{name}`"));
+        assert!(
+            in_assemblyscript,
+            "the AssemblyScript SDK does not know {quoted}"
+        );
+    }
+    for (constant, value) in [
+        ("MAX_NAME_BYTES", MAX_NAME_LEN),
+        ("MAX_LABEL_VALUE_BYTES", MAX_LABEL_VALUE_LEN),
+        ("MAX_MESSAGE_BYTES", MAX_MESSAGE_LEN),
+        ("MAX_LABELS", MAX_LABELS),
+    ] {
+        let line = format!("pub const {constant}: usize = {value};");
+        assert!(rust.contains(&line), "the Rust SDK does not say `{line}`");
+    }
+    // The longest field phoenix sends fits the AssemblyScript SDK's read buffer.
+    let scratch: usize = assemblyscript
+        .split("const SCRATCH_BYTES: i32 = ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .expect("SCRATCH_BYTES in the AssemblyScript SDK");
+    // (the list of label names, 32 x 129 bytes, is the longest; a message is 4096)
+    assert!(scratch >= MAX_LABELS * (MAX_NAME_LEN + 1));
+}

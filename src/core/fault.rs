@@ -31,6 +31,14 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// Every severity, as the patch SDKs must know them (`tests/sdk.rs` keeps them equal).
+    pub const ALL: [Severity; 4] = [
+        Severity::Info,
+        Severity::Warning,
+        Severity::Error,
+        Severity::Critical,
+    ];
+
     /// The severity's name, as in the API and a patch's view of its fault.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -272,6 +272,10 @@ pub enum SignalName {
 }
 
 impl SignalName {
+    /// Every signal's name, as the patch SDKs must know them (`tests/sdk.rs` keeps them equal).
+    pub const NAMES: [&'static str; 8] =
+        ["HUP", "INT", "QUIT", "USR1", "USR2", "TERM", "KILL", "CONT"];
+
     /// The signal an action names (`"HUP"`, `"TERM"`…), if phoenix sends it.
     pub fn parse(name: &str) -> Option<SignalName> {
         Some(match name {
@@ -288,7 +292,8 @@ impl SignalName {
     }
 }
 
-const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+/// The HTTP methods an `http` action may use.
+pub const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 /// Headers that frame, route or upgrade a request. phoenix sets them itself: from a patch they
 /// would make the request sent differ from the plan checked (the HTTP client drops a body that
@@ -458,6 +463,14 @@ fn url_under_prefix(url: &str, prefix: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_signal_name_is_one_phoenix_sends() {
+        for name in SignalName::NAMES {
+            assert!(SignalName::parse(name).is_some(), "{name}");
+        }
+        assert_eq!(SignalName::parse("STOP"), None);
+    }
+
     use super::*;
     use crate::core::policy::CommandSpec;
     use std::time::Duration;

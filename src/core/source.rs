@@ -33,6 +33,15 @@ pub const RESERVED_LABELS: [&str; 6] = [
 ];
 
 impl Source {
+    /// Every source, as the patch SDKs must know them (`tests/sdk.rs` keeps them equal).
+    pub const ALL: [Source; 5] = [
+        Source::Api,
+        Source::Alertmanager,
+        Source::Probe,
+        Source::Log,
+        Source::Supervisor,
+    ];
+
     /// The source's name, as in the API and in a policy's `match.source`.
     pub fn as_str(self) -> &'static str {
         match self {
