@@ -49,7 +49,7 @@ struct RawConfig {
     log: Vec<LogConfig>,
     program: Vec<ProgramConfig>,
     breaker: crate::core::breaker::BreakerConfig,
-    webhook: Vec<crate::engine::events::WebhookConfig>,
+    webhook: Vec<crate::engine::webhooks::WebhookConfig>,
     rate_limit: RateLimit,
     token: Vec<crate::http::auth::TokenConfig>,
     limits: crate::http::auth::RequestLimits,
@@ -148,7 +148,7 @@ pub struct Config {
     /// The global circuit breaker: all healing attempts, whatever the policy.
     pub breaker: crate::core::breaker::BreakerConfig,
     /// `[[webhook]]`: where events are pushed.
-    pub webhooks: Vec<crate::engine::events::WebhookConfig>,
+    pub webhooks: Vec<crate::engine::webhooks::WebhookConfig>,
     pub rate_limit: RateLimit,
     /// `[[token]]`: API bearer tokens (hashed). None: authentication is off, loopback only.
     pub tokens: Vec<crate::http::auth::TokenConfig>,
@@ -326,8 +326,12 @@ impl Config {
                 "`rate_limit.runs_per_app` and `rate_limit.window` must be positive".into(),
             );
         }
-        for webhook in &raw.webhook {
-            webhook.validate()?;
+        // Paging secrets live in files or systemd credentials (`LoadCredential=`), never here.
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        let mut webhooks = raw.webhook.clone();
+        for webhook in &mut webhooks {
+            webhook.key_file = webhook.key_file.as_deref().map(resolve);
+            webhook.load(credentials.as_deref())?;
         }
         let limits = &raw.sandbox;
         if limits.fuel == 0 {
@@ -372,7 +376,7 @@ impl Config {
             probes: raw.probe,
             programs: raw.program,
             breaker: raw.breaker.clone(),
-            webhooks: raw.webhook.clone(),
+            webhooks,
             rate_limit: raw.rate_limit.clone(),
             tokens: raw.token.clone(),
             limits: raw.limits.clone(),

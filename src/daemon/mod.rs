@@ -220,7 +220,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config.retention,
         backup_dir(&config.data_dir),
     );
-    crate::engine::events::spawn_webhooks(&events, config.webhooks.clone(), http_for_webhooks);
+    crate::engine::webhooks::spawn_webhooks(&events, config.webhooks.clone(), http_for_webhooks);
     let exit_intake = intake.clone();
     tokio::spawn(async move {
         while let Some(report) = exits.recv().await {

@@ -72,7 +72,8 @@ pub(super) fn announce(events: &Events, fault: &Fault, detail: &str) {
             request.expires_at
         );
         let data = serde_json::json!({
-            "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "reason": request.reason,
+            "fault_id": fault.id, "app": fault.app, "kind": fault.kind,
+            "severity": fault.severity, "reason": request.reason,
             "expires_at": request.expires_at, "patch": run.patch_name, "version": run.patch_version,
             "plan": run.plan,
         });
@@ -88,7 +89,9 @@ pub(super) fn announce(events: &Events, fault: &Fault, detail: &str) {
         );
         let data = serde_json::json!({
             "fault_id": fault.id, "app": fault.app, "kind": fault.kind, "state": fault.state.name(),
-            "reason": fault.state.reason(), "detail": detail,
+            "severity": fault.severity, "reason": fault.state.reason(), "detail": detail,
+            // Whether a person was asked (so a pager paged, and is told when it heals).
+            "approval": fault.run.as_ref().is_some_and(|r| r.approval.is_some()),
         });
         events.publish("fault_closed", summary, data);
     }

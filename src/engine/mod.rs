@@ -18,6 +18,7 @@ mod apply;
 pub mod events;
 pub mod operations;
 pub mod verify;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -436,6 +436,15 @@ pub fn holders_of(path: &Path) -> Vec<String> {
 
 /// A loopback HTTP server that answers 200 to everything and records each request line and body.
 pub async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    record_requests(false).await
+}
+
+/// Like [`recording_server`], but records each request whole: line, headers, blank line, body.
+pub async fn recording_server_whole() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    record_requests(true).await
+}
+
+async fn record_requests(whole: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -463,10 +472,12 @@ pub async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<
                             .unwrap_or(0usize);
                         if data.len() >= head_end + 4 + length || n == 0 {
                             let line = text.lines().next().unwrap_or_default().to_owned();
-                            record
-                                .lock()
-                                .unwrap()
-                                .push(format!("{line} {}", &text[head_end + 4..]));
+                            let entry = if whole {
+                                text.clone()
+                            } else {
+                                format!("{line} {}", &text[head_end + 4..])
+                            };
+                            record.lock().unwrap().push(entry);
                             break;
                         }
                     }
