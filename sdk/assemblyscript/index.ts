@@ -146,8 +146,8 @@ export namespace fault {
     return value === null ? "error" : value;
   }
 
-  /** Where the fault came from: `api`, `alertmanager`, `probe`, `log` or `supervisor`. Only
-   *  phoenix sets it. */
+  /** Where the fault came from: `api`, `alertmanager`, `probe`, `log`, `supervisor` or
+   *  `systemd`. Only phoenix sets it. */
   export function source(): string {
     const value = get("source");
     return value === null ? "" : value;
@@ -292,6 +292,18 @@ export namespace plan {
   /** Runs the policy's command `command`, whose argv the policy fixes. */
   export function exec(command: string): void {
     new Json().raw("{\"kind\":\"exec\",").field("command", command).raw("}").plan();
+  }
+
+  /** Runs the policy's command `command` with `arg` in its argv's `{arg}` element; phoenix
+   *  refuses the plan unless `arg` is one of the command's `args` in the policy. */
+  export function execWith(command: string, arg: string): void {
+    new Json()
+      .raw("{\"kind\":\"exec\",")
+      .field("command", command)
+      .raw(",")
+      .field("arg", arg)
+      .raw("}")
+      .plan();
   }
 
   /** Replaces the file at `path` (under one of the policy's `writable_dirs`) with `content`,

@@ -25,9 +25,19 @@ pub struct Connection {
         global = true
     )]
     addr: String,
-    /// A bearer token (its secret).
+    /// A bearer token (its secret). Prefer --token-file: a command line is visible to every
+    /// user of the machine.
     #[arg(long, env = "PHOENIX_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// A file holding the bearer token, e.g. a systemd credential (`--token-file
+    /// %d/phoenix-token` in a unit with `LoadCredential=phoenix-token:…`).
+    #[arg(
+        long,
+        env = "PHOENIX_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -181,6 +191,18 @@ pub(crate) enum Failure {
     Local(String),
 }
 
+/// The token in `path`: its one line, surrounding whitespace trimmed.
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file `{shown}`: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(format!("the token file `{shown}` must hold one token"));
+    }
+    Ok(token.to_owned())
+}
+
 pub(crate) struct Client {
     http: reqwest::Client,
     connection: Connection,
@@ -242,8 +264,17 @@ impl Client {
 }
 
 /// Runs one client command against the daemon.
-pub fn run(connection: Connection, command: ClientCommand) -> ExitCode {
+pub fn run(mut connection: Connection, command: ClientCommand) -> ExitCode {
     let json = connection.json;
+    if let Some(path) = connection.token_file.take() {
+        match read_token(&path) {
+            Ok(token) => connection.token = Some(token),
+            Err(error) => {
+                eprintln!("phoenix: {error}");
+                return ExitCode::from(phoenix::daemon::EXIT_USAGE);
+            }
+        }
+    }
     let http = match phoenix::effects::http_client() {
         Ok(http) => http,
         Err(error) => {

@@ -85,7 +85,7 @@ pub enum ReportError {
     /// A name or value is longer than allowed.
     #[error("`{field}` is longer than {max} bytes")]
     TooLong { field: String, max: usize },
-    /// A name uses characters outside `[A-Za-z0-9._:/-]`.
+    /// A name uses characters outside `[A-Za-z0-9._:/@-]`.
     #[error("`{field}` may only contain letters, digits and . _ : / -")]
     BadChars { field: String },
     /// Too many labels.
@@ -93,7 +93,7 @@ pub enum ReportError {
     TooManyLabels,
     /// A label only phoenix's own sources set, in a report from outside.
     #[error(
-        "label `{0}` is set only by phoenix's own sources (supervised programs, probes, log watches), so a report may not carry it; name it otherwise (a policy matches where a fault came from with `match.source`)"
+        "label `{0}` is set only by phoenix's own sources (supervised programs, probes, log watches, systemd units), so a report may not carry it; name it otherwise (a policy matches where a fault came from with `match.source`)"
     )]
     ReservedLabel(String),
 }
@@ -107,7 +107,7 @@ fn check_name(field: &str, value: &str) -> Result<(), ReportError> {
     }
     if !value
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+        .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b))
     {
         return Err(ReportError::BadChars {
             field: field.to_owned(),
@@ -156,14 +156,8 @@ impl Report {
     /// Checks that a report from `source` carries no label of [`RESERVED_LABELS`] unless
     /// `source` is phoenix's own.
     pub fn check_labels_for(&self, source: Source) -> Result<(), ReportError> {
-        if source.is_phoenixs_own() {
-            return Ok(());
-        }
-        match RESERVED_LABELS
-            .iter()
-            .find(|label| self.labels.contains_key(**label))
-        {
-            Some(label) => Err(ReportError::ReservedLabel((*label).to_owned())),
+        match self.labels.keys().find(|label| !source.may_set(label)) {
+            Some(label) => Err(ReportError::ReservedLabel(label.clone())),
             None => Ok(()),
         }
     }

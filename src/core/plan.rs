@@ -18,8 +18,13 @@ use crate::core::policy::Capabilities;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
-    /// Run a command declared in the policy, by name. Its argv is fixed by the policy.
-    Exec { command: String },
+    /// Run a command declared in the policy, by name. Its argv is fixed by the policy, but for
+    /// one `{arg}` element, which `arg` fills with one of the values the policy lists.
+    Exec {
+        command: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arg: Option<String>,
+    },
     /// Restart a supervised program (stop it if running, wait its backoff, start it).
     Restart { program: String },
     /// Send a signal (HUP, INT, QUIT, USR1, USR2, TERM, KILL, CONT) to a supervised program's
@@ -134,6 +139,8 @@ fn fields_of<'de, D: serde::Deserializer<'de>>(
     #[serde(deny_unknown_fields)]
     struct Exec {
         command: String,
+        #[serde(default)]
+        arg: Option<String>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -165,8 +172,8 @@ fn fields_of<'de, D: serde::Deserializer<'de>>(
     }
     Ok(match kind {
         ActionKind::Exec => {
-            let Exec { command } = Exec::deserialize(fields)?;
-            Action::Exec { command }
+            let Exec { command, arg } = Exec::deserialize(fields)?;
+            Action::Exec { command, arg }
         }
         ActionKind::Restart => {
             let Restart { program } = Restart::deserialize(fields)?;
@@ -212,7 +219,10 @@ impl Action {
     /// A short human description for history lines and logs.
     pub fn describe(&self) -> String {
         match self {
-            Action::Exec { command } => format!("exec {command}"),
+            Action::Exec { command, arg } => match arg {
+                Some(arg) => format!("exec {command} {arg}"),
+                None => format!("exec {command}"),
+            },
             Action::Http { method, url, .. } => format!("http {method} {url}"),
             Action::Restart { program } => format!("restart {program}"),
             Action::WriteFile { path, content } => {
@@ -230,6 +240,13 @@ pub enum Denied {
     /// The command is not declared in the policy.
     #[error("action {index}: command `{command}` is not declared in the policy")]
     UnknownCommand { index: usize, command: String },
+    /// The command's `arg` is not one its `args` list (or it has none, or needs one).
+    #[error("action {index}: command `{command}` does not take {}", match arg { Some(arg) => format!("the argument `{arg}` (not in its `args`)"), None => "no argument (it needs one of its `args`)".to_owned() })]
+    ArgNotAllowed {
+        index: usize,
+        command: String,
+        arg: Option<String>,
+    },
     /// The URL is not under any allowed prefix (or is not a plain http(s) URL).
     #[error("action {index}: URL `{url}` is not under an allowed prefix")]
     UrlNotAllowed { index: usize, url: String },
@@ -340,11 +357,18 @@ pub fn check(plan: &[Action], caps: &Capabilities, base: &Path) -> Result<(), De
                     });
                 }
             }
-            Action::Exec { command } => {
-                if !caps.commands.contains_key(command) {
+            Action::Exec { command, arg } => {
+                let Some(spec) = caps.commands.get(command) else {
                     return Err(Denied::UnknownCommand {
                         index,
                         command: command.clone(),
+                    });
+                };
+                if !spec.takes(arg.as_deref()) {
+                    return Err(Denied::ArgNotAllowed {
+                        index,
+                        command: command.clone(),
+                        arg: arg.clone(),
                     });
                 }
             }
@@ -480,6 +504,7 @@ mod tests {
         commands.insert(
             "cleanup".to_string(),
             CommandSpec {
+                args: Vec::new(),
                 argv: vec!["true".into()],
                 timeout: Duration::from_secs(1),
             },
@@ -505,6 +530,7 @@ mod tests {
     fn allowed_actions_pass() {
         let plan = vec![
             Action::Exec {
+                arg: None,
                 command: "cleanup".into(),
             },
             http("http://127.0.0.1:9000/admin/flush?all=1"),
@@ -514,12 +540,64 @@ mod tests {
     }
 
     #[test]
+    fn a_commands_argument_must_be_one_the_policy_lists() {
+        let mut caps = caps();
+        caps.commands.insert(
+            "restart-unit".into(),
+            CommandSpec {
+                argv: vec!["systemctl".into(), "restart".into(), "{arg}".into()],
+                timeout: Duration::from_secs(5),
+                args: vec!["web.service".into()],
+            },
+        );
+        let exec = |command: &str, arg: Option<&str>| {
+            vec![Action::Exec {
+                command: command.into(),
+                arg: arg.map(str::to_owned),
+            }]
+        };
+        let base = Path::new("/");
+        assert_eq!(
+            check(&exec("restart-unit", Some("web.service")), &caps, base),
+            Ok(())
+        );
+        for (command, arg) in [
+            ("restart-unit", Some("db.service")),
+            ("restart-unit", Some("web.service ")),
+            ("restart-unit", None),
+            ("cleanup", Some("web.service")),
+        ] {
+            assert_eq!(
+                check(&exec(command, arg), &caps, base),
+                Err(Denied::ArgNotAllowed {
+                    index: 0,
+                    command: command.into(),
+                    arg: arg.map(str::to_owned)
+                }),
+                "{command} {arg:?}"
+            );
+        }
+        let parsed: Action =
+            serde_json::from_str(r#"{"kind":"exec","command":"restart-unit","arg":"web.service"}"#)
+                .unwrap();
+        assert_eq!(parsed, exec("restart-unit", Some("web.service"))[0]);
+        assert_eq!(parsed.describe(), "exec restart-unit web.service");
+        // A plan without `arg` is written as before (stored plans and ids do not change).
+        assert_eq!(
+            serde_json::to_string(&exec("cleanup", None)[0]).unwrap(),
+            r#"{"kind":"exec","command":"cleanup"}"#
+        );
+    }
+
+    #[test]
     fn undeclared_command_is_denied_with_its_index() {
         let plan = vec![
             Action::Exec {
+                arg: None,
                 command: "cleanup".into(),
             },
             Action::Exec {
+                arg: None,
                 command: "rm".into(),
             },
         ];
@@ -692,6 +770,7 @@ mod tests {
     fn one_of_each() -> Vec<Action> {
         vec![
             Action::Exec {
+                arg: None,
                 command: "cleanup".into(),
             },
             Action::Restart {
@@ -822,6 +901,7 @@ mod tests {
         assert_eq!(
             action,
             Action::Exec {
+                arg: None,
                 command: "cleanup".into()
             }
         );

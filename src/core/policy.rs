@@ -211,6 +211,99 @@ pub struct CommandSpec {
     pub argv: Vec<String>,
     #[serde(default = "default_command_timeout", with = "duration")]
     pub timeout: Duration,
+    /// The values a plan may put in the argv's one `{arg}` element (exactly, as whole strings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+/// The argv element a plan's `arg` fills.
+pub const ARG_PLACEHOLDER: &str = "{arg}";
+
+/// The longest value of a command's `args`.
+const MAX_ARG_LEN: usize = 256;
+
+impl CommandSpec {
+    /// Whether a plan may run this command with `arg`: one of its `args` when its argv has
+    /// `{arg}`, none otherwise.
+    pub fn takes(&self, arg: Option<&str>) -> bool {
+        match arg {
+            Some(arg) => self.args.iter().any(|a| a == arg),
+            None => self.args.is_empty(),
+        }
+    }
+
+    /// The argv to run, `{arg}` filled. Only for an `arg` that [`CommandSpec::takes`].
+    pub fn argv_with(&self, arg: Option<&str>) -> Vec<String> {
+        self.argv
+            .iter()
+            .map(|element| match arg {
+                Some(arg) if element == ARG_PLACEHOLDER => arg.to_owned(),
+                _ => element.clone(),
+            })
+            .collect()
+    }
+
+    fn validate(&self, name: &str) -> Result<(), String> {
+        if self.argv.is_empty() || self.argv[0].is_empty() || self.argv[0] == ARG_PLACEHOLDER {
+            return Err(format!(
+                "`capabilities.commands.{name}.argv` must name a program"
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(format!(
+                "`capabilities.commands.{name}.timeout` must be positive"
+            ));
+        }
+        let placeholders = self.argv.iter().filter(|a| *a == ARG_PLACEHOLDER).count();
+        if self
+            .argv
+            .iter()
+            .any(|a| a != ARG_PLACEHOLDER && a.contains(ARG_PLACEHOLDER))
+        {
+            return Err(format!(
+                "`capabilities.commands.{name}.argv`: `{ARG_PLACEHOLDER}` must be a whole element"
+            ));
+        }
+        match (placeholders, self.args.is_empty()) {
+            (0, true) => {}
+            (1, false) => {}
+            (0, false) => {
+                return Err(format!(
+                    "`capabilities.commands.{name}.args` is given but its argv has no `{ARG_PLACEHOLDER}` element"
+                ));
+            }
+            (1, true) => {
+                return Err(format!(
+                    "`capabilities.commands.{name}.argv` has `{ARG_PLACEHOLDER}`: list the values it may take in `args`"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "`capabilities.commands.{name}.argv` may have one `{ARG_PLACEHOLDER}` element, not {placeholders}"
+                ));
+            }
+        }
+        for arg in &self.args {
+            if arg.is_empty() || arg.len() > MAX_ARG_LEN || arg.chars().any(char::is_control) {
+                return Err(format!(
+                    "`capabilities.commands.{name}.args`: each must be 1-{MAX_ARG_LEN} bytes without control characters"
+                ));
+            }
+            // A plan never reaches phoenix itself: not its files, not its API, not its units.
+            if arg == "phoenix" || arg == "phoenix.service" || arg.starts_with("phoenix-report@") {
+                return Err(format!(
+                    "`capabilities.commands.{name}.args`: `{arg}` is phoenix's own unit; a plan may not act on phoenix"
+                ));
+            }
+            // An option would change what the command does, not which thing it acts on.
+            if arg.starts_with('-') {
+                return Err(format!(
+                    "`capabilities.commands.{name}.args`: `{arg}` starts with `-` (an option, not a name)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_command_timeout() -> Duration {
@@ -327,16 +420,7 @@ impl Policy {
             return Err("`max_attempts` must be between 1 and 10".into());
         }
         for (name, command) in &self.capabilities.commands {
-            if command.argv.is_empty() || command.argv[0].is_empty() {
-                return Err(format!(
-                    "`capabilities.commands.{name}.argv` must name a program"
-                ));
-            }
-            if command.timeout.is_zero() {
-                return Err(format!(
-                    "`capabilities.commands.{name}.timeout` must be positive"
-                ));
-            }
+            command.validate(name)?;
         }
         for dir in &self.capabilities.writable_dirs {
             let climbs = dir
@@ -589,8 +673,8 @@ mod tests {
             no_probe.contains("`verify` needs exactly one of"),
             "{no_probe}"
         );
-        let typo = parse_err(&GOOD.replace("timeout = \"5s\"", "timeout = \"5s\"\nargs = []"));
-        assert!(typo.contains("unknown field `args`"), "{typo}");
+        let typo = parse_err(&GOOD.replace("timeout = \"5s\"", "timeout = \"5s\"\nargz = []"));
+        assert!(typo.contains("unknown field `argz`"), "{typo}");
         let empty_argv = parse_err(&GOOD.replace("argv = [\"sh\", \"-c\", \"true\"]", "argv = []"));
         assert!(
             empty_argv.contains("`capabilities.commands.cleanup.argv` must name a program"),
@@ -600,6 +684,74 @@ mod tests {
         assert!(
             attempts.contains("`max_attempts` must be between 1 and 10"),
             "{attempts}"
+        );
+    }
+
+    #[test]
+    fn a_commands_one_argument_is_a_whole_element_with_its_values_listed() {
+        let with = |argv: &str, args: &str| {
+            GOOD.replace(
+                "argv = [\"sh\", \"-c\", \"true\"]",
+                &format!("argv = {argv}\nargs = {args}"),
+            )
+        };
+        for (argv, args, why) in [
+            (
+                r#"["systemctl", "restart", "{arg}"]"#,
+                "[]",
+                "list the values it may take in `args`",
+            ),
+            (
+                r#"["systemctl", "restart"]"#,
+                r#"["a.service"]"#,
+                "has no `{arg}` element",
+            ),
+            (
+                r#"["systemctl", "{arg}", "{arg}"]"#,
+                r#"["a"]"#,
+                "one `{arg}` element, not 2",
+            ),
+            (
+                r#"["systemctl", "--unit={arg}"]"#,
+                r#"["a"]"#,
+                "must be a whole element",
+            ),
+            (r#"["{arg}"]"#, r#"["a"]"#, "must name a program"),
+            (
+                r#"["systemctl", "{arg}"]"#,
+                r#"["--force"]"#,
+                "starts with `-`",
+            ),
+            (
+                r#"["systemctl", "{arg}"]"#,
+                r#"[""]"#,
+                "without control characters",
+            ),
+            (
+                r#"["systemctl", "{arg}"]"#,
+                r#"["a\nb"]"#,
+                "without control characters",
+            ),
+        ] {
+            let error = parse_err(&with(argv, args));
+            assert!(error.contains(why), "{argv} {args}: {error}");
+        }
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            &with(
+                r#"["systemctl", "restart", "--", "{arg}"]"#,
+                r#"["a.service", "b.service"]"#,
+            ),
+        )
+        .unwrap();
+        let spec = &policy.capabilities.commands["cleanup"];
+        assert!(spec.takes(Some("b.service")));
+        assert!(!spec.takes(Some("c.service")));
+        assert!(!spec.takes(Some("b.servic")));
+        assert!(!spec.takes(None));
+        assert_eq!(
+            spec.argv_with(Some("a.service")),
+            ["systemctl", "restart", "--", "a.service"]
         );
     }
 

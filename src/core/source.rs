@@ -17,29 +17,40 @@ pub enum Source {
     Log,
     /// A `[[program]]` of the config exited.
     Supervisor,
+    /// A systemd unit failed (its `OnFailure=phoenix-report@%n.service`): reported with a
+    /// token whose `source` is `systemd`, never claimed by a report's body.
+    Systemd,
 }
 
 /// The labels phoenix's own sources set (a supervised program's exit: `supervisor`,
-/// `exit_code`, `signal`; a probe: `probe`, `target`; a log watch: `log`). A report from outside
-/// (the API, an alert) may not carry them, so that no reporter can pose as one of them: a
-/// forged "exit" of a healthy program would have it restarted.
-pub const RESERVED_LABELS: [&str; 6] = [
+/// `exit_code`, `signal`; a probe: `probe`, `target`; a log watch: `log`), and the ones of a
+/// failed systemd unit (`unit_result`, `unit_exit_code`, `unit_exit_status`). A report from
+/// another source (the API, an alert) may not carry them, so that no reporter can pose as one of
+/// them: a forged "exit" of a healthy program would have it restarted.
+pub const RESERVED_LABELS: [&str; 9] = [
     "supervisor",
     "exit_code",
     "signal",
     "probe",
     "target",
     "log",
+    "unit_result",
+    "unit_exit_code",
+    "unit_exit_status",
 ];
+
+/// The labels of [`RESERVED_LABELS`] a `systemd` report sets (from systemd's `$MONITOR_*`).
+pub const SYSTEMD_LABELS: [&str; 3] = ["unit_result", "unit_exit_code", "unit_exit_status"];
 
 impl Source {
     /// Every source, as the patch SDKs must know them (`tests/sdk.rs` keeps them equal).
-    pub const ALL: [Source; 5] = [
+    pub const ALL: [Source; 6] = [
         Source::Api,
         Source::Alertmanager,
         Source::Probe,
         Source::Log,
         Source::Supervisor,
+        Source::Systemd,
     ];
 
     /// The source's name, as in the API and in a policy's `match.source`.
@@ -50,13 +61,21 @@ impl Source {
             Source::Probe => "probe",
             Source::Log => "log",
             Source::Supervisor => "supervisor",
+            Source::Systemd => "systemd",
         }
     }
 
-    /// A source phoenix runs itself: the only ones whose reports may carry
+    /// A source phoenix runs itself: the only ones whose reports may carry every label of
     /// [`RESERVED_LABELS`].
     pub fn is_phoenixs_own(self) -> bool {
         matches!(self, Source::Probe | Source::Log | Source::Supervisor)
+    }
+
+    /// Whether a report from this source may carry `label`.
+    pub fn may_set(self, label: &str) -> bool {
+        self.is_phoenixs_own()
+            || !RESERVED_LABELS.contains(&label)
+            || (self == Source::Systemd && SYSTEMD_LABELS.contains(&label))
     }
 
     /// Its reports may carry `reopen_within`: a supervised program that crashes again soon after

@@ -160,13 +160,14 @@ impl Effects {
         undo: Option<&Undo>,
     ) -> Result<String, EffectError> {
         match action {
-            Action::Exec { command } => {
+            Action::Exec { command, arg } => {
                 let spec = caps
                     .commands
                     .get(command)
+                    .filter(|spec| spec.takes(arg.as_deref()))
                     .ok_or_else(|| EffectError::NotAllowed(format!("command `{command}`")))?;
-                let output =
-                    run_command(&spec.argv, spec.timeout, &self.work_dir, Some(fault)).await?;
+                let argv = spec.argv_with(arg.as_deref());
+                let output = run_command(&argv, spec.timeout, &self.work_dir, Some(fault)).await?;
                 Ok(format!(
                     "exit 0{}",
                     output.map(|o| format!("; stdout: {o}")).unwrap_or_default()
@@ -224,6 +225,7 @@ mod tests {
         caps.commands.insert(
             "c".into(),
             CommandSpec {
+                args: Vec::new(),
                 argv: argv.iter().map(|s| s.to_string()).collect(),
                 timeout,
             },
@@ -271,6 +273,7 @@ mod tests {
     /// Applies `exec` of `command` with `caps` (which declare command `c`).
     async fn exec(command: &str, caps: &Capabilities) -> Result<String, EffectError> {
         let action = Action::Exec {
+            arg: None,
             command: command.into(),
         };
         effects().apply(&action, caps, &env(), None).await

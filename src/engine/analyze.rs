@@ -544,6 +544,7 @@ mod tests {
 
     fn exec() -> Action {
         Action::Exec {
+            arg: None,
             command: "c".into(),
         }
     }
@@ -704,6 +705,7 @@ mod tests {
     #[test]
     fn a_plan_is_used_only_when_the_run_made_one_and_it_stays_within_bounds() {
         let ok = Action::Exec {
+            arg: None,
             command: "ok".into(),
         };
         assert_eq!(checked(Ok(Ok(vec![ok.clone()]))), Ok(vec![ok]));
@@ -714,6 +716,7 @@ mod tests {
         assert_eq!(reason, FailReason::SandboxError);
         assert!(detail.contains("sandbox task failed: panicked"), "{detail}");
         let undeclared = Action::Exec {
+            arg: None,
             command: "rm".into(),
         };
         let (reason, detail) = checked(Ok(Ok(vec![undeclared]))).unwrap_err();

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::core::fault::Source;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
@@ -39,6 +40,10 @@ pub struct TokenConfig {
     /// For reporters: the apps it may report and read (`"*"`: all).
     #[serde(default)]
     pub apps: Vec<String>,
+    /// Where the faults it reports come from: `api` (default), or `systemd` for the token of
+    /// `phoenix-report@.service` (a policy's `match.source = "systemd"` then matches only those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
 }
 
 impl TokenConfig {
@@ -50,6 +55,14 @@ impl TokenConfig {
         let hash = blake3::Hash::from_hex(&self.blake3).map_err(|_| {
             format!("token `{name}`: `blake3` must be 64 hex characters (see `phoenix token hash`)")
         })?;
+        if let Some(source) = self.source
+            && !matches!(source, Source::Api | Source::Systemd)
+        {
+            return Err(format!(
+                "token `{name}`: `source` may be `api` or `systemd` (`{}` faults are phoenix's own or come through their own route)",
+                source.as_str()
+            ));
+        }
         if self.role == Role::Reporter && self.apps.is_empty() {
             return Err(format!(
                 "token `{name}`: a reporter needs `apps` (or [\"*\"])"
@@ -68,6 +81,8 @@ pub struct Identity {
     pub apps: Option<Vec<String>>,
     /// False when authentication is off.
     pub authenticated: bool,
+    /// The source of the faults it reports (`api` unless its token says otherwise).
+    pub source: Source,
 }
 
 impl Identity {
@@ -78,6 +93,7 @@ impl Identity {
             role: Role::Admin,
             apps: None,
             authenticated: false,
+            source: Source::Api,
         }
     }
 
@@ -310,6 +326,7 @@ impl Tokens {
             apps: (config.role == Role::Reporter && !config.apps.iter().any(|a| a == "*"))
                 .then(|| config.apps.clone()),
             authenticated: true,
+            source: config.source.unwrap_or(Source::Api),
         })
     }
 }
@@ -470,7 +487,38 @@ mod tests {
             blake3: blake3::hash(secret.as_bytes()).to_hex().to_string(),
             role,
             apps: apps.iter().map(|a| a.to_string()).collect(),
+            source: None,
         }
+    }
+
+    #[test]
+    fn a_token_reports_as_api_or_systemd_and_never_as_phoenixs_own_sources() {
+        let with_source = |source| TokenConfig {
+            source: Some(source),
+            ..token("units", "s", Role::Reporter, &["*"])
+        };
+        for own in [
+            Source::Supervisor,
+            Source::Probe,
+            Source::Log,
+            Source::Alertmanager,
+        ] {
+            let error = with_source(own).validate().unwrap_err();
+            assert!(
+                error.contains("`source` may be `api` or `systemd`"),
+                "{error}"
+            );
+        }
+        let tokens =
+            Tokens::with_limits(&[with_source(Source::Systemd)], RequestLimits::default()).unwrap();
+        let identity = tokens.identify("s").unwrap();
+        assert_eq!(identity.source, Source::Systemd);
+        let plain = Tokens::with_limits(
+            &[token("app", "a", Role::Reporter, &["*"])],
+            RequestLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(plain.identify("a").unwrap().source, Source::Api);
     }
 
     #[test]

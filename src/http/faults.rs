@@ -157,7 +157,7 @@ pub async fn report_fault(
     });
     let reported = state
         .intake
-        .submit(report, Source::Api, idempotency)
+        .submit(report, identity.source, idempotency)
         .await?;
     let location = format!("/v1/faults/{}", reported.fault.id);
     let mut response = (

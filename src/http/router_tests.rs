@@ -99,6 +99,7 @@ impl Api {
             blake3: blake3::hash(secret.as_bytes()).to_hex().to_string(),
             role,
             apps: apps.iter().map(|a| a.to_string()).collect(),
+            source: None,
         };
         let tokens = Tokens::with_limits(
             &[

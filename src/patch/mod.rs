@@ -118,7 +118,7 @@ pub fn view_of(fault: &Fault, attempt: u32) -> FaultView {
     view.insert("fingerprint".into(), fault.fingerprint.clone());
     view.insert("source".into(), fault.source.as_str().into());
     view.insert("attempt".into(), attempt.to_string());
-    // Label names are `[A-Za-z0-9._:/-]` (see `Report::validate`), so a newline separates
+    // Label names are `[A-Za-z0-9._:/@-]` (see `Report::validate`), so a newline separates
     // them unambiguously; sorted, as the map keeps them.
     let mut names = String::new();
     for (key, value) in &fault.labels {
@@ -444,6 +444,7 @@ mod tests {
         assert_eq!(
             manifest.tests[0].expect,
             vec![Action::Exec {
+                arg: None,
                 command: "cleanup".into()
             }]
         );

@@ -642,6 +642,7 @@ mod tests {
             Limits::default(),
             module("", EXEC, &body),
             Ok(vec![Action::Exec {
+                arg: None,
                 command: "cleanup".into(),
             }]),
         );
@@ -940,6 +941,7 @@ mod tests {
             Limits::default(),
             module("", &format!("{EXEC}kind"), &body),
             Ok(vec![Action::Exec {
+                arg: None,
                 command: "cleanup".into(),
             }]),
         );

@@ -152,6 +152,8 @@ pub enum Source {
     Log,
     /// A program phoenix supervises exited.
     Supervisor,
+    /// A systemd unit failed (its `OnFailure=` reported it).
+    Systemd,
     /// A source newer than this SDK.
     Other,
 }
@@ -165,6 +167,7 @@ impl Source {
             Source::Probe => "probe",
             Source::Log => "log",
             Source::Supervisor => "supervisor",
+            Source::Systemd => "systemd",
             Source::Other => "other",
         }
     }
@@ -178,6 +181,7 @@ pub fn source() -> Source {
         Some("probe") => Source::Probe,
         Some("log") => Source::Log,
         Some("supervisor") => Source::Supervisor,
+        Some("systemd") => Source::Systemd,
         _ => Source::Other,
     }
 }

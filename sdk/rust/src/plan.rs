@@ -23,6 +23,18 @@ pub fn exec(command: &str) -> Outcome {
     })
 }
 
+/// Runs the policy's command `command` with `arg` in its argv's `{arg}` element; phoenix refuses
+/// the plan unless `arg` is one of the command's `args` in the policy.
+pub fn exec_with(command: &str, arg: &str) -> Outcome {
+    action(|json| {
+        json.raw(b"{\"kind\":\"exec\",")
+            .field("command", command)
+            .raw(b",")
+            .field("arg", arg)
+            .raw(b"}");
+    })
+}
+
 /// Replaces the file at `path` (under one of the policy's `writable_dirs`) with `content`,
 /// atomically; phoenix keeps the old content to roll back.
 pub fn write_file(path: &str, content: &str) -> Outcome {
@@ -203,6 +215,12 @@ mod tests {
         assert_eq!(
             planned(|| exec(NASTY)),
             [format!(r#"{{"kind":"exec","command":{NASTY_JSON}}}"#)]
+        );
+        assert_eq!(
+            planned(|| exec_with(NASTY, NASTY)),
+            [format!(
+                r#"{{"kind":"exec","command":{NASTY_JSON},"arg":{NASTY_JSON}}}"#
+            )]
         );
         assert_eq!(
             planned(|| write_file(NASTY, NASTY)),
