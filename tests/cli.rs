@@ -189,3 +189,75 @@ async fn text_from_outside_reaches_the_terminal_escaped_and_json_exactly() {
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["message"], forged);
 }
+
+/// A token file is read whole and trimmed; one that cannot be used stops the command before
+/// anything is sent; a token both ways is bad usage.
+#[tokio::test]
+async fn a_token_file_is_read_and_a_bad_one_refused_before_sending() {
+    let env = Env::new();
+    let hash = blake3::hash(b"s3cret").to_hex().to_string();
+    env.write_config(&format!(
+        "[[token]]\nname = \"ops\"\nblake3 = \"{hash}\"\nrole = \"admin\"\n"
+    ));
+    let daemon = env.start();
+    let file = env.path("token");
+    std::fs::write(&file, "  s3cret\n").unwrap();
+    let token_file = file.display().to_string();
+    let (code, out, err) = phoenix(&daemon.addr, &["status", "--token-file", &token_file]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(&file, "\n").unwrap();
+    let (code, _, err) = phoenix(&daemon.addr, &["status", "--token-file", &token_file]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("must hold one token"), "{err}");
+    let missing = env.path("missing").display().to_string();
+    let (code, _, err) = phoenix(&daemon.addr, &["status", "--token-file", &missing]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("cannot read the token file"), "{err}");
+    let (code, _, err) = phoenix(
+        &daemon.addr,
+        &["status", "--token", "s3cret", "--token-file", &token_file],
+    );
+    assert_eq!(code, 2, "{err}");
+}
+
+/// Output to a reader that has gone away ends the command quietly (no panic, status 0).
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// The man pages and completions the package ships come from the command-line definitions.
+#[test]
+fn man_pages_and_completions_are_generated_from_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man");
+    let status = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .args(["manpages", "--dir"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let page = std::fs::read_to_string(out.join("phoenix.1")).unwrap();
+    assert!(page.contains("\n.TH phoenix 1 "), "{page}");
+    assert!(page.contains("phoenix\\-report(1)"), "{page}");
+    let report = std::fs::read_to_string(out.join("phoenix-report.1")).unwrap();
+    assert!(report.contains("\\-\\-token\\-file"), "{report}");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(script.status.success());
+        let text = String::from_utf8_lossy(&script.stdout);
+        assert!(text.contains("token-file"), "{shell}: {text}");
+    }
+}

@@ -54,7 +54,12 @@ async fn metrics_count_what_happened_and_promtool_accepts_them() {
         "phoenix_effects_total{kind=\"exec\",outcome=\"ok\"} 1",
         "phoenix_sandbox_runs_total{outcome=\"ok\"} 1",
         "phoenix_time_to_heal_seconds_count 1",
-        "phoenix_open_faults 0",
+        "phoenix_open_faults{state=\"detected\"} 0",
+        "phoenix_open_faults{state=\"awaiting_approval\"} 0",
+        "phoenix_approvals_pending 0",
+        "phoenix_breaker_open{breaker=\"global\"} 0",
+        "phoenix_rollbacks_total{outcome=\"rolled_back\"} 0",
+        "phoenix_reports_refused_total 0",
         "phoenix_auto_heal_ratio 1",
     ] {
         assert!(
@@ -117,4 +122,20 @@ impl WithStdin for Command {
         );
         (output.status.success(), printed)
     }
+}
+
+/// The shipped alert rules' unit tests (`examples/prometheus-rules.test.yml`): each alert fires
+/// on a series made to trip it, and stays quiet on a healthy one.
+#[test]
+fn the_alert_rules_fire_when_they_should_and_stay_quiet_otherwise() {
+    let Some(promtool) = promtool() else { return };
+    let output = Command::new(promtool)
+        .args(["test", "rules", "prometheus-rules.test.yml"])
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "promtool test rules: {printed}");
+    assert!(printed.contains("SUCCESS"), "{printed}");
 }

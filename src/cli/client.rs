@@ -296,12 +296,12 @@ pub fn run(mut connection: Connection, command: ClientCommand) -> ExitCode {
     match runtime.block_on(execute(&client, command)) {
         Ok((value, table)) => {
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
             } else {
-                print!("{table}");
+                crate::cli::write_out(format_args!("{table}"));
             }
             ExitCode::SUCCESS
         }

@@ -1,6 +1,14 @@
 //! Command-line interface: the daemon (`serve`), offline tools (`check`, `patch test`,
 //! `token`), and the client commands that talk to a running daemon (see `client.rs`).
 
+/// `println!` for the CLI's output: a reader that went away (`phoenix faults list | head`)
+/// ends the command quietly instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod client;
 mod patch;
 mod upload;
@@ -61,6 +69,14 @@ enum Command {
     },
     #[command(flatten)]
     Client(crate::cli::client::ClientCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Write phoenix's man pages (roff: phoenix.1 and one per subcommand) into a folder.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Internal: the daemon's patch compiler child (module on stdin, artifact on stdout).
     #[command(hide = true)]
     CompilePatch {
@@ -100,7 +116,40 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Restore { config, from } => report(restore(config.as_deref(), &from)),
         Command::Client(command) => crate::cli::client::run(cli.connection, command),
         Command::CompilePatch { limits } => phoenix::sandbox::compile_child(&limits),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "phoenix", &mut script);
+            write_out(format_args!("{}", String::from_utf8_lossy(&script)));
+            ExitCode::SUCCESS
+        }
+        Command::Manpages { dir } => report(manpages(&dir)),
     }
+}
+
+/// Writes to standard output. When the reader has gone (a closed pipe), the command ends here
+/// with status 0, as if its output had been read; any other failure to write ends it with 74
+/// (sysexits' EX_IOERR).
+pub(crate) fn write_out(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let written = std::io::stdout().lock().write_fmt(text);
+    if let Err(error) = written.and_then(|()| std::io::stdout().flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("phoenix: cannot write the output: {error}");
+        std::process::exit(74);
+    }
+}
+
+/// Writes the man pages into `dir`: `phoenix.1` and one per subcommand (`phoenix-serve.1`…),
+/// from the clap definitions, so they cannot drift from `--help`.
+fn manpages(dir: &Path) -> anyhow::Result<bool> {
+    let command = <Cli as clap::CommandFactory>::command();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(command, dir)
+        .with_context(|| format!("writing man pages to {}", dir.display()))?;
+    Ok(true)
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, DaemonError> {
@@ -153,13 +202,13 @@ pub(crate) fn scratch_sandbox(config: &Config) -> anyhow::Result<(Sandbox, PathB
 /// Prints each test result; returns true when the patch is usable.
 pub(crate) fn print_evaluation(name: &str, problems: &[String], tests: &[TestResult]) -> bool {
     for problem in problems {
-        println!("FAIL {name}: static check: {problem}");
+        say!("FAIL {name}: static check: {problem}");
     }
     for test in tests {
         if test.passed {
-            println!("ok   {name}: {}", test.name);
+            say!("ok   {name}: {}", test.name);
         } else {
-            println!("FAIL {name}: {}: {}", test.name, test.detail);
+            say!("FAIL {name}: {}: {}", test.name, test.detail);
         }
     }
     problems.is_empty() && tests.iter().all(|t| t.passed)
@@ -176,7 +225,7 @@ fn check(config: Option<&Path>) -> anyhow::Result<bool> {
     for patch in &patches {
         if let Some(source) = &patch.manifest.source {
             let stale = phoenix::patch::build::needs_build(&patch.dir, &patch.manifest);
-            println!(
+            say!(
                 "{}: {} from {}{}",
                 patch.manifest.name,
                 source.language.as_str(),
@@ -193,7 +242,7 @@ fn check(config: Option<&Path>) -> anyhow::Result<bool> {
     }
     for policy in policies.iter() {
         if !patches.iter().any(|p| p.manifest.name == policy.patch.name) {
-            println!(
+            say!(
                 "FAIL policy {}: patch `{}` is not in {}",
                 policy.name,
                 policy.patch.name,
@@ -203,7 +252,7 @@ fn check(config: Option<&Path>) -> anyhow::Result<bool> {
         }
     }
     let _ = std::fs::remove_dir_all(scratch);
-    println!(
+    say!(
         "{}: {} policies, {} patches",
         if ok { "ok" } else { "FAILED" },
         policies.len(),
@@ -234,7 +283,7 @@ fn restore(config: Option<&Path>, from: &Path) -> anyhow::Result<bool> {
             })?;
         anyhow::Ok(store.restore(entries).await?)
     })?;
-    println!(
+    say!(
         "restored {count} entries into {}",
         config.data_dir.display()
     );
@@ -257,11 +306,11 @@ fn token(command: TokenCommand) -> anyhow::Result<bool> {
                 .and_then(|mut random| random.read_exact(&mut bytes))
                 .context("reading /dev/urandom")?;
             let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            println!("secret: {secret}");
+            say!("secret: {secret}");
             secret
         }
     };
     anyhow::ensure!(!secret.is_empty(), "the secret is empty");
-    println!("blake3: {}", blake3::hash(secret.as_bytes()).to_hex());
+    say!("blake3: {}", blake3::hash(secret.as_bytes()).to_hex());
     Ok(true)
 }

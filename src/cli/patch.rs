@@ -69,11 +69,11 @@ pub fn run(command: PatchCommand) -> anyhow::Result<bool> {
 fn new(parent: &Path, name: &str, language: Language) -> anyhow::Result<bool> {
     let files = phoenix::patch::scaffold::scaffold(parent, name, language)?;
     let dir = parent.join(name);
-    println!("created {}:", dir.display());
+    say!("created {}:", dir.display());
     for file in &files {
-        println!("  {}", file.strip_prefix(&dir).unwrap_or(file).display());
+        say!("  {}", file.strip_prefix(&dir).unwrap_or(file).display());
     }
-    println!("next: phoenix patch test {}", dir.display());
+    say!("next: phoenix patch test {}", dir.display());
     Ok(true)
 }
 
@@ -87,7 +87,7 @@ fn manifest_of(dir: &Path) -> anyhow::Result<Manifest> {
 /// Writes the built module; prints what was built.
 fn write_built(dir: &Path, manifest: &Manifest, built: &Built) -> anyhow::Result<()> {
     let path = write_module(dir, &built.wasm)?;
-    println!(
+    say!(
         "built {} ({} bytes, {}); patch id {}",
         path.display(),
         built.wasm.len(),
@@ -101,7 +101,7 @@ fn build_command(dir: &Path, check: bool) -> anyhow::Result<bool> {
     let manifest = manifest_of(dir)?;
     let built = match build(dir, &manifest) {
         Err(BuildError::Wat { .. }) => {
-            println!(
+            say!(
                 "{}: patch.wat is the module: nothing to build",
                 dir.display()
             );
@@ -117,7 +117,7 @@ fn build_command(dir: &Path, check: bool) -> anyhow::Result<bool> {
     let committed = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let id = |wasm: &[u8]| content_hash(&manifest, wasm);
     if committed == built.wasm {
-        println!(
+        say!(
             "same: {} is what its source gives ({}); patch id {}",
             path.display(),
             built.toolchain,
@@ -125,7 +125,7 @@ fn build_command(dir: &Path, check: bool) -> anyhow::Result<bool> {
         );
         return Ok(true);
     }
-    println!(
+    say!(
         "DIFFERENT: {} ({} bytes, patch id {}) is not what its source gives with {} ({} bytes, patch id {})",
         path.display(),
         committed.len(),
@@ -140,7 +140,7 @@ fn build_command(dir: &Path, check: bool) -> anyhow::Result<bool> {
 fn test(dir: &Path) -> anyhow::Result<bool> {
     let manifest = manifest_of(dir)?;
     if needs_build(dir, &manifest) {
-        println!(
+        say!(
             "{}: patch.wasm is not built from the source there: building",
             dir.display()
         );
@@ -150,7 +150,7 @@ fn test(dir: &Path) -> anyhow::Result<bool> {
             Err(error @ (BuildError::MissingTool { .. } | BuildError::WrongToolchain { .. }))
                 if dir.join("patch.wasm").is_file() =>
             {
-                println!(
+                say!(
                     "{}: cannot build it here ({error}); testing the patch.wasm there",
                     dir.display()
                 );
@@ -164,7 +164,7 @@ fn test(dir: &Path) -> anyhow::Result<bool> {
     let (problems, tests) = evaluate(&sandbox, &patch);
     let ok = super::print_evaluation(&patch.manifest.name, &problems, &tests);
     let _ = std::fs::remove_dir_all(scratch);
-    println!(
+    say!(
         "{} passed, {} failed",
         tests.iter().filter(|t| t.passed).count(),
         tests.iter().filter(|t| !t.passed).count() + usize::from(!problems.is_empty())

@@ -275,6 +275,15 @@ pub enum FaultState {
 }
 
 impl FaultState {
+    /// The states a fault is open in, in the order it moves through them.
+    pub const OPEN: [FaultState; 5] = [
+        FaultState::Detected,
+        FaultState::Analyzing,
+        FaultState::AwaitingApproval,
+        FaultState::Patching,
+        FaultState::Testing,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

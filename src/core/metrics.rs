@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 
 /// Every metric phoenix exports: name, type, help.
-const CATALOG: &[(&str, &str, &str)] = &[
+pub const CATALOG: &[(&str, &str, &str)] = &[
     (
         "phoenix_faults_reported_total",
         "counter",
@@ -94,7 +94,7 @@ const CATALOG: &[(&str, &str, &str)] = &[
     (
         "phoenix_open_faults",
         "gauge",
-        "Faults not in a terminal state.",
+        "Faults not in a terminal state, by state (every open state, zeros included).",
     ),
     (
         "phoenix_approvals_pending",
@@ -148,7 +148,7 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 
 /// The process-wide registry.
 pub fn metrics() -> &'static Metrics {
-    METRICS.get_or_init(Metrics::default)
+    METRICS.get_or_init(Metrics::with_known_series)
 }
 
 fn render_labels(labels: &[(&str, &str)]) -> String {
@@ -186,6 +186,66 @@ thread_local! {
 }
 
 impl Metrics {
+    /// A registry whose counters with a known, small set of labels start at 0, each series
+    /// exported from the first scrape: a `rate()` or an alert over them works before the first
+    /// event, and a dashboard shows 0 rather than "no data".
+    pub fn with_known_series() -> Metrics {
+        use crate::core::fault::{FaultState, Source};
+        let metrics = Metrics::default();
+        for name in [
+            "phoenix_reports_refused_total",
+            "phoenix_faults_compacted_total",
+        ] {
+            metrics.add(name, &[], 0.0);
+        }
+        for (name, key, values) in [
+            (
+                "phoenix_rollbacks_total",
+                "outcome",
+                &["rolled_back", "rollback_failed"][..],
+            ),
+            (
+                "phoenix_auth_failures_total",
+                "outcome",
+                &["refused", "throttled"],
+            ),
+            ("phoenix_healed_total", "approved", &["true", "false"]),
+            (
+                "phoenix_faults_closed_total",
+                "state",
+                &["healed", "resolved"],
+            ),
+        ] {
+            for value in values {
+                metrics.add(name, &[(key, value)], 0.0);
+            }
+        }
+        metrics.add("phoenix_sandbox_runs_total", &[("outcome", "ok")], 0.0);
+        for kind in ["exec", "restart", "signal", "write_file", "http"] {
+            for outcome in ["ok", "error"] {
+                metrics.add(
+                    "phoenix_effects_total",
+                    &[("kind", kind), ("outcome", outcome)],
+                    0.0,
+                );
+            }
+        }
+        for source in Source::ALL {
+            metrics.add(
+                "phoenix_faults_reported_total",
+                &[("source", source.as_str())],
+                0.0,
+            );
+        }
+        for state in FaultState::OPEN
+            .iter()
+            .chain(&[FaultState::Healed, FaultState::Resolved])
+        {
+            metrics.add("phoenix_transitions_total", &[("to", state.name())], 0.0);
+        }
+        metrics
+    }
+
     /// Adds one to a counter.
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
         self.add(name, labels, 1.0);

@@ -127,22 +127,41 @@ pub async fn backup(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
 
 /// `/metrics`: counters and histograms kept as things happen, gauges read now.
 pub async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let open = state.store.open_fault_ids()?;
-    let mut pending = 0usize;
-    for id in &open {
-        if state
-            .store
-            .fault(id)?
-            .is_some_and(|f| f.state == FaultState::AwaitingApproval)
+    // Every open state is exported, zeros included, so a dashboard's series never vanish.
+    let mut by_state = [0usize; FaultState::OPEN.len()];
+    for id in state.store.open_fault_ids()? {
+        if let Some(fault) = state.store.fault(&id)?
+            && let Some(i) = FaultState::OPEN.iter().position(|s| *s == fault.state)
         {
-            pending += 1;
+            by_state[i] += 1;
         }
     }
-    let mut gauges = vec![
-        ("phoenix_open_faults", vec![], open.len() as f64),
-        ("phoenix_approvals_pending", vec![], pending as f64),
-    ];
-    for breaker in state.store.breakers()? {
+    let pending = FaultState::OPEN
+        .iter()
+        .position(|s| *s == FaultState::AwaitingApproval)
+        .map_or(0, |i| by_state[i]);
+    let mut gauges: Vec<crate::core::metrics::Gauge<'_>> = FaultState::OPEN
+        .iter()
+        .zip(by_state)
+        .map(|(s, n)| {
+            (
+                "phoenix_open_faults",
+                vec![("state", s.name().to_owned())],
+                n as f64,
+            )
+        })
+        .collect();
+    gauges.push(("phoenix_approvals_pending", vec![], pending as f64));
+    let breakers = state.store.breakers()?;
+    // The global breaker exists before its first outcome is stored: closed.
+    if !breakers.iter().any(|b| b.name == "global") {
+        gauges.push((
+            "phoenix_breaker_open",
+            vec![("breaker", "global".to_owned())],
+            0.0,
+        ));
+    }
+    for breaker in breakers {
         let open = breaker.position != crate::core::breaker::Position::Closed;
         gauges.push((
             "phoenix_breaker_open",

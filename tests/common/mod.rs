@@ -503,7 +503,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The states a fault's history went through, in order, without repeats.
 /// One text field (`"at"`, `"detail"`, …) of every history entry of `fault`, in order.
 pub fn history_field<'a>(fault: &'a Value, field: &str) -> Vec<&'a str> {
     fault["history"]
@@ -514,6 +513,7 @@ pub fn history_field<'a>(fault: &'a Value, field: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The states a fault's history went through, in order, without repeats.
 pub fn states(fault: &Value) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     for entry in fault["history"].as_array().expect("history") {
