@@ -189,10 +189,7 @@ async fn a_failed_unit_reported_by_the_template_unit_is_restarted_by_the_shipped
     // policy does not match, and the systemd labels are refused outright.
     let (code, _, err) = report("nginx.service", "app-secret");
     assert_eq!(code, Some(1), "{err}");
-    assert!(
-        err.contains("label `unit_exit_code` is set only by"),
-        "{err}"
-    );
+    assert!(err.contains("label `unit_result` is set only by"), "{err}");
     let response = reqwest::Client::new()
         .post(daemon.url("/v1/faults"))
         .bearer_auth("app-secret")

@@ -156,8 +156,11 @@ impl Report {
     /// Checks that a report from `source` carries no label of [`RESERVED_LABELS`] unless
     /// `source` is phoenix's own.
     pub fn check_labels_for(&self, source: Source) -> Result<(), ReportError> {
-        match self.labels.keys().find(|label| !source.may_set(label)) {
-            Some(label) => Err(ReportError::ReservedLabel(label.clone())),
+        match RESERVED_LABELS
+            .iter()
+            .find(|label| self.labels.contains_key(**label) && !source.may_set(label))
+        {
+            Some(label) => Err(ReportError::ReservedLabel((*label).to_owned())),
             None => Ok(()),
         }
     }
