@@ -5,22 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Env, free_port, planner, recording_server, states};
+use common::{DEADLINE, Env, free_port, recording_server, states};
 use serde_json::Value;
 
-const RECORD: &str = r#"{"kind":"exec","command":"record"}"#;
-
 fn setup(extra_config: &str) -> Env {
-    let env = Env::new();
-    env.write_config(extra_config);
-    env.patch("record", &planner(&[RECORD]), "");
-    let common = "[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n";
-    env.policy(
-        "prod",
-        &format!("environment = \"production\"\n[match]\napp = \"prod\"\n{common}"),
-    );
-    env.policy("web", &format!("[match]\napp = \"web\"\n{common}"));
-    env
+    common::recording_env(extra_config)
 }
 
 /// Reads server-sent events from `stream` until one of `kind` that mentions `id`; returns its

@@ -8,29 +8,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Env, planner, recording_server_whole};
+use common::{DEADLINE, Env, recording_server_whole};
 use serde_json::Value;
 
-const RECORD: &str = r#"{"kind":"exec","command":"record"}"#;
-
-/// A policy that heals `web` by itself, asks a person for `prod`, and fails `broken` (its
-/// verification never passes).
+/// The recording policies (`web` heals by itself, `prod` asks a person), and `broken`, whose
+/// verification never passes.
 fn setup(webhooks: &str) -> Env {
-    let env = Env::new();
-    env.write_config(webhooks);
-    env.patch("record", &planner(&[RECORD]), "");
-    let heal = "[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n";
-    let ok = "[verify]\ncommand = [\"true\"]\n";
-    env.policy(
-        "prod",
-        &format!("environment = \"production\"\n[match]\napp = \"prod\"\n{heal}{ok}"),
-    );
-    env.policy("web", &format!("[match]\napp = \"web\"\n{heal}{ok}"));
+    let env = common::recording_env(webhooks);
     env.policy(
         "broken",
-        &format!(
-            "[match]\napp = \"broken\"\n{heal}[verify]\ncommand = [\"false\"]\nwithin = \"1s\"\n"
-        ),
+        "[match]\napp = \"broken\"\n[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"false\"]\nwithin = \"1s\"\n",
     );
     env
 }
@@ -132,14 +119,7 @@ async fn pagerduty_gets_a_trigger_for_a_failure_and_an_approval_and_a_resolve_wh
     assert_eq!(sent[0].2["payload"]["severity"], "warning");
     assert_eq!(sent[0].2["dedup_key"], asked.as_str());
     seen.lock().unwrap().clear();
-    let (status, body, _) = daemon
-        .post(
-            &format!("/v1/approvals/{asked}/approve"),
-            r#"{"by":"alice"}"#,
-            &[],
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    daemon.approve(&asked, "alice").await;
     assert_eq!(daemon.wait_terminal(&asked).await["state"], "healed");
     let sent = requests(&seen, 1, || daemon.log()).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
@@ -208,14 +188,7 @@ async fn opsgenie_gets_an_alert_by_alias_and_its_close_with_the_key_from_a_crede
     );
 
     seen.lock().unwrap().clear();
-    let (status, text, _) = daemon
-        .post(
-            &format!("/v1/approvals/{asked}/approve"),
-            r#"{"by":"alice"}"#,
-            &[],
-        )
-        .await;
-    assert_eq!(status, 200, "{text}");
+    daemon.approve(&asked, "alice").await;
     assert_eq!(daemon.wait_terminal(&asked).await["state"], "healed");
     let sent = requests(&seen, 1, || daemon.log()).await;
     let (line, headers, body) = &sent[0];

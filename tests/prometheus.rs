@@ -172,14 +172,7 @@ async fn prometheus_scrapes_every_metric_and_every_dashboard_query_returns_data(
             f["state"] == "awaiting_approval"
         })
         .await;
-    let (status, body, _) = daemon
-        .post(
-            &format!("/v1/approvals/{asked}/approve"),
-            r#"{"by":"alice"}"#,
-            &[],
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    daemon.approve(&asked, "alice").await;
     assert_eq!(daemon.wait_terminal(&asked).await["state"], "healed");
     let nobody = daemon.report_id(r#"{"app":"nobody","kind":"k"}"#).await;
     daemon.wait_terminal(&nobody).await;

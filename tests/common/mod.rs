@@ -112,6 +112,26 @@ impl Env {
     }
 }
 
+/// A daemon whose one patch plans the command `record` (`true`), with two policies: `web`
+/// heals by itself, `prod` is production (its plans wait for a person). `extra_config` goes
+/// into the config.
+pub fn recording_env(extra_config: &str) -> Env {
+    let env = Env::new();
+    env.write_config(extra_config);
+    env.patch(
+        "record",
+        &planner(&[r#"{"kind":"exec","command":"record"}"#]),
+        "",
+    );
+    let common = "[patch]\nname = \"record\"\n[capabilities.commands.record]\nargv = [\"true\"]\n[verify]\ncommand = [\"true\"]\n";
+    env.policy(
+        "prod",
+        &format!("environment = \"production\"\n[match]\napp = \"prod\"\n{common}"),
+    );
+    env.policy("web", &format!("[match]\napp = \"web\"\n{common}"));
+    env
+}
+
 /// WAT for a patch that plans exactly `actions` (JSON texts) and returns `status`.
 pub fn planner(actions: &[&str]) -> String {
     let mut data = String::new();
@@ -309,6 +329,15 @@ impl Daemon {
             terminal.contains(&f["state"].as_str().unwrap_or_default())
         })
         .await
+    }
+
+    /// Approves the plan fault `id` waits for, as `by`; fails unless the daemon says 200.
+    pub async fn approve(&self, id: &str, by: &str) {
+        let body = serde_json::json!({ "by": by }).to_string();
+        let (status, answer, _) = self
+            .post(&format!("/v1/approvals/{id}/approve"), &body, &[])
+            .await;
+        assert_eq!(status, 200, "approving {id}: {answer}");
     }
 
     /// Polls the faults of `app` until there are at least `count`; returns them, oldest first.
