@@ -95,10 +95,11 @@ fn exec_start(unit: &str, instance: &str, credentials: &str, env: &[(&str, &str)
 }
 
 /// `OnFailure=phoenix-report@%n.service`, end to end but for systemd itself: the template
-/// unit's own command line, expanded as systemd would for a failed `nginx.service`, reports a
-/// `systemd` fault with the reporter token from its credential; the shipped policy restarts the
-/// unit through its declared `systemctl restart` and verifies it. The same report made with an
-/// ordinary reporter token, or of a unit the policy does not list, restarts nothing.
+/// unit's own command line, expanded as systemd would for a failed `nginx.service` (with its
+/// `$MONITOR_*`), reports a `systemd` fault with the reporter token from its credential; the
+/// shipped policy restarts the unit through its declared `systemctl restart` and verifies it.
+/// The same report made with an ordinary reporter token, or of a unit the policy does not
+/// list, restarts nothing.
 #[tokio::test]
 async fn a_failed_unit_reported_by_the_template_unit_is_restarted_by_the_shipped_policy() {
     let env = Env::new();
@@ -136,19 +137,16 @@ async fn a_failed_unit_reported_by_the_template_unit_is_restarted_by_the_shipped
     let unit = std::fs::read_to_string(root.join("systemd/phoenix-report@.service")).unwrap();
     let credentials = env.path("credentials");
     std::fs::create_dir(&credentials).unwrap();
-    let report = |instance: &str, token: &str| {
+    let report = |failed: &str, token: &str| {
         std::fs::write(credentials.join("phoenix-token"), format!("{token}\n")).unwrap();
         let monitor = [
             ("MONITOR_SERVICE_RESULT", "exit-code"),
             ("MONITOR_EXIT_CODE", "exited"),
             ("MONITOR_EXIT_STATUS", "1"),
+            ("MONITOR_UNIT", failed),
         ];
-        let argv = exec_start(
-            &unit,
-            instance,
-            &credentials.display().to_string(),
-            &monitor,
-        );
+        // As systemd runs the instance `OnFailure=phoenix-report@%n.service` starts.
+        let argv = exec_start(&unit, failed, &credentials.display().to_string(), &monitor);
         assert_eq!(argv[0], "/usr/bin/phoenix");
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_phoenix"))
             .args(&argv[1..])
@@ -209,8 +207,9 @@ async fn a_failed_unit_reported_by_the_template_unit_is_restarted_by_the_shipped
         "{closed}"
     );
 
-    // A unit the policy does not list: the plan is refused, nothing runs.
-    let (code, out, err) = report("sshd.service", "systemd-secret");
+    // A unit the policy does not list (a template instance: its name has an `@`): the plan is
+    // refused, nothing runs.
+    let (code, out, err) = report("getty@tty1.service", "systemd-secret");
     assert_eq!(code, Some(0), "{out}{err}");
     let id = out.split_whitespace().next().unwrap().to_owned();
     let fault = daemon.wait_terminal(&id).await;
