@@ -286,5 +286,5 @@ async fn prometheus_scrapes_every_metric_and_every_dashboard_query_returns_data(
         }
     }
     assert_eq!(ran.len(), 18, "{ran:#?}");
-    common::artifact("dashboard-queries.txt", ran.join("\n"));
+    common::artifact("dashboard-queries.txt", ran.join("\n") + "\n");
 }
