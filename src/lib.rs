@@ -9,6 +9,7 @@ pub mod core;
 pub mod fs;
 
 pub mod effects;
+pub mod fleet;
 pub mod sandbox;
 pub mod store;
 

@@ -8,7 +8,7 @@
 //! ```text
 //! 0 core        pure data and rules
 //! 1 fs          the file system, safely (no links followed, private files)
-//! 2 store | sandbox | effects    (siblings: none imports another)
+//! 2 store | sandbox | effects | fleet    (siblings: none imports another)
 //! 3 patch       manifests and the registry
 //! 4 engine      the imperative shell
 //! 5 sources     the intake and the detection sources
@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 2),
     ("sandbox", 2),
     ("effects", 2),
+    ("fleet", 2),
     ("patch", 3),
     ("engine", 4),
     ("sources", 5),
@@ -33,7 +34,11 @@ const LAYERS: &[(&str, u8)] = &[
 ];
 
 /// External crates only one layer may use.
-const OWNED_CRATES: &[(&str, &str)] = &[("sled", "store"), ("wasmtime", "sandbox")];
+const OWNED_CRATES: &[(&str, &str)] = &[
+    ("sled", "store"),
+    ("wasmtime", "sandbox"),
+    ("async_nats", "fleet"),
+];
 
 /// What the core may not use: it does no I/O and runs on no runtime.
 const NOT_IN_CORE: &[&str] = &[

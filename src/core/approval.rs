@@ -145,6 +145,7 @@ mod tests {
             actions_started: 0,
             actions_done: 0,
             undo: vec![],
+            budget: None,
         });
         fault
     }

@@ -235,6 +235,8 @@ pub enum FailReason {
     ApprovalExpired,
     /// phoenix could not continue the fault (e.g. its recorded run is unreadable).
     Interrupted,
+    /// The policy's fleet budget had no free lease before its deadline (`fleet.wait`).
+    BudgetUnavailable,
 }
 
 impl FailReason {
@@ -252,6 +254,7 @@ impl FailReason {
             FailReason::Rejected => "rejected",
             FailReason::BreakerOpen => "breaker_open",
             FailReason::ApprovalExpired => "approval_expired",
+            FailReason::BudgetUnavailable => "budget_unavailable",
         }
     }
 }
@@ -269,6 +272,8 @@ pub enum FaultState {
     Detected,
     Analyzing,
     AwaitingApproval,
+    /// The plan may go ahead, but its policy's fleet budget is full: waiting for a lease.
+    AwaitingBudget,
     Patching,
     Testing,
     Healed,
@@ -279,10 +284,11 @@ pub enum FaultState {
 
 impl FaultState {
     /// The states a fault is open in, in the order it moves through them.
-    pub const OPEN: [FaultState; 5] = [
+    pub const OPEN: [FaultState; 6] = [
         FaultState::Detected,
         FaultState::Analyzing,
         FaultState::AwaitingApproval,
+        FaultState::AwaitingBudget,
         FaultState::Patching,
         FaultState::Testing,
     ];
@@ -300,6 +306,7 @@ impl FaultState {
             FaultState::Detected => "detected",
             FaultState::Analyzing => "analyzing",
             FaultState::AwaitingApproval => "awaiting_approval",
+            FaultState::AwaitingBudget => "awaiting_budget",
             FaultState::Patching => "patching",
             FaultState::Testing => "testing",
             FaultState::Healed => "healed",
@@ -316,10 +323,11 @@ impl FaultState {
     }
 
     /// Every state name a filter may use.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "detected",
         "analyzing",
         "awaiting_approval",
+        "awaiting_budget",
         "patching",
         "testing",
         "healed",
@@ -358,6 +366,28 @@ pub struct Run {
     /// durably before the action runs.
     #[serde(default)]
     pub undo: Vec<Option<Undo>>,
+    /// The fleet budget the run counts against, when its policy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetHold>,
+}
+
+/// A run's fleet budget: which one, since when the fault waits for it, and the lease once held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetHold {
+    /// `policy:NAME` or `app:POLICY:APP`.
+    pub name: String,
+    pub max_concurrent: u32,
+    /// When the fault started waiting (its deadline counts from here).
+    pub since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// A lease of a fleet budget: its slot, and the revision that proves it was ours when written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub key: String,
+    pub revision: u64,
 }
 
 /// A plan waiting for people: why, until when, and who decided what.

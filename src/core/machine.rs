@@ -21,6 +21,14 @@ pub enum Event {
     },
     /// A human approved the pending plan.
     Approved,
+    /// The plan may go ahead (planned, or approved), but its policy has a fleet budget: a lease
+    /// must be held first.
+    AwaitBudget,
+    /// A lease of the policy's fleet budget is held.
+    BudgetGranted,
+    /// The lease was lost before any action started (it expired while phoenix was down):
+    /// wait for one again.
+    LeaseLost,
     /// Every action of the plan was applied (or, after a restart, may have been).
     Applied,
     /// The verification probe reported healthy.
@@ -72,6 +80,7 @@ impl FaultMachine {
             Event::PlanReady {
                 needs_approval: false,
             } => Transition(State::patching()),
+            Event::AwaitBudget => Transition(State::awaiting_budget()),
             Event::ResolvedExternally => Transition(State::resolved()),
             Event::Fail(reason) => Transition(State::failed(*reason)),
             _ => Handled,
@@ -82,6 +91,17 @@ impl FaultMachine {
     fn awaiting_approval(event: &Event) -> Outcome<State> {
         match event {
             Event::Approved => Transition(State::patching()),
+            Event::AwaitBudget => Transition(State::awaiting_budget()),
+            Event::ResolvedExternally => Transition(State::resolved()),
+            Event::Fail(reason) => Transition(State::failed(*reason)),
+            _ => Handled,
+        }
+    }
+
+    #[state]
+    fn awaiting_budget(event: &Event) -> Outcome<State> {
+        match event {
+            Event::BudgetGranted => Transition(State::patching()),
             Event::ResolvedExternally => Transition(State::resolved()),
             Event::Fail(reason) => Transition(State::failed(*reason)),
             _ => Handled,
@@ -92,6 +112,7 @@ impl FaultMachine {
     fn patching(event: &Event) -> Outcome<State> {
         match event {
             Event::Applied => Transition(State::testing()),
+            Event::LeaseLost => Transition(State::awaiting_budget()),
             Event::Fail(reason) => Transition(State::failed(*reason)),
             _ => Handled,
         }
@@ -133,6 +154,7 @@ fn to_machine(state: FaultState) -> State {
         FaultState::Detected => State::detected(),
         FaultState::Analyzing => State::analyzing(),
         FaultState::AwaitingApproval => State::awaiting_approval(),
+        FaultState::AwaitingBudget => State::awaiting_budget(),
         FaultState::Patching => State::patching(),
         FaultState::Testing => State::testing(),
         FaultState::Healed => State::healed(),
@@ -146,6 +168,7 @@ fn from_machine(state: &State) -> FaultState {
         State::Detected {} => FaultState::Detected,
         State::Analyzing {} => FaultState::Analyzing,
         State::AwaitingApproval {} => FaultState::AwaitingApproval,
+        State::AwaitingBudget {} => FaultState::AwaitingBudget,
         State::Patching {} => FaultState::Patching,
         State::Testing {} => FaultState::Testing,
         State::Healed {} => FaultState::Healed,
@@ -174,10 +197,11 @@ mod tests {
     use super::*;
     use FaultState::*;
 
-    const ALL_STATES: [FaultState; 8] = [
+    const ALL_STATES: [FaultState; 9] = [
         Detected,
         Analyzing,
         AwaitingApproval,
+        AwaitingBudget,
         Patching,
         Testing,
         Healed,
@@ -195,6 +219,9 @@ mod tests {
                 needs_approval: true,
             },
             Event::Approved,
+            Event::AwaitBudget,
+            Event::BudgetGranted,
+            Event::LeaseLost,
             Event::Applied,
             Event::Verified,
             Event::Retry,
@@ -225,10 +252,16 @@ mod tests {
                 },
             ) => Some(AwaitingApproval),
             (AwaitingApproval, Event::Approved) => Some(Patching),
+            (Analyzing | AwaitingApproval, Event::AwaitBudget) => Some(AwaitingBudget),
+            (AwaitingBudget, Event::BudgetGranted) => Some(Patching),
+            (Patching, Event::LeaseLost) => Some(AwaitingBudget),
             (Patching, Event::Applied) => Some(Testing),
             (Testing, Event::Verified) => Some(Healed),
             (Testing, Event::Retry) => Some(Analyzing),
-            (Detected | Analyzing | AwaitingApproval, Event::ResolvedExternally) => Some(Resolved),
+            (
+                Detected | Analyzing | AwaitingApproval | AwaitingBudget,
+                Event::ResolvedExternally,
+            ) => Some(Resolved),
             (_, Event::ResolvedExternally) => None,
             (Healed, Event::Recur) => Some(Detected),
             (_, Event::Recur) => None,
@@ -270,6 +303,24 @@ mod tests {
             seen.push(state);
         }
         assert_eq!(seen, vec![Detected, Analyzing, Patching, Testing, Healed]);
+    }
+
+    #[test]
+    fn a_budgeted_plan_waits_for_a_lease_before_patching_and_after_an_approval() {
+        let planned = next(Analyzing, Event::AwaitBudget).unwrap();
+        assert_eq!(planned, AwaitingBudget);
+        assert_eq!(
+            next(AwaitingApproval, Event::AwaitBudget),
+            Ok(AwaitingBudget)
+        );
+        assert_eq!(next(AwaitingBudget, Event::BudgetGranted), Ok(Patching));
+        // Nothing but a lease moves it on to patching; a lost lease moves it back.
+        assert!(next(AwaitingBudget, Event::Applied).is_err());
+        assert_eq!(next(Patching, Event::LeaseLost), Ok(AwaitingBudget));
+        assert_eq!(
+            next(AwaitingBudget, Event::Fail(FailReason::BudgetUnavailable)),
+            Ok(Failed(FailReason::BudgetUnavailable))
+        );
     }
 
     #[test]

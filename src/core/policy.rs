@@ -39,6 +39,45 @@ pub struct Policy {
     /// This policy's circuit breaker (`policy:NAME`).
     #[serde(default)]
     pub breaker: crate::core::breaker::BreakerConfig,
+    /// A fleet-wide blast-radius budget (with a `[fleet]` in the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetBudget>,
+}
+
+/// `[fleet]` in a policy: at most `max_concurrent` hosts remediate with it at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetBudget {
+    pub max_concurrent: u32,
+    /// What one budget covers: every fault of this policy (`policy`, the default), or each app
+    /// apart (`app`: at most N hosts per app).
+    #[serde(default)]
+    pub key: BudgetKey,
+    /// How long a fault waits for a lease before it fails `budget_unavailable`. Default 10m.
+    #[serde(default = "default_budget_wait", with = "duration")]
+    pub wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetKey {
+    #[default]
+    Policy,
+    App,
+}
+
+fn default_budget_wait() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl FleetBudget {
+    /// The budget a fault of `app` under policy `policy` counts against.
+    pub fn name(&self, policy: &str, app: &str) -> String {
+        match self.key {
+            BudgetKey::Policy => format!("policy:{policy}"),
+            BudgetKey::App => format!("app:{policy}:{app}"),
+        }
+    }
 }
 
 /// When a plan needs a human decision before it is applied.
@@ -418,6 +457,14 @@ impl Policy {
         }
         if self.max_attempts == 0 || self.max_attempts > 10 {
             return Err("`max_attempts` must be between 1 and 10".into());
+        }
+        if let Some(budget) = &self.fleet {
+            if budget.max_concurrent == 0 || budget.max_concurrent > 1000 {
+                return Err("`fleet.max_concurrent` must be between 1 and 1000".into());
+            }
+            if budget.wait.is_zero() {
+                return Err("`fleet.wait` must be positive".into());
+            }
         }
         for (name, command) in &self.capabilities.commands {
             command.validate(name)?;

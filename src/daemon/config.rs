@@ -50,6 +50,7 @@ struct RawConfig {
     program: Vec<ProgramConfig>,
     breaker: crate::core::breaker::BreakerConfig,
     webhook: Vec<crate::engine::webhooks::WebhookConfig>,
+    fleet: Option<crate::fleet::FleetConfig>,
     rate_limit: RateLimit,
     token: Vec<crate::http::auth::TokenConfig>,
     limits: crate::http::auth::RequestLimits,
@@ -87,6 +88,7 @@ impl Default for RawConfig {
                 ..Default::default()
             },
             webhook: Vec::new(),
+            fleet: None,
             rate_limit: RateLimit::default(),
             token: Vec::new(),
             limits: crate::http::auth::RequestLimits::default(),
@@ -149,6 +151,8 @@ pub struct Config {
     pub breaker: crate::core::breaker::BreakerConfig,
     /// `[[webhook]]`: where events are pushed.
     pub webhooks: Vec<crate::engine::webhooks::WebhookConfig>,
+    /// `[fleet]`: the NATS JetStream fleet this host joins (None: it stands alone).
+    pub fleet: Option<crate::fleet::FleetConfig>,
     pub rate_limit: RateLimit,
     /// `[[token]]`: API bearer tokens (hashed). None: authentication is off, loopback only.
     pub tokens: Vec<crate::http::auth::TokenConfig>,
@@ -328,6 +332,22 @@ impl Config {
         }
         // Paging secrets live in files or systemd credentials (`LoadCredential=`), never here.
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        let fleet = match &raw.fleet {
+            Some(fleet) => {
+                fleet.validate()?;
+                let mut fleet = fleet.clone();
+                for file in [
+                    &mut fleet.token_file,
+                    &mut fleet.nkey_seed_file,
+                    &mut fleet.creds_file,
+                    &mut fleet.tls_ca_file,
+                ] {
+                    *file = file.as_deref().map(resolve);
+                }
+                Some(fleet)
+            }
+            None => None,
+        };
         let mut webhooks = raw.webhook.clone();
         for webhook in &mut webhooks {
             webhook.key_file = webhook.key_file.as_deref().map(resolve);
@@ -377,6 +397,7 @@ impl Config {
             programs: raw.program,
             breaker: raw.breaker.clone(),
             webhooks,
+            fleet,
             rate_limit: raw.rate_limit.clone(),
             tokens: raw.token.clone(),
             limits: raw.limits.clone(),

@@ -11,6 +11,13 @@ pub fn load_inputs(
     containment: &Containment,
 ) -> Result<(PolicySet, Vec<PatchSource>), DaemonError> {
     let policies = load_policies(&config.policies_dir, |policy| {
+        // A budget nobody enforces would be a limit in name only.
+        if policy.fleet.is_some() && config.fleet.is_none() {
+            return Err(
+                "it has a `[fleet]` budget, but the config has no `[fleet]` to enforce it with"
+                    .into(),
+            );
+        }
         containment.check_policy(policy, &config.base_dir)
     })
     .map_err(DaemonError::Policies)?;

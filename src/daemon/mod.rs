@@ -161,6 +161,19 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         &config.base_dir,
     )?;
 
+    let fleet = match &config.fleet {
+        Some(fleet) => {
+            let joined = crate::fleet::Fleet::connect(fleet).await.map_err(|error| {
+                DaemonError::Config(ConfigError::Invalid {
+                    path: "<config>".into(),
+                    message: format!("`[fleet]`: {error}"),
+                })
+            })?;
+            tracing::info!(message = "Fleet joined (connecting in the background).", host = %joined.host(), servers = ?fleet.servers);
+            Some(Arc::new(joined))
+        }
+        None => None,
+    };
     let http = crate::effects::http_client().map_err(http_client_error)?;
     let effects = Effects::new(
         config.base_dir.clone(),
@@ -181,6 +194,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         global_breaker: config.breaker.clone(),
         rate_limit: config.rate_limit.clone(),
         events: events.clone(),
+        fleet,
     })
     .map_err(store_error)?;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::core::breaker::WhenOpen;
 use crate::core::fault::{
-    ApprovalRequest, FailReason, Fault, FaultState, Report, Run, Source, Timestamp,
+    ApprovalRequest, BudgetHold, FailReason, Fault, FaultState, Report, Run, Source, Timestamp,
 };
 use crate::core::machine::{self, Event, IllegalTransition};
 use crate::core::plan;
@@ -178,16 +178,31 @@ impl Proposal {
                     detail,
                 )]
             }
-            None if run.plan.is_empty() => vec![
-                (
-                    Event::PlanReady {
-                        needs_approval: false,
-                    },
+            None if run.plan.is_empty() => {
+                // Nothing to apply, so nothing to count against a fleet budget.
+                run.budget = None;
+                vec![
+                    (
+                        Event::PlanReady {
+                            needs_approval: false,
+                        },
+                        self.detail,
+                    ),
+                    // Nothing to apply: no side effect separates patching from testing.
+                    (Event::Applied, plan_applied(0)),
+                ]
+            }
+            None if run.budget.is_some() => {
+                let detail = format!(
+                    "{}; awaiting a lease of fleet budget {}",
                     self.detail,
-                ),
-                // Nothing to apply: no side effect separates patching from testing.
-                (Event::Applied, plan_applied(0)),
-            ],
+                    run.budget
+                        .as_ref()
+                        .map(|b| b.name.as_str())
+                        .unwrap_or_default()
+                );
+                vec![(Event::AwaitBudget, detail)]
+            }
             None => vec![(
                 Event::PlanReady {
                     needs_approval: false,
@@ -460,6 +475,12 @@ impl Engine {
                 actions_started: 0,
                 actions_done: 0,
                 undo: Vec::new(),
+                budget: policy.fleet.as_ref().map(|budget| BudgetHold {
+                    name: budget.name(&policy.name, &fault.app),
+                    max_concurrent: budget.max_concurrent,
+                    since: now,
+                    lease: None,
+                }),
             },
         };
         Ok(match reason {
@@ -538,6 +559,7 @@ mod tests {
                 actions_done: 0,
                 approval: None,
                 undo: Vec::new(),
+                budget: None,
             },
         }
     }

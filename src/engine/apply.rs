@@ -54,6 +54,11 @@ impl Engine {
         let Some(policy) = self.policy_of(&run)? else {
             return self.policy_missing(&fault, &run).await;
         };
+        // Nothing runs without the fleet budget's lease, when the policy has one.
+        let (fault, go_on) = self.hold_budget(fault).await?;
+        if !go_on {
+            return Ok(fault);
+        }
         let env = FaultEnv::of(&fault);
         let caps = &policy.capabilities;
         let mut fault = fault;

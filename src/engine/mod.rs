@@ -15,6 +15,7 @@ mod admission;
 mod analyze;
 mod announce;
 mod apply;
+mod budget;
 pub mod events;
 pub mod operations;
 pub mod verify;
@@ -72,6 +73,8 @@ pub struct EngineParts {
     pub events: Events,
     /// Healing runs allowed per app and window before faults wait for a person.
     pub rate_limit: crate::core::window::RateLimit,
+    /// The fleet, for policies with a blast-radius budget (None: this host stands alone).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// What the dispatcher is asked to do.
@@ -166,6 +169,8 @@ struct Engine {
     policies: Mutex<HashMap<String, Arc<Policy>>>,
     /// HTTP verification probes, shared by faults verifying the same URL at once.
     probes: HttpProbes,
+    /// Fleet leases held, by fault id (see `budget`).
+    leases: Mutex<HashMap<String, budget::Held>>,
 }
 
 /// The faults being driven. One is driven by one task at a time; a request to drive it that
@@ -210,6 +215,7 @@ pub fn start(parts: EngineParts) -> Result<EngineHandle, StoreError> {
         parts,
         in_flight: Mutex::new(InFlight::default()),
         policies: Mutex::new(HashMap::new()),
+        leases: Mutex::new(HashMap::new()),
     });
     if !open.is_empty() {
         tracing::info!(message = "Resuming open faults.", count = open.len());
@@ -328,6 +334,7 @@ impl Engine {
                 },
             };
             if fault.state.is_terminal() {
+                self.release_budget(&fault).await;
                 return;
             }
             // The source says the fault is over and nothing has been applied yet: close it
@@ -357,6 +364,17 @@ impl Engine {
                     Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
                     Err(error) => {
                         tracing::error!(message = "Cannot act on an approval.", %error);
+                        return;
+                    }
+                }
+            }
+            if fault.state == FaultState::AwaitingBudget {
+                match self.await_budget(&fault).await {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
+                    Err(error) => {
+                        tracing::error!(message = "Cannot ask for a fleet lease.", %error);
                         return;
                     }
                 }
@@ -400,8 +418,20 @@ impl Engine {
                 .map(|d| d.by.as_str())
                 .collect();
             let detail = format!("approved by {}", by.join(", "));
-            self.transition(fault, Event::Approved, detail, |_| {})
+            let budget = fault.run.as_ref().and_then(|r| r.budget.as_ref());
+            if let Some(budget) = budget {
+                // The plan may go ahead, within the fleet's budget: its wait starts now.
+                let detail = format!("{detail}; awaiting a lease of fleet budget {}", budget.name);
+                self.transition(fault, Event::AwaitBudget, detail, |f| {
+                    if let Some(budget) = f.run.as_mut().and_then(|r| r.budget.as_mut()) {
+                        budget.since = Timestamp::now();
+                    }
+                })
                 .await?;
+            } else {
+                self.transition(fault, Event::Approved, detail, |_| {})
+                    .await?;
+            }
             if let Some(run) = &fault.run {
                 self.parts
                     .store
@@ -435,6 +465,7 @@ impl Engine {
             FaultState::Patching => self.apply(fault).await,
             FaultState::Testing => self.test(fault).await,
             FaultState::AwaitingApproval
+            | FaultState::AwaitingBudget
             | FaultState::Healed
             | FaultState::Failed(_)
             | FaultState::Resolved => Ok(fault),

@@ -92,6 +92,7 @@ impl Api {
             global_breaker: Default::default(),
             rate_limit: Default::default(),
             events: events.clone(),
+            fleet: None,
         })
         .unwrap();
         let token = |name: &str, secret: &str, role, apps: &[&str]| TokenConfig {
