@@ -129,6 +129,7 @@ fn expected_labels(name: &str) -> (&'static [&'static str], &'static [&'static s
         "phoenix_auth_failures_total" => (&["outcome"], &[]),
         "phoenix_open_faults" => (&["state"], &[]),
         "phoenix_breaker_open" => (&["breaker"], &[]),
+        "phoenix_fleet_leases_total" => (&["outcome"], &[]),
         _ => (&[], &[]),
     }
 }

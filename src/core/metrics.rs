@@ -112,6 +112,16 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
         "Webhook deliveries that failed after every retry.",
     ),
     (
+        "phoenix_fleet_lease_seconds",
+        "histogram",
+        "Duration of one request for a fleet budget lease (taking a slot, or finding all held).",
+    ),
+    (
+        "phoenix_fleet_leases_total",
+        "counter",
+        "Requests for a fleet budget lease, by outcome: granted, full (every slot held) or error (NATS out of reach).",
+    ),
+    (
         "phoenix_auto_heal_ratio",
         "gauge",
         "Healed without a person, over all healed (since start).",
@@ -214,6 +224,11 @@ impl Metrics {
                 "phoenix_faults_closed_total",
                 "state",
                 &["healed", "resolved"],
+            ),
+            (
+                "phoenix_fleet_leases_total",
+                "outcome",
+                &["granted", "full", "error"],
             ),
         ] {
             for value in values {

@@ -166,7 +166,20 @@ impl Engine {
         let Some(fleet) = &self.parts.fleet else {
             return Asked::Refused("this phoenix has no [fleet] configured".into());
         };
-        match fleet.acquire(&hold.name, hold.max_concurrent, fault).await {
+        let started = std::time::Instant::now();
+        let asked = fleet.acquire(&hold.name, hold.max_concurrent, fault).await;
+        let metrics = crate::core::metrics::metrics();
+        metrics.observe(
+            "phoenix_fleet_lease_seconds",
+            started.elapsed().as_secs_f64(),
+        );
+        let outcome = match &asked {
+            Ok(Some(_)) => "granted",
+            Ok(None) => "full",
+            Err(_) => "error",
+        };
+        metrics.inc("phoenix_fleet_leases_total", &[("outcome", outcome)]);
+        match asked {
             Ok(Some(lease)) => Asked::Granted(lease),
             Ok(None) => Asked::Refused(format!("all {} held", hold.max_concurrent)),
             Err(error) => {
