@@ -360,3 +360,58 @@ fn a_budget_without_a_fleet_to_enforce_it_stops_the_start() {
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("no `[fleet]` to enforce it"), "{stderr}");
 }
+
+/// `GET /v1/fleet` and `phoenix fleet status`: this host, the hosts alive, and each lease held
+/// with its holder; a phoenix in no fleet says so.
+#[tokio::test]
+async fn the_fleet_status_shows_hosts_and_the_leases_held() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(&scratch.path().join("nats")) else {
+        return;
+    };
+    let ledger = scratch.path().join("ledger");
+    let env = member(&nats.url, "db-1", &ledger, 1, 30.0, "60s");
+    let daemon = env.start();
+    let id = daemon.report_id(r#"{"app":"web","kind":"down"}"#).await;
+    daemon
+        .wait_for(&id, "patching", |f| f["state"] == "patching")
+        .await;
+
+    let (status, fleet) = daemon.get("/v1/fleet").await;
+    assert_eq!(status, 200, "{fleet}");
+    assert_eq!(
+        (&fleet["host"], &fleet["connected"]),
+        (&"db-1".into(), &true.into())
+    );
+    let hosts = fleet["hosts"].as_array().unwrap();
+    assert!(
+        hosts.iter().any(|h| h["value"]["host"] == "db-1"),
+        "{fleet:#}"
+    );
+    let leases = fleet["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{fleet:#}");
+    assert_eq!(leases[0]["value"]["fault"], id.as_str());
+    assert_eq!(leases[0]["value"]["budget"], "policy:budgeted");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .args(["fleet", "status"])
+        .env("PHOENIX_ADDR", daemon.url(""))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.starts_with("host db-1 (connected to NATS)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&id) && printed.contains("policy:budgeted"),
+        "{printed}"
+    );
+
+    let alone = Env::new();
+    alone.write_config("");
+    let alone = alone.start();
+    let (status, answer) = alone.get("/v1/fleet").await;
+    assert_eq!((status, &answer["code"]), (404, &"no_fleet".into()));
+}

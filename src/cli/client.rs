@@ -74,6 +74,9 @@ pub enum ClientCommand {
     /// Circuit breakers: list, reset, trip.
     #[command(subcommand)]
     Breakers(BreakersCommand),
+    /// The fleet: status.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Save a consistent snapshot of the running daemon's store to a file (admin).
     Backup {
         /// Where to write it (written to a temporary file, then renamed).
@@ -151,6 +154,12 @@ pub enum PatchesCommand {
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// This host in the fleet, the hosts seen lately, and every lease held.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -547,6 +556,46 @@ async fn execute(client: &Client, command: ClientCommand) -> Result<(Value, Stri
                 .await?;
             let out = format!("{name} is now at {}\n", text(&answer["patch"]["version"]));
             (answer, out)
+        }
+        ClientCommand::Fleet(FleetCommand::Status) => {
+            let status = client.get("/v1/fleet").await?;
+            let mut out = format!(
+                "host {} ({})\n",
+                text(&status["host"]),
+                if status["connected"] == true {
+                    "connected to NATS"
+                } else {
+                    "NOT connected to NATS"
+                }
+            );
+            if let Some(problem) = status["problem"].as_str() {
+                let _ = writeln!(out, "problem: {}", escaped(problem));
+            }
+            out.push('\n');
+            out.push_str(&table(
+                &["HOST", "VERSION", "SEEN"],
+                rows(
+                    &status,
+                    "hosts",
+                    &["/value/host", "/value/version", "/value/at"],
+                ),
+            ));
+            out.push('\n');
+            out.push_str(&table(
+                &["LEASE", "BUDGET", "HOST", "FAULT", "REVISION"],
+                rows(
+                    &status,
+                    "leases",
+                    &[
+                        "/key",
+                        "/value/budget",
+                        "/value/host",
+                        "/value/fault",
+                        "/revision",
+                    ],
+                ),
+            ));
+            (status, out)
         }
         ClientCommand::Breakers(BreakersCommand::List) => {
             let columns = [

@@ -170,7 +170,17 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
                 })
             })?;
             tracing::info!(message = "Fleet joined (connecting in the background).", host = %joined.host(), servers = ?fleet.servers);
-            Some(Arc::new(joined))
+            let joined = Arc::new(joined);
+            let beating = Arc::clone(&joined);
+            tokio::spawn(async move {
+                loop {
+                    if let Err(error) = beating.heartbeat(env!("CARGO_PKG_VERSION")).await {
+                        tracing::debug!(message = "Fleet heartbeat not sent.", %error);
+                    }
+                    tokio::time::sleep(crate::fleet::HEARTBEAT).await;
+                }
+            });
+            Some(joined)
         }
         None => None,
     };
@@ -194,7 +204,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         global_breaker: config.breaker.clone(),
         rate_limit: config.rate_limit.clone(),
         events: events.clone(),
-        fleet,
+        fleet: fleet.clone(),
     })
     .map_err(store_error)?;
 
@@ -257,6 +267,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             alertmanager: Arc::new(config.alertmanager.clone()),
             supervisor: supervisor.clone(),
             events: events.clone(),
+            fleet,
         },
         crate::http::guard::RequestRules::new(
             &config.allowed_hosts,

@@ -160,7 +160,29 @@ pub struct Fleet {
     config: FleetConfig,
     client: async_nats::Client,
     budgets: OnceCell<async_nats::jetstream::kv::Store>,
+    hosts: OnceCell<async_nats::jetstream::kv::Store>,
 }
+
+/// What `GET /v1/fleet` shows: this host, the hosts seen lately, and every lease held.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetStatus {
+    pub host: String,
+    /// Whether this host is connected to NATS now.
+    pub connected: bool,
+    /// Hosts that said they were alive within three heartbeats.
+    pub hosts: Vec<serde_json::Value>,
+    /// Leases held fleet-wide: slot, revision, holder.
+    pub leases: Vec<serde_json::Value>,
+    /// Why a part could not be read (NATS out of reach), if one could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// How often a host says it is alive; it is forgotten after three missed.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The most entries a status lists (of hosts, and of leases).
+const STATUS_LIMIT: usize = 1000;
 
 /// How long one NATS request may take (a lease attempt fails, and is retried, after it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -214,6 +236,7 @@ impl Fleet {
             config: config.clone(),
             client,
             budgets: OnceCell::new(),
+            hosts: OnceCell::new(),
         })
     }
 
@@ -229,24 +252,84 @@ impl Fleet {
     /// The budgets bucket, created (idempotently) on first use.
     async fn budgets(&self) -> Result<&async_nats::jetstream::kv::Store, FleetError> {
         self.budgets
-            .get_or_try_init(|| async {
-                let mut jetstream = async_nats::jetstream::new(self.client.clone());
-                jetstream.set_timeout(REQUEST_TIMEOUT);
-                let config = async_nats::jetstream::kv::Config {
-                    bucket: format!("{}_budgets", self.config.prefix),
-                    description: "phoenix blast-radius budget leases".into(),
-                    history: 1,
-                    max_age: self.config.lease_ttl,
-                    num_replicas: self.config.replicas,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                };
-                match jetstream.get_key_value(config.bucket.clone()).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => jetstream.create_key_value(config).await.map_err(nats),
-                }
+            .get_or_try_init(|| {
+                self.bucket(
+                    "budgets",
+                    "phoenix blast-radius budget leases",
+                    self.config.lease_ttl,
+                )
             })
             .await
+    }
+
+    /// The hosts bucket (heartbeats), created on first use.
+    async fn hosts(&self) -> Result<&async_nats::jetstream::kv::Store, FleetError> {
+        self.hosts
+            .get_or_try_init(|| self.bucket("hosts", "phoenix hosts alive", HEARTBEAT * 3))
+            .await
+    }
+
+    /// The bucket `PREFIX_NAME`: the one there, else made with history 1 and `max_age`.
+    async fn bucket(
+        &self,
+        name: &str,
+        description: &str,
+        max_age: Duration,
+    ) -> Result<async_nats::jetstream::kv::Store, FleetError> {
+        let mut jetstream = async_nats::jetstream::new(self.client.clone());
+        jetstream.set_timeout(REQUEST_TIMEOUT);
+        let config = async_nats::jetstream::kv::Config {
+            bucket: format!("{}_{name}", self.config.prefix),
+            description: description.into(),
+            history: 1,
+            max_age,
+            num_replicas: self.config.replicas,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        match jetstream.get_key_value(config.bucket.clone()).await {
+            Ok(store) => Ok(store),
+            Err(_) => jetstream.create_key_value(config).await.map_err(nats),
+        }
+    }
+
+    /// Says this host is alive (`version`: phoenix's).
+    pub async fn heartbeat(&self, version: &str) -> Result<(), FleetError> {
+        let value = serde_json::json!({
+            "host": self.host,
+            "version": version,
+            "at": crate::core::fault::Timestamp::now(),
+        });
+        self.hosts()
+            .await?
+            .put(&self.host, value.to_string().into())
+            .await
+            .map(|_| ())
+            .map_err(nats)
+    }
+
+    /// This host, the hosts seen lately and every lease held (each list at most 1000).
+    pub async fn status(&self) -> FleetStatus {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let mut status = FleetStatus {
+            host: self.host.clone(),
+            connected,
+            hosts: Vec::new(),
+            leases: Vec::new(),
+            problem: None,
+        };
+        let read = async {
+            status.hosts = entries(self.hosts().await?).await?;
+            status.leases = entries(self.budgets().await?).await?;
+            Ok::<_, FleetError>(())
+        };
+        if let Err(error) = tokio::time::timeout(REQUEST_TIMEOUT * 2, read)
+            .await
+            .unwrap_or_else(|_| Err(FleetError::Nats("timed out".into())))
+        {
+            status.problem = Some(error.to_string());
+        }
+        status
     }
 
     /// Takes a free slot of `budget` (at most `max` held at once, fleet-wide) for `fault`, or
@@ -312,6 +395,28 @@ impl Fleet {
     fn holder(&self, budget: &str, fault: &str) -> String {
         serde_json::json!({ "host": self.host, "fault": fault, "budget": budget }).to_string()
     }
+}
+
+/// Every entry of `store` (at most [`STATUS_LIMIT`]): its key, revision and JSON value.
+async fn entries(
+    store: &async_nats::jetstream::kv::Store,
+) -> Result<Vec<serde_json::Value>, FleetError> {
+    use futures_util::StreamExt;
+    let mut keys = store.keys().await.map_err(nats)?;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(nats)?;
+        if let Some(entry) = store.entry(key.clone()).await.map_err(nats)?
+            && entry.operation == async_nats::jetstream::kv::Operation::Put
+        {
+            let value = serde_json::from_slice(&entry.value).unwrap_or(serde_json::Value::Null);
+            out.push(serde_json::json!({ "key": key, "revision": entry.revision, "value": value }));
+        }
+        if out.len() >= STATUS_LIMIT {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// The key of `slot` of `budget`: KV keys allow `[-/_=.A-Za-z0-9]`, budget names (`policy:NAME`,

@@ -52,6 +52,8 @@ pub struct AppState {
     pub operations: Operations,
     /// The push hub (`GET /v1/events`).
     pub events: crate::engine::events::Events,
+    /// The fleet this host is in (`GET /v1/fleet`), if any.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Builds the API router.
@@ -66,6 +68,7 @@ pub fn router(state: AppState, rules: guard::RequestRules, tokens: Arc<auth::Tok
         .route("/v1/faults/{id}", get(faults::show_fault))
         .route("/v1/alertmanager", post(faults::alertmanager_webhook))
         .route("/v1/programs", get(ops::list_programs))
+        .route("/v1/fleet", get(ops::fleet_status))
         .route("/v1/approvals", get(approvals::list_approvals))
         .route("/v1/approvals/{id}", get(approvals::show_approval))
         .route("/v1/whoami", get(ops::whoami))

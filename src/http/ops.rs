@@ -86,6 +86,20 @@ pub async fn list_programs(State(state): State<Arc<AppState>>) -> Json<Programs>
     })
 }
 
+/// `GET /v1/fleet`: this host in the fleet, the hosts seen lately and every lease held.
+pub async fn fleet_status(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<crate::fleet::FleetStatus>, ApiError> {
+    let Some(fleet) = &state.fleet else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_fleet",
+            "this phoenix is in no fleet: its config has no [fleet]",
+        ));
+    };
+    Ok(Json(fleet.status().await))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {

@@ -124,6 +124,7 @@ impl Api {
             alertmanager: Arc::new(Default::default()),
             supervisor,
             events,
+            fleet: None,
         };
         let rules = RequestRules::new(&[], false, 64 << 10, Duration::from_secs(10));
         Api {
