@@ -82,8 +82,19 @@ impl Engine {
                     deadline.0.saturating_sub(Timestamp::now().0),
                 ));
                 let (queue, id) = (self.queue.clone(), fault.id.clone());
+                let fleet = self.parts.fleet.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
+                    // Ask again when a lease is given back anywhere, or on the timer (a lease
+                    // that expires tells nobody).
+                    match fleet {
+                        Some(fleet) => {
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => {}
+                                () = fleet.released() => {}
+                            }
+                        }
+                        None => tokio::time::sleep(wait).await,
+                    }
                     let _ = queue.send(Work::Drive(id, None));
                 });
                 Ok(false)

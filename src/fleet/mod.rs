@@ -14,8 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 
 pub use crate::core::fault::Lease;
 use crate::core::forms::duration;
@@ -161,6 +163,8 @@ pub struct Fleet {
     client: async_nats::Client,
     budgets: OnceCell<async_nats::jetstream::kv::Store>,
     hosts: OnceCell<async_nats::jetstream::kv::Store>,
+    /// Woken whenever any host gives a lease back (a waiting fault asks again at once).
+    released: Arc<Notify>,
 }
 
 /// What `GET /v1/fleet` shows: this host, the hosts seen lately, and every lease held.
@@ -237,7 +241,14 @@ impl Fleet {
             client,
             budgets: OnceCell::new(),
             hosts: OnceCell::new(),
+            released: Arc::new(Notify::new()),
         })
+    }
+
+    /// Resolves when a lease of any budget is given back anywhere in the fleet (a lease that
+    /// expires says nothing: waiters also retry on a timer).
+    pub async fn released(&self) {
+        self.released.notified().await;
     }
 
     pub fn host(&self) -> &str {
@@ -249,15 +260,21 @@ impl Fleet {
         self.config.lease_ttl / 3
     }
 
-    /// The budgets bucket, created (idempotently) on first use.
+    /// The budgets bucket, created (idempotently) on first use; from then on its releases are
+    /// watched.
     async fn budgets(&self) -> Result<&async_nats::jetstream::kv::Store, FleetError> {
         self.budgets
-            .get_or_try_init(|| {
-                self.bucket(
-                    "budgets",
-                    "phoenix blast-radius budget leases",
-                    self.config.lease_ttl,
-                )
+            .get_or_try_init(|| async {
+                let store = self
+                    .bucket(
+                        "budgets",
+                        "phoenix blast-radius budget leases",
+                        self.config.lease_ttl,
+                    )
+                    .await?;
+                // From then on, releases anywhere wake this host's waiting faults.
+                tokio::spawn(watch_releases(store.clone(), Arc::clone(&self.released)));
+                Ok(store)
             })
             .await
     }
@@ -394,6 +411,31 @@ impl Fleet {
 
     fn holder(&self, budget: &str, fault: &str) -> String {
         serde_json::json!({ "host": self.host, "fault": fault, "budget": budget }).to_string()
+    }
+}
+
+/// Wakes `released`'s waiters at every delete in the budgets bucket, for as long as phoenix
+/// runs (the watch is made again after an error).
+async fn watch_releases(store: async_nats::jetstream::kv::Store, released: Arc<Notify>) {
+    use futures_util::StreamExt;
+    loop {
+        match store.watch_all().await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    match entry {
+                        Ok(entry)
+                            if entry.operation != async_nats::jetstream::kv::Operation::Put =>
+                        {
+                            released.notify_waiters();
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(message = "Cannot watch fleet releases.", %error),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
