@@ -415,3 +415,89 @@ async fn the_fleet_status_shows_hosts_and_the_leases_held() {
     let (status, answer) = alone.get("/v1/fleet").await;
     assert_eq!((status, &answer["code"]), (404, &"no_fleet".into()));
 }
+
+/// `shared_approvals = true`: an approval on one host lets the same plan proceed on every host
+/// (still within the budget), and a rejection stops it everywhere; each host's fault records
+/// who decided, on which host.
+#[tokio::test]
+async fn one_decision_lets_the_same_plan_proceed_or_stops_it_on_every_host() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(&scratch.path().join("nats")) else {
+        return;
+    };
+    let ledger = scratch.path().join("ledger");
+    let envs: Vec<Env> = (0..3)
+        .map(|i| {
+            let env = member_of(
+                &[&nats.url],
+                "lease_ttl = \"4s\"\nshared_approvals = true",
+                &format!("h{i}"),
+                &ledger,
+                2,
+                0.3,
+                "60s",
+            );
+            // Production: every plan waits for a person.
+            let policy = std::fs::read_to_string(env.path("policies/budgeted.toml")).unwrap();
+            env.policy(
+                "budgeted",
+                &format!("environment = \"production\"\n{policy}"),
+            );
+            env
+        })
+        .collect();
+    let daemons: Vec<_> = envs.iter().map(|env| env.start()).collect();
+    let waiting = |round: &'static str| {
+        let daemons = &daemons;
+        async move {
+            let mut ids = Vec::new();
+            for daemon in daemons {
+                let report =
+                    format!(r#"{{"app":"web","kind":"down","labels":{{"round":"{round}"}}}}"#);
+                let id = daemon.report_id(&report).await;
+                daemon
+                    .wait_for(&id, "awaiting approval", |f| {
+                        f["state"] == "awaiting_approval"
+                    })
+                    .await;
+                ids.push(id);
+            }
+            ids
+        }
+    };
+
+    let ids = waiting("approved").await;
+    daemons[0].approve(&ids[0], "alice").await;
+    for (daemon, id) in daemons.iter().zip(&ids) {
+        let fault = daemon.wait_terminal(id).await;
+        assert_eq!(fault["state"], "healed", "{fault:#}\n{}", daemon.log());
+        let decided = fault["history"].as_array().unwrap().iter().any(|h| {
+            h["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("approved by alice")
+        });
+        assert!(decided, "{fault:#}");
+    }
+    let (most, windows) = most_at_once(&ledger);
+    assert_eq!(windows, 3);
+    assert!(most <= 2, "{most} at once with a budget of 2");
+
+    let ids = waiting("rejected").await;
+    daemons[1]
+        .post(
+            &format!("/v1/approvals/{}/reject", ids[1]),
+            r#"{"by":"bob"}"#,
+            &[],
+        )
+        .await;
+    for (daemon, id) in daemons.iter().zip(&ids) {
+        let fault = daemon.wait_terminal(id).await;
+        assert_eq!(
+            (&fault["state"], &fault["reason"]),
+            (&"failed".into(), &"rejected".into()),
+            "{fault:#}"
+        );
+    }
+    assert_eq!(most_at_once(&ledger).1, 3, "a rejected plan ran");
+}

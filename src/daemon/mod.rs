@@ -5,6 +5,7 @@
 //! bad config, policy or patch manifest exits with [`EXIT_USAGE`] and changes nothing.
 
 pub mod config;
+mod fleet;
 mod inputs;
 pub mod logging;
 pub mod notify;
@@ -253,14 +254,20 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             }
         }
     });
+    let operations = crate::engine::operations::Operations::new(
+        Arc::clone(&store),
+        Arc::clone(&inputs.sandbox),
+        events.clone(),
+        engine_handle,
+    );
+    if let Some(fleet) = &fleet
+        && fleet.shares_approvals()
+    {
+        fleet::spawn_shared_decisions(Arc::clone(fleet), Arc::clone(&store), operations.clone());
+    }
     let app = router(
         AppState {
-            operations: crate::engine::operations::Operations::new(
-                Arc::clone(&store),
-                Arc::clone(&inputs.sandbox),
-                events.clone(),
-                engine_handle,
-            ),
+            operations,
             intake,
             store,
             readiness: Arc::clone(&inputs.readiness),

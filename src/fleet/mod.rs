@@ -53,7 +53,28 @@ pub struct FleetConfig {
     /// Replicas of the buckets (1, or 3 or 5 on a cluster).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// One decision for the fleet: an approval or rejection made on one host is recorded in
+    /// NATS, and every host applies it to its own faults waiting on the same policy and patch.
+    #[serde(default)]
+    pub shared_approvals: bool,
 }
+
+/// A decision shared with the fleet: who decided what on which (policy, patch) plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedDecision {
+    pub policy: String,
+    pub patch_hash: String,
+    pub by: String,
+    pub approve: bool,
+    #[serde(default)]
+    pub comment: String,
+    /// The host it was made on.
+    pub host: String,
+    pub at: crate::core::fault::Timestamp,
+}
+
+/// How long a shared decision stays in the bucket (hosts that start later still see it).
+const DECISIONS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 fn default_prefix() -> String {
     "phoenix".into()
@@ -163,6 +184,7 @@ pub struct Fleet {
     client: async_nats::Client,
     budgets: OnceCell<async_nats::jetstream::kv::Store>,
     hosts: OnceCell<async_nats::jetstream::kv::Store>,
+    decisions: OnceCell<async_nats::jetstream::kv::Store>,
     /// Woken whenever any host gives a lease back (a waiting fault asks again at once).
     released: Arc<Notify>,
 }
@@ -241,6 +263,7 @@ impl Fleet {
             client,
             budgets: OnceCell::new(),
             hosts: OnceCell::new(),
+            decisions: OnceCell::new(),
             released: Arc::new(Notify::new()),
         })
     }
@@ -308,6 +331,53 @@ impl Fleet {
             Ok(store) => Ok(store),
             Err(_) => jetstream.create_key_value(config).await.map_err(nats),
         }
+    }
+
+    /// Whether decisions are shared with the fleet (`shared_approvals`).
+    pub fn shares_approvals(&self) -> bool {
+        self.config.shared_approvals
+    }
+
+    async fn decisions(&self) -> Result<&async_nats::jetstream::kv::Store, FleetError> {
+        self.decisions
+            .get_or_try_init(|| {
+                self.bucket(
+                    "approvals",
+                    "phoenix decisions shared by the fleet",
+                    DECISIONS_KEPT,
+                )
+            })
+            .await
+    }
+
+    /// Records `decision` for the fleet: one key per (plan, decider), so a quorum counts
+    /// distinct people fleet-wide.
+    pub async fn share_decision(&self, decision: &SharedDecision) -> Result<(), FleetError> {
+        let plan = blake3::hash(format!("{}\n{}", decision.policy, decision.patch_hash).as_bytes());
+        let by = blake3::hash(decision.by.as_bytes());
+        let key = format!("{}.{}", &plan.to_hex()[..24], &by.to_hex()[..16]);
+        let value = serde_json::to_vec(decision).map_err(nats)?;
+        self.decisions()
+            .await?
+            .put(key, value.into())
+            .await
+            .map(|_| ())
+            .map_err(nats)
+    }
+
+    /// Every shared decision, those recorded before first (within a day), then new ones as
+    /// they come, until the connection ends (call again then).
+    pub async fn decisions_stream(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = SharedDecision> + use<>, FleetError> {
+        use futures_util::StreamExt;
+        let watch = self.decisions().await?.watch_all().await.map_err(nats)?;
+        Ok(watch.filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            (entry.operation == async_nats::jetstream::kv::Operation::Put)
+                .then(|| serde_json::from_slice(&entry.value).ok())
+                .flatten()
+        }))
     }
 
     /// Says this host is alive (`version`: phoenix's).

@@ -240,7 +240,26 @@ async fn decide(
         comment: input.comment,
         at: Timestamp::now(),
     };
+    let shared = decision.clone();
     let fault = state.operations.decide(&id, decision).await?;
+    // One decision for the fleet: the same plan waiting on other hosts gets it too.
+    if let Some(fleet) = &state.fleet
+        && fleet.shares_approvals()
+        && let Some(run) = &fault.run
+    {
+        let shared = crate::fleet::SharedDecision {
+            policy: run.policy.clone(),
+            patch_hash: run.patch_hash.clone(),
+            by: shared.by,
+            approve: shared.approve,
+            comment: shared.comment,
+            host: fleet.host().to_owned(),
+            at: shared.at,
+        };
+        if let Err(error) = fleet.share_decision(&shared).await {
+            tracing::warn!(message = "Decision not shared with the fleet (applied here).", fault = %fault.id, %error);
+        }
+    }
     Ok(Json(Decided {
         approval: approval_out(&state.store, fault)?,
     }))
