@@ -172,6 +172,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             })?;
             tracing::info!(message = "Fleet joined (connecting in the background).", host = %joined.host(), servers = ?fleet.servers);
             let joined = Arc::new(joined);
+            let warming = Arc::clone(&joined);
+            tokio::spawn(async move { warming.warm_up().await });
             let beating = Arc::clone(&joined);
             tokio::spawn(async move {
                 loop {

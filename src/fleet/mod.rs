@@ -333,6 +333,19 @@ impl Fleet {
         }
     }
 
+    /// Opens the buckets (and the watch of releases) now, retrying until NATS answers, so that
+    /// a fault's first lease request is one request, not several.
+    pub async fn warm_up(&self) {
+        loop {
+            let ready = self.budgets().await.is_ok()
+                && (!self.config.shared_approvals || self.decisions().await.is_ok());
+            if ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Whether decisions are shared with the fleet (`shared_approvals`).
     pub fn shares_approvals(&self) -> bool {
         self.config.shared_approvals
