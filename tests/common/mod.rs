@@ -523,6 +523,23 @@ async fn record_requests(whole: bool) -> (String, std::sync::Arc<std::sync::Mute
     (base, seen)
 }
 
+/// Whether `program` runs here (`program --version`). In CI (`CI` set) it must: its absence
+/// fails the test; elsewhere the test is skipped with a message saying how to install it.
+pub fn installed(program: &str, install: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install {program} ({install})"
+        );
+        eprintln!("SKIPPED: no {program} ({install})");
+    }
+    found
+}
+
 /// A port that was free a moment ago (for programs that need a fixed address).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
