@@ -232,7 +232,7 @@ async fn prometheus_scrapes_every_metric_and_every_dashboard_query_returns_data(
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(rules.len(), 5, "{groups}");
+    assert_eq!(rules.len(), 7, "{groups}");
     for rule in rules {
         assert_eq!(rule["health"], "ok", "{rule}");
         assert_ne!(rule["state"], "firing", "{rule}");
@@ -277,6 +277,6 @@ async fn prometheus_scrapes_every_metric_and_every_dashboard_query_returns_data(
             ));
         }
     }
-    assert_eq!(ran.len(), 18, "{ran:#?}");
+    assert_eq!(ran.len(), 20, "{ran:#?}");
     common::artifact("dashboard-queries.txt", ran.join("\n") + "\n");
 }
