@@ -490,3 +490,64 @@ async fn one_decision_lets_the_same_plan_proceed_or_stops_it_on_every_host() {
     }
     assert_eq!(most_at_once(&ledger).1, 3, "a rejected plan ran");
 }
+
+/// The lease primitives against the server: a slot is taken once (compare-and-set), renewed at
+/// its revision only, given back even when a renewal landed after the revision the holder
+/// last read, and never taken from another holder.
+#[tokio::test]
+async fn leases_are_taken_once_renewed_at_their_revision_and_given_back_only_by_their_holder() {
+    use phoenix::fleet::{Fleet, FleetConfig, Renewed};
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(&scratch.path().join("nats")) else {
+        return;
+    };
+    let config = |host: &str| -> FleetConfig {
+        toml::from_str(&format!(
+            "servers = [\"{}\"]\nhost = \"{host}\"\nlease_ttl = \"30s\"",
+            nats.url
+        ))
+        .unwrap()
+    };
+    let a = Fleet::connect(&config("a")).await.unwrap();
+    let b = Fleet::connect(&config("b")).await.unwrap();
+    a.warm_up().await;
+
+    let first = a
+        .acquire("policy:p", 1, "f1")
+        .await
+        .unwrap()
+        .expect("a free slot");
+    assert_eq!(
+        b.acquire("policy:p", 1, "f2").await.unwrap(),
+        None,
+        "taken twice"
+    );
+    // A renewal moves the revision; the old one no longer renews.
+    let Renewed::Held(renewed) = a.renew("policy:p", &first, "f1").await.unwrap() else {
+        panic!("not renewed");
+    };
+    assert!(renewed.revision > first.revision);
+    assert_eq!(
+        a.renew("policy:p", &first, "f1").await.unwrap(),
+        Renewed::Lost
+    );
+    // Given back with the stale revision: still ours by its holder, so it goes.
+    a.release(&first, "policy:p", "f1").await.unwrap();
+    let second = b
+        .acquire("policy:p", 1, "f2")
+        .await
+        .unwrap()
+        .expect("freed");
+    // A late release by the old holder, with any revision it saw, leaves b's slot alone.
+    a.release(&first, "policy:p", "f1").await.unwrap();
+    a.release(&renewed, "policy:p", "f1").await.unwrap();
+    assert_eq!(
+        a.acquire("policy:p", 1, "f3").await.unwrap(),
+        None,
+        "b's slot was taken"
+    );
+    assert!(matches!(
+        b.renew("policy:p", &second, "f2").await.unwrap(),
+        Renewed::Held(_)
+    ));
+}

@@ -61,7 +61,7 @@ impl Engine {
                     Ok(_) => self.keep(&fault.id, &hold.name, lease),
                     // Not ours to hold after all (the fault moved meanwhile): give it back.
                     Err(error) => {
-                        self.give_back(&lease).await;
+                        self.give_back(&lease, &hold.name, &fault.id).await;
                         return Err(error);
                     }
                 }
@@ -158,7 +158,7 @@ impl Engine {
             held.renewer.abort();
             let lease = held.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
             tracing::info!(message = "Fleet lease released.", budget = %held.budget, key = %lease.key);
-            self.give_back(&lease).await;
+            self.give_back(&lease, &held.budget, &fault.id).await;
         }
     }
 
@@ -200,9 +200,9 @@ impl Engine {
         }
     }
 
-    async fn give_back(&self, lease: &Lease) {
+    async fn give_back(&self, lease: &Lease, budget: &str, fault: &str) {
         if let Some(fleet) = &self.parts.fleet
-            && let Err(error) = fleet.release(lease).await
+            && let Err(error) = fleet.release(lease, budget, fault).await
         {
             // It expires by itself within the lease time to live.
             tracing::warn!(message = "Cannot release a fleet lease; it will expire.", key = %lease.key, %error);

@@ -477,16 +477,39 @@ impl Fleet {
         }
     }
 
-    /// Gives `lease` back (only if still ours: a slot taken over since is left alone).
-    pub async fn release(&self, lease: &Lease) -> Result<(), FleetError> {
+    /// Gives back `lease` of `budget`, held for `fault` (only if still ours: a slot taken over
+    /// since is left alone). A renewal that landed after its revision was last read (the
+    /// renewer stopped mid-request) is recognised by the holder written, and deleted at its own
+    /// revision, rather than left to expire.
+    pub async fn release(
+        &self,
+        lease: &Lease,
+        budget: &str,
+        fault: &str,
+    ) -> Result<(), FleetError> {
+        use async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision;
         let store = self.budgets().await?;
         match store
             .delete_expect_revision(&lease.key, Some(lease.revision))
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
-                Ok(())
+            Err(e) if e.kind() == WrongLastRevision => {
+                let Some(entry) = store.entry(lease.key.clone()).await.map_err(nats)? else {
+                    return Ok(());
+                };
+                let ours = entry.operation == async_nats::jetstream::kv::Operation::Put
+                    && entry.value.as_ref() == self.holder(budget, fault).as_bytes();
+                if !ours {
+                    return Ok(());
+                }
+                match store
+                    .delete_expect_revision(&lease.key, Some(entry.revision))
+                    .await
+                {
+                    Err(e) if e.kind() != WrongLastRevision => Err(nats(e)),
+                    _ => Ok(()),
+                }
             }
             Err(e) => Err(nats(e)),
         }
