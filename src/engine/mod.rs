@@ -357,24 +357,24 @@ impl Engine {
                     }
                 }
             }
-            if fault.state == FaultState::AwaitingApproval {
-                match self.decide_approval(&fault).await {
-                    Ok(true) => continue,
+            // The waiting states: act on what the fault waits for, or leave it until woken.
+            let waited = match fault.state {
+                FaultState::AwaitingApproval => Some((
+                    self.decide_approval(&fault).await,
+                    "Cannot act on an approval.",
+                )),
+                FaultState::AwaitingBudget => Some((
+                    self.await_budget(&fault).await,
+                    "Cannot ask for a fleet lease.",
+                )),
+                _ => None,
+            };
+            if let Some((outcome, failure)) = waited {
+                match outcome {
+                    Ok(true) | Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
                     Ok(false) => return,
-                    Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
                     Err(error) => {
-                        tracing::error!(message = "Cannot act on an approval.", %error);
-                        return;
-                    }
-                }
-            }
-            if fault.state == FaultState::AwaitingBudget {
-                match self.await_budget(&fault).await {
-                    Ok(true) => continue,
-                    Ok(false) => return,
-                    Err(EngineError::Store(StoreError::Conflict { .. })) => continue,
-                    Err(error) => {
-                        tracing::error!(message = "Cannot ask for a fleet lease.", %error);
+                        tracing::error!(message = failure, %error);
                         return;
                     }
                 }
